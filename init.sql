@@ -1,0 +1,78 @@
+-- geventq schema. Idempotent: every statement may run again on a database
+-- that already has it. It names no database: it runs in the configured one.
+-- Times are DATETIME(3): pickup latency is measured in milliseconds, and the
+-- claim compares against NOW(3), so a task created now is due now.
+
+CREATE TABLE IF NOT EXISTS queue_configs (
+  id             INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  queue_name     VARCHAR(100) NOT NULL,
+  table_name     VARCHAR(100) NOT NULL,
+  server_id      VARCHAR(50)  NOT NULL DEFAULT '',
+  max_workers    INT          NOT NULL DEFAULT 10,
+  scan_interval  INT          NOT NULL DEFAULT 5,
+  status         TINYINT      NOT NULL DEFAULT 1,
+  task_timeout   INT          NOT NULL DEFAULT 0,
+  retention_days INT          NOT NULL DEFAULT 0,
+  created_at     DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  updated_at     DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+  UNIQUE KEY uk_queue_name (queue_name),
+  UNIQUE KEY uk_table_name (table_name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS servers (
+  server_id      VARCHAR(50)  NOT NULL PRIMARY KEY,
+  host           VARCHAR(255) NOT NULL DEFAULT '',
+  pid            INT          NOT NULL DEFAULT 0,
+  admin_address  VARCHAR(255) NOT NULL DEFAULT '',
+  started_at     DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  last_heartbeat DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  state          VARCHAR(20)  NOT NULL DEFAULT 'online',
+  queues         TEXT         NULL,
+  running        INT          NOT NULL DEFAULT 0,
+  version        VARCHAR(20)  NOT NULL DEFAULT ''
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The base columns every task table has. A table made by hand with these
+-- columns (DATETIME without fractions works too) can be registered as a queue.
+CREATE TABLE IF NOT EXISTS email_tasks (
+  id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  task_type     VARCHAR(50)  NOT NULL,
+  task_params   MEDIUMTEXT   NULL,
+  status        TINYINT      NOT NULL DEFAULT 0 COMMENT '0 pending, 1 running, 2 done, 3 failed, 4 cancelled',
+  schedule_time DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  start_time    DATETIME(3)  NULL,
+  end_time      DATETIME(3)  NULL,
+  retry_count   INT          NOT NULL DEFAULT 0,
+  max_retries   INT          NOT NULL DEFAULT 3,
+  error_msg     TEXT         NULL,
+  server_id     VARCHAR(50)  NOT NULL DEFAULT '',
+  created_at    DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  updated_at    DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+  KEY idx_status_schedule (status, schedule_time)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+CREATE TABLE IF NOT EXISTS data_sync_tasks LIKE email_tasks;
+CREATE TABLE IF NOT EXISTS report_tasks LIKE email_tasks;
+
+INSERT IGNORE INTO queue_configs (queue_name, table_name, server_id, max_workers, scan_interval, status)
+VALUES ('email_queue', 'email_tasks', '', 10, 5, 1),
+       ('data_sync_queue', 'data_sync_tasks', '', 5, 5, 1),
+       ('report_queue', 'report_tasks', '', 2, 5, 1);
+
+-- A few due sample tasks, inserted only into an empty table so that applying
+-- this file twice does not duplicate them. The sample e-mails are dry runs:
+-- they render the message into the job log instead of needing an SMTP server.
+INSERT INTO email_tasks (task_type, task_params)
+SELECT 'email', '{"to": ["alice@example.com"], "subject": "Welcome to geventq", "body": "Hello Alice!", "type": "text", "dry_run": true}'
+FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM email_tasks);
+INSERT INTO email_tasks (task_type, task_params)
+SELECT 'email', '{"to": ["bob@example.com"], "subject": "Your weekly digest", "body": "<h1>Digest</h1><p>All quiet.</p>", "type": "html", "dry_run": true}'
+FROM DUAL WHERE (SELECT COUNT(*) FROM email_tasks) = 1;
+
+INSERT INTO data_sync_tasks (task_type, task_params)
+SELECT 'data_sync', '{"table_name": "queue_configs", "target_db": "geventq_sync_demo", "sync_type": "full", "batch_size": 500}'
+FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM data_sync_tasks);
+
+INSERT INTO report_tasks (task_type, task_params)
+SELECT 'report', '{"title": "daily"}'
+FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM report_tasks);
