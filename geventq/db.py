@@ -1,0 +1,268 @@
+"""Database plumbing: a gevent connection pool, transactions, retries with
+backoff, translation of driver errors, and the one check every table name
+passes before it is quoted into SQL.
+
+Nothing outside this module and store.py imports pymysql.
+
+Why a small pool of our own instead of DBUtils: DBUtils guards its pool with
+threading.Condition, which monkey-patching turns into a greenlet lock that
+works but hides the hub from the pool; a gevent LIFO queue plus a semaphore is
+twenty lines, keeps warm connections at the front, and lets us ping only
+connections that sat idle long enough to have been dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import gevent
+import pymysql
+from gevent.lock import BoundedSemaphore
+from gevent.queue import Empty, LifoQueue
+from loguru import logger
+from pymysql.constants import CLIENT
+
+from geventq.config import DatabaseConfig
+from geventq.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    DuplicateKey,
+    InvalidIdentifier,
+    RetryableConflict,
+)
+
+T = TypeVar("T")
+
+# Driver/server error codes meaning "the connection is gone or never came".
+CONNECTION_ERRORS = {1040, 1053, 1077, 1152, 1158, 1159, 1160, 1161, 1927, 2003,
+                     2006, 2013, 2014, 2026, 2055, 4031}
+CONFLICT_ERRORS = {1205, 1213}  # lock wait timeout, deadlock: safe to rerun
+DUPLICATE_KEY = 1062
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+RESERVED_TABLES = {"queue_configs", "servers"}
+
+# A connection idle longer than this is pinged before it is handed out, so a
+# server restart or wait_timeout surfaces here instead of in the caller.
+PING_AFTER_IDLE = 10.0
+
+
+class QuotedTable(str):
+    """A table identifier that passed `quote_table`, backticks included."""
+
+
+def check_table_name(name: Any) -> tuple[str, ...]:
+    """The parts of `table` or `database.table`; raises InvalidIdentifier."""
+    if not isinstance(name, str) or not name:
+        raise InvalidIdentifier("table name must be a non-empty string")
+    parts = tuple(name.split("."))
+    if len(parts) > 2 or not all(IDENTIFIER.match(part) for part in parts):
+        raise InvalidIdentifier(
+            f"invalid table name {name[:80]!r}: expected `table` or `database.table`, "
+            "each part a letter or underscore then up to 63 letters, digits or underscores"
+        )
+    if parts[-1].lower() in RESERVED_TABLES:
+        raise InvalidIdentifier(f"{name!r} is one of geventq's own tables and cannot hold tasks")
+    return parts
+
+
+def quote_table(name: Any, registered: Collection[str] | None) -> QuotedTable:
+    """Backtick-quote `name` after checking its shape and, unless `registered`
+    is None (creating a queue's table), that it is a registered queue table."""
+    parts = check_table_name(name)
+    if registered is not None and name not in registered:
+        raise InvalidIdentifier(f"table {name!r} is not the table of any queue in queue_configs")
+    return QuotedTable(".".join(f"`{part}`" for part in parts))
+
+
+def quote_database(name: str) -> str:
+    if not IDENTIFIER.match(name or ""):
+        raise InvalidIdentifier(f"invalid database name {name!r}")
+    return f"`{name}`"
+
+
+def translate(error: Exception) -> DatabaseError:
+    """Map a PyMySQL exception to geventq's own types."""
+    code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+    reason = error.args[1] if len(error.args) > 1 else str(error)
+    if code in CONFLICT_ERRORS:
+        return RetryableConflict(f"({code}) {reason}")
+    if code == DUPLICATE_KEY:
+        return DuplicateKey(str(reason))
+    if code in CONNECTION_ERRORS or isinstance(error, (pymysql.err.InterfaceError, OSError)):
+        return DatabaseUnavailable(f"({code}) {reason}" if code else str(reason or error))
+    return DatabaseError(f"({code}) {reason}" if code else str(error))
+
+
+def is_connection_loss(error: Exception) -> bool:
+    return isinstance(translate(error), DatabaseUnavailable)
+
+
+DRIVER_ERRORS = (pymysql.err.Error, OSError)
+
+
+class Database:
+    """A pool of PyMySQL connections shared by the greenlets of one hub."""
+
+    def __init__(self, config: DatabaseConfig, *, size: int | None = None,
+                 database: str | None = "", name: str = "db"):
+        self.config = config
+        self.name = name
+        self.database = config.database if database == "" else database
+        self.size = size or config.pool_size
+        self._idle: LifoQueue = LifoQueue()
+        self._slots = BoundedSemaphore(self.size)
+        self._closed = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    def connect(self) -> pymysql.connections.Connection:
+        """A new connection, outside the pool (the caller closes it)."""
+        cfg = self.config
+        try:
+            return pymysql.connect(
+                host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password,
+                database=self.database, charset=cfg.charset, autocommit=True,
+                connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+                write_timeout=cfg.read_timeout, cursorclass=pymysql.cursors.DictCursor,
+                # FOUND_ROWS: rowcount counts rows matched, not rows changed, so a
+                # heartbeat that rewrites equal values still reports its row.
+                client_flag=CLIENT.FOUND_ROWS,
+                # READ COMMITTED everywhere: claims lock only the rows they take,
+                # and inserts racing claims do not deadlock on gap locks.
+                init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            )
+        except DRIVER_ERRORS as error:
+            raise translate(error) from error
+
+    @contextmanager
+    def connection(self) -> Iterator[pymysql.connections.Connection]:
+        """A pooled connection; a broken one is closed instead of returned."""
+        if self._closed:
+            raise DatabaseUnavailable("the connection pool is closed")
+        with self._slots:
+            conn = self._take_idle() or self.connect()
+            try:
+                yield conn
+            except DRIVER_ERRORS as error:
+                translated = translate(error)
+                if isinstance(translated, DatabaseUnavailable):
+                    _close_quietly(conn)
+                else:
+                    self._give_back(conn)
+                raise translated from error
+            except BaseException:
+                # Interrupted mid-statement (timeout, kill): the protocol state is
+                # unknown, so the connection cannot be reused.
+                _close_quietly(conn)
+                raise
+            else:
+                self._give_back(conn)
+
+    @contextmanager
+    def cursor(self) -> Iterator[pymysql.cursors.DictCursor]:
+        """An autocommit cursor: each statement is its own transaction."""
+        with self.connection() as conn, conn.cursor() as cur:
+            yield cur
+
+    @contextmanager
+    def transaction(self) -> Iterator[pymysql.cursors.DictCursor]:
+        """BEGIN, yield a cursor, COMMIT; ROLLBACK if the block raises."""
+        with self.connection() as conn:
+            conn.begin()
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+                conn.commit()
+            except BaseException:
+                _rollback_quietly(conn)
+                raise
+
+    def call(self, fn: Callable[..., T], *args: Any, transaction: bool = False) -> T:
+        """Run fn(cursor, *args) once, in a transaction or in autocommit."""
+        scope = self.transaction if transaction else self.cursor
+        with scope() as cur:
+            return fn(cur, *args)
+
+    def retrying(self, fn: Callable[..., T], *args: Any, what: str, transaction: bool = False,
+                 attempts: int | None = None, should_stop: Callable[[], bool] | None = None) -> T:
+        """Run fn(cursor, *args), retrying with backoff while the database is away or a
+        deadlock rolled the transaction back. Logs an outage at most once per
+        ten seconds instead of once per attempt."""
+        backoff, tries, last_log = 0.05, 0, 0.0
+        while True:
+            try:
+                return self.call(fn, *args, transaction=transaction)
+            except (DatabaseUnavailable, RetryableConflict) as error:
+                tries += 1
+                if attempts is not None and tries >= attempts:
+                    raise
+                if should_stop is not None and should_stop():
+                    raise
+                if isinstance(error, DatabaseUnavailable) and time.monotonic() - last_log > 10:
+                    logger.warning("{}: database {} unavailable ({}); retrying", what, self.address, error)
+                    last_log = time.monotonic()
+                gevent.sleep(backoff if isinstance(error, DatabaseUnavailable) else 0.01 * tries)
+                backoff = min(backoff * 2, 2.0)
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                _close_quietly(self._idle.get_nowait()[0])
+            except Empty:
+                return
+
+    def _take_idle(self) -> pymysql.connections.Connection | None:
+        while True:
+            try:
+                conn, idle_since = self._idle.get_nowait()
+            except Empty:
+                return None
+            if time.monotonic() - idle_since < PING_AFTER_IDLE:
+                return conn
+            try:
+                conn.ping(reconnect=False)
+                return conn
+            except DRIVER_ERRORS:
+                _close_quietly(conn)
+
+    def _give_back(self, conn: pymysql.connections.Connection) -> None:
+        if self._closed or not conn.open:
+            _close_quietly(conn)
+        else:
+            self._idle.put((conn, time.monotonic()))
+
+
+def wait_until_reachable(db: Database, deadline_seconds: float) -> None:
+    """Block until a connection opens, or raise DatabaseUnavailable naming
+    host:port and the driver's reason once `deadline_seconds` have passed."""
+    deadline = time.monotonic() + deadline_seconds
+    while True:
+        try:
+            _close_quietly(db.connect())
+            return
+        except DatabaseUnavailable as error:
+            if time.monotonic() + 1 > deadline:
+                raise DatabaseUnavailable(f"cannot reach MySQL at {db.address}: {error}") from error
+            gevent.sleep(1)
+
+
+def _rollback_quietly(conn: pymysql.connections.Connection) -> None:
+    try:
+        conn.rollback()
+    except DRIVER_ERRORS:
+        _close_quietly(conn)
+
+
+def _close_quietly(conn: pymysql.connections.Connection) -> None:
+    try:
+        conn.close()
+    except DRIVER_ERRORS:
+        pass

@@ -1,0 +1,50 @@
+"""geventq's exceptions. Callers never see driver exception types."""
+
+from gevent import GreenletExit
+
+
+class GeventqError(Exception):
+    """Base class of every error geventq raises on purpose."""
+
+
+class ConfigError(GeventqError):
+    """The configuration is invalid; the message names each bad key."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
+
+
+class DatabaseError(GeventqError):
+    """A database statement failed for a reason retrying will not fix."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database could not be reached, or the connection was lost."""
+
+
+class RetryableConflict(DatabaseError):
+    """A deadlock or lock wait timeout: the transaction was rolled back."""
+
+
+class DuplicateKey(DatabaseError):
+    """An insert or update broke a unique key."""
+
+
+class InvalidIdentifier(GeventqError):
+    """A table name failed the identifier pattern or is not a registered queue."""
+
+
+class HandlerError(GeventqError):
+    """A handler module failed to import, or a task type was registered twice."""
+
+
+class PermanentFailure(Exception):
+    """Raise from a handler to fail the task now, without spending retries
+    (for example when its task_params can never be valid)."""
+
+
+class LeaseLost(GreenletExit):
+    """Thrown into running handlers when this server's heartbeat lease lapses:
+    another server may rescue their tasks soon, so they must stop first. A
+    GreenletExit, so a handler's `except Exception` cannot swallow it."""

@@ -1,0 +1,164 @@
+"""Start-up and shutdown order of one executor process, and nothing else."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import gevent
+from gevent import GreenletExit
+from gevent.event import Event
+from gevent.pywsgi import WSGIServer
+from loguru import logger
+
+from geventq import admin, logs, schema, servers, store
+from geventq.config import Config
+from geventq.db import Database, wait_until_reachable
+from geventq.errors import GeventqError
+from geventq.handlers import load_handlers
+from geventq.outcomes import OutcomeRecorder
+from geventq.queues import choose_claim
+from geventq.runtime import Attempt, Lease, Runtime
+from geventq.sync import QueueSync
+
+# "A database that cannot be reached at start-up stops it within 15 s."
+STARTUP_DB_DEADLINE = 10.0
+
+
+class Executor:
+    def __init__(self, config: Config):
+        self.config = config
+        self.runtime: Runtime | None = None
+        self._stop_requested = Event()
+        self._stopped = False
+        self._http: WSGIServer | None = None
+
+    # --- start-up ---------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        job_logs = logs.configure(cfg.log)
+        handlers = load_handlers(cfg.handlers.paths)
+        # Reach the server first, without the database: it may not exist yet.
+        wait_until_reachable(Database(cfg.database, database=None, size=1), STARTUP_DB_DEADLINE)
+        schema.ensure_schema(cfg)
+        db = Database(cfg.database, name="core")
+        version = db.call(store.server_version)
+        runtime = self.runtime = Runtime(
+            config=cfg, server_id=cfg.executor.server_id, db=db,
+            handler_db=Database(cfg.database, name="handlers"), handlers=handlers,
+            job_logs=job_logs, lease=Lease(cfg.executor.heartbeat_timeout / 2),
+            skip_locked=store.supports_skip_locked(version),
+        )
+        servers.check_server_id_free(db, runtime.server_id, cfg.executor.heartbeat_timeout)
+        self._serve_admin()
+        self._claim_orphans_and_register()
+        self._start_background()
+        gevent.signal_handler(signal.SIGTERM, self.request_stop)
+        gevent.signal_handler(signal.SIGINT, self.request_stop)
+        runtime.state = "online"
+        logger.info("geventq {} started: server_id={} database={}/{} ({}, claims with {}), "
+                    "admin on http://{}, handlers: {}",
+                    _version(), runtime.server_id, db.address,
+                    cfg.database.database, version,
+                    "SKIP LOCKED" if runtime.skip_locked else "conditional UPDATE",
+                    runtime.admin_address, ", ".join(sorted(handlers)) or "none")
+
+    def _serve_admin(self) -> None:
+        cfg = self.config.admin
+        self._http = WSGIServer((cfg.host, cfg.port), admin.create_app(self.runtime), log=None,
+                                error_log=None)
+        try:
+            self._http.start()
+        except OSError as error:
+            reason = error.strerror or error
+            raise GeventqError(f"admin.port: cannot listen on {cfg.host}:{cfg.port}: {reason}") from error
+        host, port = self._http.address[:2]
+        self.runtime.admin_address = f"{host}:{port}"
+
+    def _claim_orphans_and_register(self) -> None:
+        runtime = self.runtime
+        sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
+        sync.run_queues = False  # only learn the registered tables: nothing may claim yet
+        sync.sync_once()
+        servers.recover_own_orphans(runtime)
+        servers.register(runtime)
+
+    def _start_background(self) -> None:
+        runtime = self.runtime
+        runtime.recorder = OutcomeRecorder(runtime, self.config.queue.completion_flush_interval)
+        runtime.recorder.start()
+        self.heartbeat = servers.Heartbeat(runtime, lambda: servers.status_snapshot(runtime))
+        self.heartbeat.start()
+        self.maintenance = servers.Maintenance(runtime, self.heartbeat)
+        self.maintenance.start()
+        self.sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
+        self.sync.start()
+
+    # --- running ---------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        """Signal handlers only set the stop event; the main greenlet does the rest."""
+        self._stop_requested.set()
+
+    def run(self) -> int:
+        self.start()
+        self._stop_requested.wait()
+        self.shutdown()
+        return 0
+
+    # --- shutdown --------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop claiming, drain, hand back what did not finish, go offline.
+        Heartbeats continue until the end so nobody rescues our draining tasks."""
+        if self._stopped or self.runtime is None:
+            return
+        self._stopped = True
+        runtime = self.runtime
+        runtime.state = "draining"
+        self.heartbeat.refresh_status()
+        logger.info("shutting down: draining {} running tasks (up to {:g}s)",
+                    runtime.running_count(), self.config.executor.shutdown_timeout)
+        self.sync.stop()
+        self._drain_runners()
+        runtime.recorder.stop(timeout=10)
+        self._release_unfinished()
+        self.maintenance.stop()
+        self.heartbeat.stop(timeout=self.config.database.read_timeout)
+        servers.mark_offline(runtime)
+        self._http.stop(timeout=1)
+        runtime.db.close()
+        runtime.handler_db.close()
+        logger.info("server {} stopped", runtime.server_id)
+
+    def _drain_runners(self) -> None:
+        deadline = time.monotonic() + self.config.executor.shutdown_timeout
+        runners = self.runtime.all_runners()
+        for runner in runners:
+            runner.stop_claiming()
+        for runner in runners:
+            runner.drain(timeout=max(0.0, deadline - time.monotonic()))
+        killed = sum(runner.stop_handlers(GreenletExit) for runner in runners)
+        if killed:
+            logger.warning("stopped {} tasks still running after shutdown_timeout", killed)
+
+    def _release_unfinished(self) -> None:
+        """Attempts that never finished go back to pending, not counted as an
+        attempt (retry_count unchanged)."""
+        runtime = self.runtime
+        unfinished: dict[tuple, list[Attempt]] = {}
+        for attempt in list(runtime.attempts.values()):
+            unfinished.setdefault((attempt.table, attempt.retry_count), []).append(attempt)
+        for (table, retry_count), attempts in unfinished.items():
+            ids = [attempt.id for attempt in attempts]
+            released = runtime.db.retrying(store.release_tasks, table, runtime.server_id, retry_count,
+                                           ids, what="returning unfinished tasks", attempts=20)
+            logger.info("returned {} unfinished tasks of {} to pending", released,
+                        attempts[0].runner.table_name)
+
+
+def _version() -> str:
+    from geventq import __version__
+    return __version__

@@ -1,0 +1,165 @@
+"""Writing what happened to each attempt, in groups.
+
+Completions wait up to `queue.completion_flush_interval` (5 ms by default) so
+that one UPDATE marks a whole group done. Every write is fenced: it changes a
+row only while it is still the attempt this server claimed (status 1, our
+server_id, the claimed retry_count), so a server presumed dead never
+overwrites a newer attempt.
+
+On a crash, outcomes still waiting in this buffer are lost; their tasks stay
+`running` until rescued and then run again: delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import NamedTuple
+
+import gevent
+from gevent.event import Event
+from loguru import logger
+
+from geventq import store
+from geventq.db import Database
+from geventq.errors import DatabaseError, DatabaseUnavailable
+from geventq.runtime import Attempt, Runtime
+
+
+class Outcome(NamedTuple):
+    kind: str               # done | retry | failed | release
+    error: str | None = None
+    delay: float = 0.0
+    timed_out: bool = False
+
+    @classmethod
+    def retry(cls, error: str, delay: float, *, timed_out: bool = False) -> Outcome:
+        return cls("retry", error, delay, timed_out)
+
+    @classmethod
+    def failed(cls, error: str, *, timed_out: bool = False) -> Outcome:
+        return cls("failed", error, 0.0, timed_out)
+
+
+Outcome.DONE = Outcome("done")
+Outcome.RELEASE = Outcome("release")
+
+
+class OutcomeRecorder:
+    def __init__(self, runtime: Runtime, flush_interval: float):
+        self.runtime = runtime
+        self.db: Database = runtime.db
+        self.server_id = runtime.server_id
+        self.flush_interval = flush_interval
+        self._pending: list[tuple[Attempt, Outcome]] = []
+        self._has_pending = Event()
+        self._flusher: gevent.Greenlet | None = None
+        self._stopping = False
+        self._last_error_log = 0.0
+        self.on_written: Callable[[Attempt, Outcome, bool], None] | None = None
+
+    def start(self) -> None:
+        self._flusher = gevent.spawn(self._flush_loop)
+
+    def record(self, attempt: Attempt, outcome: Outcome) -> None:
+        self._pending.append((attempt, outcome))
+        self._has_pending.set()
+
+    def stop(self, timeout: float) -> bool:
+        """Write what is buffered (retrying while the database is away, up to
+        `timeout`); True when nothing is left."""
+        self._stopping = True
+        self._has_pending.set()
+        if self._flusher is not None:
+            self._flusher.join(timeout=timeout)
+            self._flusher.kill()
+        return not self._pending
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def _flush_loop(self) -> None:
+        backoff = 0.05
+        while not (self._stopping and not self._pending):
+            self._has_pending.wait()
+            if not self._stopping:
+                gevent.sleep(self.flush_interval)
+            batch, self._pending = self._pending, []
+            self._has_pending.clear()
+            unwritten = self._write(batch)
+            if unwritten:
+                # Keep them, oldest first, and try again after a pause.
+                self._pending[:0] = unwritten
+                self._has_pending.set()
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = 0.05
+
+    def _write(self, batch: list[tuple[Attempt, Outcome]]) -> list[tuple[Attempt, Outcome]]:
+        """Write a batch; returns what could not be written for now."""
+        groups: dict[tuple, list[Attempt]] = defaultdict(list)
+        singles: list[tuple[Attempt, Outcome]] = []
+        for attempt, outcome in batch:
+            if outcome.kind in ("done", "release"):
+                groups[(outcome.kind, attempt.table, attempt.retry_count)].append(attempt)
+            else:
+                singles.append((attempt, outcome))
+        unwritten: list[tuple[Attempt, Outcome]] = []
+        for (kind, table, retry_count), attempts in groups.items():
+            outcome = Outcome.DONE if kind == "done" else Outcome.RELEASE
+            write = store.finish_tasks if kind == "done" else store.release_tasks
+            ids = [attempt.id for attempt in attempts]
+            written = self._execute(write, table, self.server_id, retry_count, ids)
+            if written is None:
+                unwritten.extend((attempt, outcome) for attempt in attempts)
+            else:
+                self._settle(attempts, outcome, written)
+        for attempt, outcome in singles:
+            written = self._execute(self._write_failure, attempt, outcome)
+            if written is None:
+                unwritten.append((attempt, outcome))
+            else:
+                self._settle([attempt], outcome, written)
+        return unwritten
+
+    def _write_failure(self, cur, attempt: Attempt, outcome: Outcome) -> int:
+        if outcome.kind == "retry":
+            return store.retry_task_later(cur, attempt.table, self.server_id, attempt.id,
+                                          attempt.retry_count, outcome.error, outcome.delay)
+        return store.fail_task(cur, attempt.table, self.server_id, attempt.id,
+                               attempt.retry_count, outcome.error)
+
+    def _execute(self, statement, *args) -> int | None:
+        """Rows matched, or None when the database is away (try later)."""
+        try:
+            return self.db.call(statement, *args)
+        except DatabaseUnavailable as error:
+            self._log_error(error)
+            return None
+        except DatabaseError as error:
+            # Not transient (the table was dropped, say): retrying cannot help.
+            # The rows stay `running` and are reconciled by the heartbeat.
+            logger.error("could not record outcomes: {}", error)
+            return -1
+
+    def _settle(self, attempts: list[Attempt], outcome: Outcome, written: int) -> None:
+        attempts_in_flight = self.runtime.attempts
+        for attempt in attempts:
+            attempts_in_flight.pop(attempt.key, None)
+        if 0 <= written < len(attempts):
+            logger.warning(
+                "{} of {} {} outcomes on {} were fenced out: those attempts were rescued "
+                "or reconciled meanwhile ({})", len(attempts) - written, len(attempts), outcome.kind,
+                attempts[0].runner.table_name, [attempt.id for attempt in attempts][:20])
+        if self.on_written is not None:
+            for attempt in attempts:
+                self.on_written(attempt, outcome, written == len(attempts))
+
+    def _log_error(self, error: Exception) -> None:
+        if time.monotonic() - self._last_error_log > 10:
+            self._last_error_log = time.monotonic()
+            logger.warning("outcomes waiting for the database ({} buffered): {}",
+                           len(self._pending), error)

@@ -1,0 +1,108 @@
+"""The state one executor process shares between its parts: what is
+configured, what is registered, what is running. Built once by executor.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from geventq.config import Config
+from geventq.db import Database, QuotedTable
+from geventq.logs import JobLogs
+
+if TYPE_CHECKING:
+    from geventq.queues import QueueRunner
+
+
+class Lease:
+    """This server's right to run tasks, renewed by every heartbeat that
+    reaches the database. Measured on our own monotonic clock: once it has not
+    been renewed for half of heartbeat_timeout we stop our handlers, so they
+    are gone before any other server may rescue their tasks."""
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self.renewed_at: float | None = None
+
+    def renew(self, sent_at: float) -> None:
+        # The time the heartbeat was *sent*: the database may have seen it at
+        # any moment after that, so counting from then is the safe side.
+        self.renewed_at = sent_at
+
+    def valid(self) -> bool:
+        return self.renewed_at is not None and time.monotonic() - self.renewed_at < self.ttl
+
+
+class Attempt:
+    """One claimed attempt of one task, from claim until its outcome is written."""
+
+    __slots__ = (
+        "claimed_at",
+        "created_at",
+        "id",
+        "max_retries",
+        "retry_count",
+        "runner",
+        "schedule_time",
+        "started",
+        "table",
+        "task_params",
+        "task_type",
+    )
+
+    def __init__(self, runner: QueueRunner, row: dict[str, Any]):
+        self.runner = runner
+        self.table: QuotedTable = runner.table
+        self.id: int = row["id"]
+        self.task_type: str = row["task_type"]
+        self.task_params: str | None = row["task_params"]
+        self.retry_count: int = row["retry_count"]
+        self.max_retries: int = row["max_retries"]
+        self.schedule_time = row["schedule_time"]
+        self.created_at = row.get("created_at")
+        self.claimed_at = row.get("claimed_at")
+        self.started = time.monotonic()
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.runner.table_name, self.id)
+
+    @property
+    def log_id(self) -> str:
+        return f"{self.runner.table_name}-{self.id}"
+
+
+@dataclass
+class Runtime:
+    config: Config
+    server_id: str
+    db: Database
+    handler_db: Database
+    handlers: dict[str, Callable]
+    job_logs: JobLogs
+    lease: Lease
+    skip_locked: bool = True
+    admin_address: str = ""
+    # table_name -> quoted identifier, for every queue in queue_configs
+    registered_tables: dict[str, QuotedTable] = field(default_factory=dict)
+    # table_name -> queue_configs.retention_days, for every queue
+    retention_days: dict[str, int] = field(default_factory=dict)
+    runners: dict[str, QueueRunner] = field(default_factory=dict)
+    draining: set = field(default_factory=set)
+    # (table_name, id) -> Attempt, from claim until the outcome is written
+    attempts: dict[tuple[str, int], Attempt] = field(default_factory=dict)
+    state: str = "starting"
+    recorder: Any = None
+    metrics: Any = None
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        return tuple(self.handlers)
+
+    def all_runners(self) -> list[QueueRunner]:
+        return [*self.runners.values(), *self.draining]
+
+    def running_count(self) -> int:
+        return sum(len(runner.pool) for runner in self.all_runners())

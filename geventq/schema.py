@@ -1,0 +1,51 @@
+"""Creating the database and applying init.sql when queue_configs is missing."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from loguru import logger
+
+from geventq import store
+from geventq.config import Config
+from geventq.db import Database
+
+INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
+
+
+def split_statements(script: str) -> list[str]:
+    """init.sql's statements: `--` comment lines dropped, split on `;` at line end."""
+    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
+    return [part.strip() for part in re.split(r";\s*$", "\n".join(lines), flags=re.M) if part.strip()]
+
+
+def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
+    """Create the configured database and its tables if queue_configs is
+    missing, and add columns newer releases introduced. True if init.sql ran."""
+    name = config.database.database
+    server = Database(config.database, database=None, size=1, name="bootstrap")
+    try:
+        with server.cursor() as cur:
+            store.create_database(cur, name)
+            present = store.table_exists(cur, name, "queue_configs")
+    finally:
+        server.close()
+    db = Database(config.database, size=1, name="schema")
+    try:
+        with db.cursor() as cur:
+            if not present:
+                logger.info("applying {} to database {}", script_path.name, name)
+                store.run_script(cur, split_statements(script_path.read_text(encoding="utf-8")))
+            _add_missing_columns(cur)
+    finally:
+        db.close()
+    return not present
+
+
+def _add_missing_columns(cur) -> None:
+    existing = store.queue_config_columns(cur)
+    for column in store.OPTIONAL_QUEUE_COLUMNS:
+        if column not in existing:
+            logger.info("adding column queue_configs.{}", column)
+            store.add_queue_config_column(cur, column)

@@ -1,0 +1,307 @@
+"""Every SQL statement geventq runs, one named function each.
+
+Values always travel as PyMySQL parameters. Table names cannot, so each
+function that touches a task table takes a `QuotedTable`, which only
+`db.quote_table` makes after checking the name. Every function takes a cursor,
+so the caller decides what runs in one transaction.
+
+Times are compared with the database clock (NOW(3)), never a worker's, so
+servers with skewed clocks agree on what is due and who is alive.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from geventq.db import QuotedTable, quote_database
+
+PENDING, RUNNING, DONE, FAILED, CANCELLED = 0, 1, 2, 3, 4
+STATUS_NAMES = {PENDING: "pending", RUNNING: "running", DONE: "done",
+                FAILED: "failed", CANCELLED: "cancelled"}
+
+# Columns a claim hands to the runner: everything JobContext needs, so running
+# a task costs no query of its own.
+CLAIM_COLUMNS = "id, task_type, task_params, retry_count, max_retries, schedule_time, created_at"
+
+
+def _table(table: QuotedTable) -> QuotedTable:
+    # The one guard that keeps an unchecked identifier out of every statement.
+    if not isinstance(table, QuotedTable):
+        raise TypeError("table names must come from db.quote_table")
+    return table
+
+
+def _us(seconds: float) -> int:
+    """Seconds as whole microseconds: `INTERVAL 1.5 SECOND` rounds to 2 s."""
+    return round(seconds * 1_000_000)
+
+
+# --- schema ------------------------------------------------------------------
+
+def server_version(cur) -> str:
+    cur.execute("SELECT VERSION() AS v")
+    return cur.fetchone()["v"]
+
+
+def supports_skip_locked(version: str) -> bool:
+    """SKIP LOCKED arrived in MariaDB 10.6 and MySQL 8.0.1."""
+    match = re.match(r"(\d+)\.(\d+)\.(\d+)", version)
+    if not match:
+        return False
+    release = tuple(int(part) for part in match.groups())
+    return release >= (10, 6, 0) if "mariadb" in version.lower() else release >= (8, 0, 1)
+
+
+def create_database(cur, name: str) -> None:
+    cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_database(name)} "
+                "DEFAULT CHARACTER SET utf8mb4")
+
+
+def table_exists(cur, database: str, table: str) -> bool:
+    cur.execute("SELECT 1 FROM information_schema.tables "
+                "WHERE table_schema = %s AND table_name = %s", (database, table))
+    return cur.fetchone() is not None
+
+
+def run_script(cur, statements: Iterable[str]) -> None:
+    """Apply init.sql, already split into statements by the caller."""
+    for statement in statements:
+        cur.execute(statement)
+
+
+def queue_config_columns(cur) -> set[str]:
+    cur.execute("SELECT column_name AS c FROM information_schema.columns "
+                "WHERE table_schema = DATABASE() AND table_name = 'queue_configs'")
+    return {row["c"].lower() for row in cur.fetchall()}
+
+
+# Columns added after the first release; a queue_configs made by an older
+# init.sql gets them on start-up, with defaults, so nothing becomes required.
+OPTIONAL_QUEUE_COLUMNS = {
+    "task_timeout": "ALTER TABLE queue_configs ADD COLUMN task_timeout INT NOT NULL DEFAULT 0",
+    "retention_days": "ALTER TABLE queue_configs ADD COLUMN retention_days INT NOT NULL DEFAULT 0",
+}
+
+
+def add_queue_config_column(cur, column: str) -> None:
+    cur.execute(OPTIONAL_QUEUE_COLUMNS[column])
+
+
+# --- queues ------------------------------------------------------------------
+
+def list_queue_configs(cur) -> list[dict[str, Any]]:
+    cur.execute("SELECT * FROM queue_configs ORDER BY id")
+    return list(cur.fetchall())
+
+
+# --- servers -----------------------------------------------------------------
+
+def get_server(cur, server_id: str) -> dict[str, Any] | None:
+    cur.execute("SELECT *, TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(3)) / 1e6 AS heartbeat_age "
+                "FROM servers WHERE server_id = %s", (server_id,))
+    return cur.fetchone()
+
+
+def register_server(cur, server_id: str, host: str, pid: int, admin_address: str,
+                    version: str) -> None:
+    cur.execute(
+        "INSERT INTO servers (server_id, host, pid, admin_address, version, started_at, "
+        "last_heartbeat, state, queues, running) "
+        "VALUES (%(sid)s, %(host)s, %(pid)s, %(admin)s, %(version)s, NOW(3), NOW(3), 'online', '[]', 0) "
+        "ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
+        "admin_address = VALUES(admin_address), version = VALUES(version), started_at = NOW(3), "
+        "last_heartbeat = NOW(3), state = 'online', queues = '[]', running = 0",
+        {"sid": server_id, "host": host, "pid": pid, "admin": admin_address, "version": version},
+    )
+
+
+def beat(cur, server_id: str, state: str, queues_json: str, running: int) -> int:
+    """Renew the heartbeat; 0 rows means the row was deleted under us."""
+    cur.execute("UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s "
+                "WHERE server_id = %s", (state, queues_json, running, server_id))
+    return cur.rowcount
+
+
+def mark_server_offline(cur, server_id: str) -> None:
+    cur.execute("UPDATE servers SET state = 'offline', running = 0, queues = '[]' "
+                "WHERE server_id = %s", (server_id,))
+
+
+def database_now(cur) -> Any:
+    cur.execute("SELECT NOW(3) AS now")
+    return cur.fetchone()["now"]
+
+
+# --- claiming ------------------------------------------------------------------
+
+def claim_due_tasks_skip_locked(cur, table: QuotedTable, server_id: str,
+                                task_types: Sequence[str], limit: int) -> list[dict]:
+    """Lock up to `limit` due tasks and mark them ours, in the caller's
+    transaction. The WHERE and ORDER BY match the (status, schedule_time)
+    index (InnoDB appends id), so the scan walks the index in order and locks
+    only what it returns; SKIP LOCKED steps over rows other servers hold."""
+    cur.execute(
+        f"SELECT {CLAIM_COLUMNS}, NOW(3) AS claimed_at FROM {_table(table)} "
+        "WHERE status = 0 AND schedule_time <= NOW(3) AND task_type IN %(types)s "
+        "ORDER BY schedule_time, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+        {"types": tuple(task_types), "limit": limit},
+    )
+    rows = cur.fetchall()
+    if rows:
+        cur.execute(
+            f"UPDATE {table} SET status = 1, server_id = %(sid)s, start_time = NOW(3) "
+            "WHERE id IN %(ids)s",
+            {"sid": server_id, "ids": tuple(row["id"] for row in rows)},
+        )
+    return list(rows)
+
+
+def find_due_tasks(cur, table: QuotedTable, task_types: Sequence[str], limit: int) -> list[dict]:
+    """Candidates for the conditional-UPDATE claim (servers without SKIP LOCKED)."""
+    cur.execute(
+        f"SELECT {CLAIM_COLUMNS} FROM {_table(table)} "
+        "WHERE status = 0 AND schedule_time <= NOW(3) AND task_type IN %(types)s "
+        "ORDER BY schedule_time, id LIMIT %(limit)s",
+        {"types": tuple(task_types), "limit": limit},
+    )
+    return list(cur.fetchall())
+
+
+def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int) -> bool:
+    """Take one candidate only if nobody took it since we read it."""
+    cur.execute(
+        f"UPDATE {_table(table)} SET status = 1, server_id = %s, start_time = NOW(3) "
+        "WHERE id = %s AND status = 0",
+        (server_id, task_id),
+    )
+    return cur.rowcount == 1
+
+
+# --- outcomes (fenced: status 1, our server_id, the retry_count we claimed) ----
+
+def finish_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
+                 ids: Sequence[int]) -> int:
+    """Mark a group of claimed attempts done; returns how many were still ours."""
+    cur.execute(
+        f"UPDATE {_table(table)} SET status = 2, end_time = NOW(3), error_msg = NULL "
+        "WHERE id IN %(ids)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
+    )
+    return cur.rowcount
+
+
+def retry_task_later(cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int,
+                     error: str, delay_seconds: float) -> int:
+    cur.execute(
+        f"UPDATE {_table(table)} SET status = 0, error_msg = %(err)s, end_time = NULL, "
+        "schedule_time = NOW(3) + INTERVAL %(delay)s MICROSECOND, retry_count = retry_count + 1 "
+        "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        {"err": error, "delay": _us(delay_seconds), "id": task_id, "sid": server_id, "rc": retry_count},
+    )
+    return cur.rowcount
+
+
+def fail_task(cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int,
+              error: str) -> int:
+    cur.execute(
+        f"UPDATE {_table(table)} SET status = 3, error_msg = %(err)s, end_time = NOW(3) "
+        "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        {"err": error, "id": task_id, "sid": server_id, "rc": retry_count},
+    )
+    return cur.rowcount
+
+
+def release_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
+                  ids: Sequence[int]) -> int:
+    """Hand unfinished attempts back on shutdown: not counted as an attempt."""
+    cur.execute(
+        f"UPDATE {_table(table)} SET status = 0, start_time = NULL "
+        "WHERE id IN %(ids)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
+    )
+    return cur.rowcount
+
+
+# A lost attempt counts as an attempt: back to pending while retries remain,
+# failed once they are exhausted. retry_count is assigned last so every other
+# expression reads the value the attempt was claimed with, whichever
+# assignment order the server's sql_mode uses.
+def _requeue_lost_attempt(error_sql: str = "%(err)s") -> str:
+    return ("status = IF(retry_count < max_retries, 0, 3), "
+            "end_time = IF(retry_count < max_retries, NULL, NOW(3)), "
+            f"error_msg = {error_sql}, retry_count = retry_count + 1")
+
+
+def rescue_dead_servers_tasks(cur, table: QuotedTable, heartbeat_timeout: float) -> int:
+    """Requeue attempts whose owner has not heartbeated within the timeout (or
+    went offline without handing them back)."""
+    cur.execute(
+        f"UPDATE {_table(table)} SET "
+        + _requeue_lost_attempt("CONCAT('server ', server_id, "
+                                "' stopped heartbeating while running this attempt')")
+        + " WHERE status = 1 AND server_id NOT IN (SELECT server_id FROM servers "
+        "WHERE state <> 'offline' AND last_heartbeat >= NOW(3) - INTERVAL %(timeout)s MICROSECOND)",
+        {"timeout": _us(heartbeat_timeout)},
+    )
+    return cur.rowcount
+
+
+def recover_own_orphans(cur, table: QuotedTable, server_id: str) -> int:
+    """On start-up: attempts a previous process under our server_id left running."""
+    cur.execute(
+        f"UPDATE {_table(table)} SET {_requeue_lost_attempt()} WHERE status = 1 AND server_id = %(sid)s",
+        {"err": f"server {server_id} restarted while running this attempt", "sid": server_id},
+    )
+    return cur.rowcount
+
+
+def find_own_claims(cur, table: QuotedTable, server_id: str, older_than: float) -> list[dict]:
+    """Our status-1 rows claimed more than `older_than` seconds ago."""
+    cur.execute(
+        f"SELECT id, retry_count FROM {_table(table)} WHERE status = 1 AND server_id = %s "
+        "AND start_time < NOW(3) - INTERVAL %s MICROSECOND",
+        (server_id, _us(older_than)),
+    )
+    return list(cur.fetchall())
+
+
+def requeue_unattended_claim(cur, table: QuotedTable, server_id: str, task_id: int,
+                             retry_count: int) -> int:
+    """A claim whose COMMIT landed but whose reply was lost: nobody runs it."""
+    cur.execute(
+        f"UPDATE {_table(table)} SET {_requeue_lost_attempt()} "
+        "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        {"err": f"claim by {server_id} was lost before it started", "id": task_id,
+         "sid": server_id, "rc": retry_count},
+    )
+    return cur.rowcount
+
+
+# --- named locks ---------------------------------------------------------------
+
+def try_lock(cur, name: str) -> bool:
+    """A server-wide named lock held by this connection, without waiting."""
+    cur.execute("SELECT GET_LOCK(%s, 0) AS got", (name,))
+    return cur.fetchone()["got"] == 1
+
+
+def release_lock(cur, name: str) -> None:
+    cur.execute("SELECT RELEASE_LOCK(%s) AS released", (name,))
+    cur.fetchone()
+
+
+# --- retention -------------------------------------------------------------------
+
+def delete_finished_tasks(cur, table: QuotedTable, older_than_days: int, limit: int) -> int:
+    """One small batch of finished tasks past retention. schedule_time is
+    never after end_time, so the range on it lets the (status, schedule_time)
+    index bound the scan; end_time then decides."""
+    cur.execute(
+        f"DELETE FROM {_table(table)} WHERE status IN (2, 3, 4) "
+        "AND schedule_time < NOW(3) - INTERVAL %(days)s DAY "
+        "AND end_time < NOW(3) - INTERVAL %(days)s DAY LIMIT %(limit)s",
+        {"days": older_than_days, "limit": limit},
+    )
+    return cur.rowcount
