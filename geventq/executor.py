@@ -93,7 +93,7 @@ class Executor:
         self.heartbeat.start()
         self.maintenance = servers.Maintenance(runtime, self.heartbeat)
         self.maintenance.start()
-        self.sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
+        self.sync = runtime.sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
         self.sync.start()
 
     # --- running ---------------------------------------------------------------

@@ -95,6 +95,7 @@ class Runtime:
     attempts: dict[tuple[str, int], Attempt] = field(default_factory=dict)
     state: str = "starting"
     recorder: Any = None
+    sync: Any = None
     metrics: Any = None
 
     @property

@@ -1,0 +1,92 @@
+"""Test handlers with named behaviours. Every run is recorded in the test
+database's `executions` table (one row per attempt, with start and finish
+times on the database clock) so tests can count runs and overlaps."""
+
+import os
+import time
+
+import gevent
+
+from geventq import PermanentFailure, task_handler
+
+
+def _started(ctx) -> int:
+    with ctx.db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at) "
+            "VALUES (%s, %s, %s, %s, %s, NOW(6))",
+            (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid()),
+        )
+        return cur.lastrowid
+
+
+def _finished(ctx, execution_id: int) -> None:
+    with ctx.db.cursor() as cur:
+        cur.execute("UPDATE executions SET finished_at = NOW(6) WHERE id = %s", (execution_id,))
+
+
+@task_handler("noop")
+def noop(ctx):
+    pass
+
+
+@task_handler("record")
+def record(ctx):
+    """Runs for params.seconds (default 0), recording start and finish."""
+    execution = _started(ctx)
+    seconds = float(ctx.params.get("seconds", 0))
+    if seconds:
+        gevent.sleep(seconds)
+    ctx.log.info("recorded run {}", execution)
+    _finished(ctx, execution)
+
+
+@task_handler("fail")
+def fail(ctx):
+    _finished(ctx, _started(ctx))
+    raise RuntimeError(ctx.params.get("message", "failing on purpose"))
+
+
+@task_handler("flaky")
+def flaky(ctx):
+    """Fails until the attempt numbered params.succeed_on (1-based)."""
+    _finished(ctx, _started(ctx))
+    if ctx.attempt < int(ctx.params.get("succeed_on", 2)):
+        raise RuntimeError(f"flaky failure on attempt {ctx.attempt}")
+
+
+@task_handler("permanent")
+def permanent(ctx):
+    raise PermanentFailure("this task can never succeed")
+
+
+@task_handler("hang")
+def hang(ctx):
+    """Sleeps params.seconds (default 3600) without recording a finish."""
+    execution = _started(ctx)
+    gevent.sleep(float(ctx.params.get("seconds", 3600)))
+    _finished(ctx, execution)
+
+
+@task_handler("exit")
+def exit_process(ctx):
+    """Kills its own process, as a crashing extension module would."""
+    _started(ctx)
+    os._exit(int(ctx.params.get("code", 1)))
+
+
+@task_handler("cpu")
+def cpu(ctx):
+    """Blocks the hub with a CPU loop that never yields for params.seconds."""
+    execution = _started(ctx)
+    deadline = time.monotonic() + float(ctx.params.get("seconds", 2))
+    while time.monotonic() < deadline:
+        pass
+    _finished(ctx, execution)
+
+
+@task_handler("cpu_in_thread")
+def cpu_in_thread(ctx):
+    execution = _started(ctx)
+    ctx.run_in_thread(sum, range(int(ctx.params.get("n", 1_000_000))))
+    _finished(ctx, execution)
