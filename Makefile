@@ -1,0 +1,19 @@
+# The README's two commands are `make run` and `make test`.
+PYTHON ?= python3
+
+.PHONY: run test bench chaos lint status
+
+run:  ## install what the executor needs and run it on config.json
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m geventq
+
+test:  ## install everything the suite needs (Python packages, headless Chromium) and run it
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null)
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+	$(PYTHON) -m pytest
+
+lint:
+	ruff check geventq handlers tests
+
+status:
+	$(PYTHON) -m geventq status
