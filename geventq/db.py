@@ -185,8 +185,18 @@ class Database:
                 raise
 
     def call(self, fn: Callable[..., T], *args: Any, transaction: bool = False) -> T:
-        """Run fn(cursor, *args) once, in a transaction or in autocommit."""
+        """Run fn(cursor, *args) once, in a transaction or in autocommit.
+
+        If a pooled connection turns out dead (server restart, KILL), it runs
+        once more on a new connection: a dead idle connection is not an outage.
+        """
         scope = self.transaction if transaction else self.cursor
+        try:
+            with scope() as cur:
+                return fn(cur, *args)
+        except DatabaseUnavailable:
+            if not self._discard_idle():
+                raise
         with scope() as cur:
             return fn(cur, *args)
 
@@ -213,11 +223,17 @@ class Database:
 
     def close(self) -> None:
         self._closed = True
+        self._discard_idle()
+
+    def _discard_idle(self) -> int:
+        """Close every idle connection (they likely died together); how many."""
+        closed = 0
         while True:
             try:
                 _close_quietly(self._idle.get_nowait()[0])
+                closed += 1
             except Empty:
-                return
+                return closed
 
     def _take_idle(self) -> pymysql.connections.Connection | None:
         while True:

@@ -61,9 +61,10 @@ def _import_handler_module(file: Path) -> None:
     name = f"geventq_handlers.{file.parent.name}.{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
-    # Handler modules may import helpers that sit beside them.
+    # Handler modules may import helpers that sit beside them; appended, so a
+    # handler file named like a standard module (email.py) cannot shadow it.
     if str(file.parent) not in sys.path:
-        sys.path.insert(0, str(file.parent))
+        sys.path.append(str(file.parent))
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)

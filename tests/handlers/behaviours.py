@@ -90,3 +90,14 @@ def cpu_in_thread(ctx):
     execution = _started(ctx)
     ctx.run_in_thread(sum, range(int(ctx.params.get("n", 1_000_000))))
     _finished(ctx, execution)
+
+
+@task_handler("touch")
+def touch(ctx):
+    """Appends one line per run to params.file, touching no database: for
+    tests that kill the executor's connections."""
+    with open(ctx.params["file"], "a") as runs:
+        runs.write(f"{ctx.table_name} {ctx.task_id} {ctx.retry_count} {ctx.server_id}\n")
+    seconds = float(ctx.params.get("seconds", 0))
+    if seconds:
+        gevent.sleep(seconds)
