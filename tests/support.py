@@ -13,8 +13,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pymysql
 
@@ -174,7 +175,10 @@ class ExecutorProcess:
         def online():
             if self.process.poll() is not None:
                 raise AssertionError(f"executor exited with {self.process.returncode}:\n{self.output}")
-            rows = self.db.query("SELECT state, pid FROM servers WHERE server_id = %s", (self.server_id,))
+            try:
+                rows = self.db.query("SELECT state, pid FROM servers WHERE server_id = %s", (self.server_id,))
+            except pymysql.err.MySQLError:
+                return False  # the executor has not created the database yet
             return rows and rows[0]["state"] == "online" and rows[0]["pid"] == self.process.pid
         wait_for(online, timeout, message=f"{self.server_id} online")
 

@@ -1,6 +1,8 @@
 """The task life cycle through a real executor process: success, retries
 with backoff, final failure, permanent failure, timeout, bad params."""
 
+import itertools
+
 from tests.support import wait_for
 
 DONE, FAILED = 2, 3
@@ -37,7 +39,7 @@ def test_retries_are_pushed_back_by_the_backoff(db, executors):
     wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, message="done after retries")
     starts = [row["started_at"] for row in db.query(
         "SELECT started_at FROM executions WHERE task_id = %s ORDER BY id", (task_id,))]
-    gaps = [(later - earlier).total_seconds() for earlier, later in zip(starts, starts[1:])]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(starts)]
     # base * 2^retry_count: 1 s before the 2nd attempt, 2 s before the 3rd
     assert 1.0 <= gaps[0] < 3.0
     assert 2.0 <= gaps[1] < 4.0

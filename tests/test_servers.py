@@ -54,7 +54,8 @@ def test_pinned_queues_run_only_on_their_server(db, executors):
     db.insert_tasks("qb_tasks", "record", 30)
     executors.start("s1")
     executors.start("s2")
-    wait_for(lambda: db.status_counts("qa_tasks") == {DONE: 30} and db.status_counts("qb_tasks") == {DONE: 30})
+    wait_for(lambda: db.status_counts("qa_tasks") == {DONE: 30}
+             and db.status_counts("qb_tasks") == {DONE: 30})
     servers = {row["table_name"]: row["servers"] for row in db.query(
         "SELECT table_name, GROUP_CONCAT(DISTINCT server_id) AS servers FROM executions GROUP BY table_name")}
     assert servers == {"qa_tasks": "s1", "qb_tasks": "s2"}
