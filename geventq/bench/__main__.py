@@ -1,0 +1,120 @@
+"""`python -m geventq.bench [--quick] [--only W1,W3] [--out DIR]`
+
+Runs the ceiling loop and W1..W6 against real executor processes in a
+database of its own (dropped and recreated), prints one table, and writes
+DIR/results.json and DIR/chart.png. A workload that cannot run here is
+reported as n/a with the reason; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from geventq.bench import report
+from geventq.bench.benchdb import BenchDB, Server
+from geventq.bench.procs import Unavailable
+from geventq.bench.workloads import WORKLOADS, Context, Sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m geventq.bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller counts for a smoke run (W1 2,000 tasks, W5 10,000, ...)")
+    parser.add_argument("--only", metavar="LIST",
+                        help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
+    parser.add_argument("--database", default="geventq_bench",
+                        help="database to drop and recreate (default: geventq_bench)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3306)
+    parser.add_argument("--user", default="root")
+    parser.add_argument("--password", default="")
+    return parser
+
+
+def selected(only: str | None) -> list[str]:
+    if not only:
+        return list(WORKLOADS)
+    wanted = [name.strip() for name in only.split(",") if name.strip()]
+    by_lower = {name.lower(): name for name in WORKLOADS}
+    unknown = [name for name in wanted if name.lower() not in by_lower]
+    if unknown:
+        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(WORKLOADS)}")
+    chosen = {by_lower[name.lower()] for name in wanted}
+    return [name for name in WORKLOADS if name in chosen]  # ceiling first: the others are ratios to it
+
+
+class Progress:
+    """A line per step with the elapsed time since the bench started."""
+
+    def __init__(self):
+        self.began = time.monotonic()
+
+    def __call__(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.began:7.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def machine(db: BenchDB) -> dict[str, Any]:
+    import gevent
+    import pymysql
+    version = db.scalar("SELECT VERSION() AS v")
+    cpus = os.cpu_count()
+    return {"cpus": cpus, "python": platform.python_version(), "gevent": gevent.__version__,
+            "pymysql": pymysql.__version__, "server": version, "platform": platform.platform(),
+            "summary": f"{cpus} cores, Python {platform.python_version()}, gevent {gevent.__version__}, "
+                       f"MariaDB/MySQL {version.split('-')[0]}"}
+
+
+def run_workload(name: str, ctx: Context) -> dict[str, Any]:
+    ctx.progress(f"{name}: start")
+    began = time.monotonic()
+    try:
+        result = WORKLOADS[name](ctx)
+        ctx.progress(f"{name}: done in {time.monotonic() - began:.1f}s")
+        return result
+    except Unavailable as reason:
+        ctx.progress(f"{name}: n/a ({reason})")
+        return {"status": "n/a", "reason": str(reason)}
+    except Exception as error:  # noqa: BLE001 - one broken workload must not hide the others
+        traceback.print_exc()
+        ctx.progress(f"{name}: error after {time.monotonic() - began:.1f}s: {type(error).__name__}: {error}")
+        return {"status": "error", "reason": f"{type(error).__name__}: {str(error)[:300]}"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = selected(args.only)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress()
+    db = BenchDB(Server(args.host, args.port, args.user, args.password), args.database)
+    progress(f"recreating database {args.database}")
+    db.recreate()
+    sizes = Sizes.quick() if args.quick else Sizes()
+    results: dict[str, Any] = {"command": "python -m geventq.bench " + " ".join(argv or sys.argv[1:]),
+                               "started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick,
+                               "sizes": sizes.__dict__, "machine": machine(db)}
+    ctx = Context(db=db, out=out, sizes=sizes, progress=progress, results=results)
+    for name in names:
+        results[name] = run_workload(name, ctx)
+    db.reset_between_workloads()
+    rows = report.build_rows(results)
+    print(report.format_table(rows))
+    report.write_json(out / "results.json", results, rows)
+    why_not = report.write_chart(out / "chart.png", results)
+    progress(f"wrote {out / 'results.json'}" + (f"; chart skipped: {why_not}" if why_not
+                                                 else f" and {out / 'chart.png'}"))
+    db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Real `python -m geventq` processes for the benchmark: a config per
+workload (defaults, except what the workload needs), start, wait until
+online, memory, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from geventq.bench.benchdb import BenchDB
+
+REPO = Path(__file__).resolve().parent.parent.parent
+BENCH_HANDLERS = Path(__file__).resolve().parent / "handlers"
+
+
+class Unavailable(Exception):
+    """A workload cannot run here; the report says n/a and why."""
+
+
+def write_config(workdir: Path, db: BenchDB) -> Path:
+    """Default configuration, except: the bench database, any free admin port,
+    the bench's handlers, and logs under the workload's folder."""
+    config = {
+        "database": {"host": db.server.host, "port": db.server.port, "username": db.server.user,
+                     "password": db.server.password, "database": db.database},
+        "admin": {"port": 0},
+        "handlers": {"paths": [str(BENCH_HANDLERS)]},
+        "log": {"dir": str(workdir / "logs")},
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+class Executor:
+    def __init__(self, config: Path, server_id: str, db: BenchDB):
+        self.config = config
+        self.server_id = server_id
+        self.db = db
+        self.output_path = config.parent / f"executor-{server_id}.out"
+        self.process: subprocess.Popen | None = None
+        self.exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self) -> Executor:
+        with open(self.output_path, "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "geventq", "--config", str(self.config),
+                 "--server-id", self.server_id], cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_online(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            rows = self.db.query("SELECT state, pid, admin_address FROM servers WHERE server_id = %s",
+                                 (self.server_id,))
+            if rows and rows[0]["state"] == "online" and rows[0]["pid"] == self.pid:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.server_id} not online after {timeout:g}s:\n{self.output_tail()}")
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"executor {self.server_id} exited with {self.process.returncode}:\n"
+                               f"{self.output_tail()}")
+
+    @property
+    def admin_url(self) -> str:
+        address = self.db.scalar("SELECT admin_address FROM servers WHERE server_id = %s",
+                                 (self.server_id,))
+        return f"http://{address}"
+
+    def rss_mb(self) -> float:
+        """Resident set size from /proc/PID/status (VmRSS), in MiB."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS line")
+
+    def stop(self, timeout: float = 40) -> int:
+        """SIGTERM, then wait; SIGKILL only past the timeout."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.exit_code = self.process.returncode
+        return self.exit_code
+
+    def output_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.output_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def warnings(self) -> list[str]:
+        """WARNING/ERROR lines of the executor's output (at most ten)."""
+        try:
+            text = self.output_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        found = [line for line in text.splitlines() if "| WARNING" in line or "| ERROR" in line]
+        return found[:10]
+
+
+@contextmanager
+def executors(db: BenchDB, workdir: Path, server_ids: list[str]):
+    """Start the executors (all at once, then wait for each); always stopped."""
+    config = write_config(workdir, db)
+    started = [Executor(config, server_id, db) for server_id in server_ids]
+    try:
+        yield started
+    finally:
+        for executor in started:
+            executor.stop()
+
+
+def count_job_logs(workdir: Path) -> int:
+    """Job log files written, then removed: 100,000 of them would fill the disk."""
+    directory = workdir / "logs"
+    count = 0
+    if directory.is_dir():
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("job-"):
+                    count += 1
+                    os.unlink(entry.path)
+    return count
+
+

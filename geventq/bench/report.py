@@ -1,0 +1,360 @@
+"""The benchmark's outputs: one table on stdout, results.json, chart.png.
+
+Every figure with a target is checked here, so the table, the JSON and the
+chart agree on what was met."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+W1_SHARE_OF_CEILING = 0.50
+W2_EFFICIENCY = 0.95
+W3_API_P99_MS = 50.0
+W3_SQL_SLACK_MS = 50.0
+W4_RATIO = 0.90
+W5_GROWTH_MB = 20.0
+STATEMENTS_PER_TASK = 0.25
+
+
+@dataclass
+class Row:
+    workload: str
+    figure: str
+    value: str
+    ratio: str = ""      # to the batched ceiling (or the ceiling's own figure of that kind)
+    target: str = ""
+    verdict: str = ""    # met | MISSED | n/a | ""
+
+
+def get(results: dict, *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def one_line(text: str, limit: int = 90) -> str:
+    """The first line of a reason, cut to fit a table cell."""
+    first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
+def _num(value: Any, fmt: str = ",.0f", unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{fmt}}{unit}"
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value and reference else ""
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+
+def _unavailable(results: dict, workload: str) -> str | None:
+    entry = results.get(workload)
+    if isinstance(entry, dict) and entry.get("status") in ("n/a", "error"):
+        return f"{entry['status']} ({one_line(entry.get('reason', ''))})"
+    return None
+
+
+def build_rows(results: dict) -> list[Row]:
+    rows: list[Row] = []
+    ceiling = get(results, "ceiling", "batched", "tasks_per_s")
+    rows += _ceiling_rows(results, ceiling)
+    rows += _w1_rows(results, ceiling)
+    rows += _w2_rows(results)
+    rows += _w3_rows(results)
+    rows += _w4_rows(results, ceiling)
+    rows += _w5_rows(results, ceiling)
+    rows += _w6_rows(results, ceiling)
+    return rows
+
+
+def _skipped(results: dict, workload: str, label: str) -> list[Row]:
+    reason = _unavailable(results, workload)
+    if reason is not None:
+        return [Row(label, "", reason, verdict="n/a")]
+    if workload not in results:
+        return [Row(label, "", "not run")]
+    return []
+
+
+def _ceiling_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "ceiling", "ceiling")
+    if skipped:
+        return skipped
+    return [
+        Row("ceiling, batched", "tasks/s", _num(ceiling), "1.00"),
+        Row("ceiling, per-task UPDATE", "tasks/s", _num(get(results, "ceiling", "per_task", "tasks_per_s")),
+            _ratio(get(results, "ceiling", "per_task", "tasks_per_s"), ceiling)),
+        Row("ceiling, batched", "SQL statements/task",
+            _num(get(results, "ceiling", "batched", "sql", "statements_per_task"), ".3f")),
+        Row("ceiling, batched, 0.2 s sleeps", "efficiency",
+            _num(get(results, "ceiling", "batched_sleep", "efficiency"), ".3f")),
+    ]
+
+
+def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W1", "W1 no-op")
+    if skipped:
+        return skipped
+    rate = get(results, "W1", "tasks_per_s")
+    share = rate / ceiling if rate and ceiling else None
+    per_task = get(results, "W1", "sql", "statements_per_task")
+    ceiling_per_task = get(results, "ceiling", "batched", "sql", "statements_per_task")
+    return [
+        Row("W1 no-op", "tasks/s", _num(rate), _ratio(rate, ceiling),
+            f"≥ {W1_SHARE_OF_CEILING:.2f} × ceiling",
+            _verdict(None if share is None else share >= W1_SHARE_OF_CEILING)),
+        Row("W1 no-op", "whole process, s", _num(get(results, "W1", "whole_process_s"), ".2f")),
+        Row("W1 SQL", "statements/task", _num(per_task, ".3f"), _ratio(per_task, ceiling_per_task),
+            f"≤ {STATEMENTS_PER_TASK}",
+            _verdict(None if per_task is None else per_task <= STATEMENTS_PER_TASK)),
+        Row("W1 SQL", "Questions/task", _num(get(results, "W1", "sql", "questions_per_task"), ".3f"),
+            _ratio(get(results, "W1", "sql", "questions_per_task"),
+                   get(results, "ceiling", "batched", "sql", "questions_per_task"))),
+    ]
+
+
+def _w2_rows(results: dict) -> list[Row]:
+    skipped = _skipped(results, "W2", "W2 I/O-bound")
+    if skipped:
+        return skipped
+    efficiency = get(results, "W2", "efficiency")
+    return [Row("W2 I/O-bound", f"efficiency ({_num(get(results, 'W2', 'drain_s'), '.2f')} s drain)",
+                _num(efficiency, ".3f"),
+                _ratio(efficiency, get(results, "ceiling", "batched_sleep", "efficiency")),
+                f"≥ {W2_EFFICIENCY}", _verdict(None if efficiency is None else efficiency >= W2_EFFICIENCY))]
+
+
+def _w3_rows(results: dict) -> list[Row]:
+    skipped = _skipped(results, "W3", "W3 pickup")
+    if skipped:
+        return skipped
+    rows = []
+    for part, label, limit in (("a_api_local", "W3a API, same server", W3_API_P99_MS),
+                               ("b_api_remote", "W3b API, other server", W3_API_P99_MS),
+                               ("c_sql_insert", "W3c SQL insert, scan 1 s", 1000 + W3_SQL_SLACK_MS)):
+        entry = get(results, "W3", part) or {}
+        if entry.get("status") == "n/a":
+            rows.append(Row(label, "p50/p95/p99 ms", f"n/a ({one_line(entry.get('reason', ''), 70)})",
+                            target=f"p99 ≤ {limit:g} ms", verdict="n/a"))
+            continue
+        p99 = entry.get("p99_ms")
+        value = "/".join(_num(entry.get(k), ".1f") for k in ("p50_ms", "p95_ms", "p99_ms"))
+        if entry.get("never_picked_up"):
+            value += f" ({entry['never_picked_up']} never ran)"
+        met = None if p99 is None else p99 <= limit and not entry.get("never_picked_up")
+        rows.append(Row(label, "p50/p95/p99 ms", value, target=f"p99 ≤ {limit:g} ms", verdict=_verdict(met)))
+    return rows
+
+
+def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W4", "W4 big table")
+    if skipped:
+        return skipped
+    rate, ratio = get(results, "W4", "tasks_per_s"), get(results, "W4", "ratio_to_w1")
+    explain = get(results, "W4", "explain") or {}
+    return [
+        Row("W4 big table", "tasks/s", _num(rate), _ratio(rate, ceiling)),
+        Row("W4 big table", "ratio to W1", _num(ratio, ".2f"), target=f"≥ {W4_RATIO}",
+            verdict=_verdict(None if ratio is None else ratio >= W4_RATIO)),
+        Row("W4 big table", "EXPLAIN claim key", f"{explain.get('key')} ({explain.get('type')}, "
+            f"rows {explain.get('rows')}, {explain.get('extra') or '-'})",
+            target=f"{explain.get('status_schedule_index')}, no filesort",
+            verdict=_verdict(explain.get("uses_status_schedule_index"))),
+    ]
+
+
+def _w5_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W5", "W5 soak")
+    if skipped:
+        return skipped
+    growth = get(results, "W5", "rss_growth_mb")
+    checkpoint, tasks = get(results, "W5", "checkpoint"), get(results, "W5", "tasks")
+    rate = get(results, "W5", "tasks_per_s")
+    return [
+        Row("W5 soak", f"RSS start/after {checkpoint or 0:,}/end, MiB",
+            "/".join(_num(get(results, "W5", k), ".1f") for k in ("rss_start_mb", "rss_checkpoint_mb",
+                                                                   "rss_end_mb"))),
+        Row("W5 soak", f"RSS growth {checkpoint or 0:,} → {tasks or 0:,}, MiB", _num(growth, ".1f"),
+            target=f"< {W5_GROWTH_MB:g}",
+            verdict=_verdict(None if growth is None else growth < W5_GROWTH_MB)),
+        Row("W5 soak", "tasks/s", _num(rate), _ratio(rate, ceiling)),
+    ]
+
+
+def _w6_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W6", "W6 two servers")
+    if skipped:
+        return skipped
+    rate = get(results, "W6", "tasks_per_s")
+    return [
+        Row("W6 two servers", "combined tasks/s", _num(rate), _ratio(rate, ceiling)),
+        Row("W6 two servers", "ratio to W1", _num(get(results, "W6", "ratio_to_w1"), ".2f")),
+    ]
+
+
+def format_table(rows: list[Row]) -> str:
+    header = Row("workload", "figure", "value", "÷ ceiling", "target", "verdict")
+    cells = [header, *rows]
+    widths = [max(len(getattr(row, f)) for row in cells) for f in ("workload", "figure", "value", "ratio",
+                                                                   "target", "verdict")]
+
+    def line(row: Row) -> str:
+        values = (row.workload, row.figure, row.value, row.ratio, row.target, row.verdict)
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), rule, *(line(row) for row in rows)])
+
+
+def targets(rows: list[Row]) -> list[dict[str, str]]:
+    return [{"workload": r.workload, "figure": r.figure, "value": r.value, "target": r.target,
+             "verdict": r.verdict} for r in rows if r.target]
+
+
+def write_json(path: Path, results: dict, rows: list[Row]) -> None:
+    document = {**results, "table": [row.__dict__ for row in rows], "targets": targets(rows)}
+    path.write_text(json.dumps(document, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return str(value)
+
+
+# --- chart ------------------------------------------------------------------------------
+
+def write_chart(path: Path, results: dict) -> str | None:
+    """chart.png; returns why not when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -r requirements-bench.txt)"
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig.suptitle(f"geventq benchmark — {results.get('machine', {}).get('summary', '')}", fontsize=12)
+    _throughput_panel(axes[0][0], results)
+    _efficiency_panel(axes[0][1], results)
+    _statements_panel(axes[0][2], results)
+    _latency_panel(axes[1][0], results)
+    _memory_panel(axes[1][1], results)
+    _ratio_panel(axes[1][2], results)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def _bars(ax, labels: list[str], values: list[float | None], colors: list[str], fmt: str) -> None:
+    heights = [v or 0 for v in values]
+    bars = ax.bar(range(len(labels)), heights, color=colors)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate("n/a" if value is None else format(value, fmt), (bar.get_x() + bar.get_width() / 2,
+                    bar.get_height()), ha="center", va="bottom", fontsize=8)
+
+
+CEILING_COLOR, GEVENTQ_COLOR = "#9e9e9e", "#1f77b4"
+
+
+def _throughput_panel(ax, results: dict) -> None:
+    ceiling = get(results, "ceiling", "batched", "tasks_per_s")
+    items = [("ceiling batched", ceiling, CEILING_COLOR),
+             ("ceiling per-task", get(results, "ceiling", "per_task", "tasks_per_s"), CEILING_COLOR),
+             ("W1 1 server", get(results, "W1", "tasks_per_s"), GEVENTQ_COLOR),
+             ("W4 +1M rows", get(results, "W4", "tasks_per_s"), GEVENTQ_COLOR),
+             ("W5 soak", get(results, "W5", "tasks_per_s"), GEVENTQ_COLOR),
+             ("W6 2 servers", get(results, "W6", "tasks_per_s"), GEVENTQ_COLOR)]
+    _bars(ax, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], ",.0f")
+    if ceiling:
+        ax.axhline(ceiling * W1_SHARE_OF_CEILING, color="red", linestyle="--", linewidth=1,
+                   label=f"target: {W1_SHARE_OF_CEILING:.0%} of ceiling")
+        ax.legend(fontsize=8)
+    ax.set_title("no-op throughput, tasks/s (concurrency 50)", fontsize=10)
+
+
+def _efficiency_panel(ax, results: dict) -> None:
+    items = [("ceiling batched", get(results, "ceiling", "batched_sleep", "efficiency"), CEILING_COLOR),
+             ("W2 geventq", get(results, "W2", "efficiency"), GEVENTQ_COLOR)]
+    _bars(ax, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], ".3f")
+    ax.axhline(W2_EFFICIENCY, color="red", linestyle="--", linewidth=1, label=f"target ≥ {W2_EFFICIENCY}")
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8)
+    ax.set_title("W2: 0.2 s sleeps at concurrency 200, ideal / drain", fontsize=10)
+
+
+def _statements_panel(ax, results: dict) -> None:
+    from geventq.bench.workloads import WORK_COUNTERS
+    sources = [("ceiling batched", get(results, "ceiling", "batched", "sql")),
+               ("ceiling per-task", get(results, "ceiling", "per_task", "sql")),
+               ("W1 geventq", get(results, "W1", "sql"))]
+    bottoms = [0.0] * len(sources)
+    for counter in WORK_COUNTERS:
+        values = [max(0.0, (sql or {}).get("per_task_by_counter", {}).get(counter, 0.0))
+                  for _, sql in sources]
+        if any(values):
+            ax.bar(range(len(sources)), values, bottom=bottoms, label=counter.replace("Com_", ""))
+            bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    ax.set_xticks(range(len(sources)), [s[0] for s in sources], fontsize=8)
+    for x, total in enumerate(bottoms):
+        ax.annotate(f"{total:.3f}", (x, total), ha="center", va="bottom", fontsize=8)
+    ax.axhline(STATEMENTS_PER_TASK, color="red", linestyle="--", linewidth=1,
+               label=f"target ≤ {STATEMENTS_PER_TASK}")
+    ax.legend(fontsize=7)
+    ax.set_title("SQL statements per task at saturation", fontsize=10)
+
+
+def _latency_panel(ax, results: dict) -> None:
+    parts = [("a: API, same server", "a_api_local", W3_API_P99_MS),
+             ("b: API, other server", "b_api_remote", W3_API_P99_MS),
+             ("c: SQL, scan 1 s", "c_sql_insert", 1000 + W3_SQL_SLACK_MS)]
+    width = 0.25
+    for offset, key in enumerate(("p50_ms", "p95_ms", "p99_ms")):
+        values = [get(results, "W3", part, key) for _, part, _ in parts]
+        xs = [x + (offset - 1) * width for x in range(len(parts))]
+        ax.bar(xs, [v or 0 for v in values], width=width, label=key.replace("_ms", ""))
+        for x, value in zip(xs, values, strict=True):
+            if value is None:
+                ax.annotate("n/a", (x, 1), ha="center", va="bottom", fontsize=7)
+    for x, (_, _, limit) in enumerate(parts):
+        ax.hlines(limit, x - 0.4, x + 0.4, colors="red", linestyles="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_ylim(1, 10_000)
+    ax.set_xticks(range(len(parts)), [p[0] for p in parts], fontsize=8)
+    ax.legend(fontsize=8)
+    ax.set_title("W3 pickup latency, ms (start_time − created_at); red: p99 target", fontsize=10)
+
+
+def _memory_panel(ax, results: dict) -> None:
+    samples = get(results, "W5", "rss_samples") or []
+    if samples:
+        ax.plot([s[0] for s in samples], [s[1] for s in samples], color=GEVENTQ_COLOR)
+        checkpoint = get(results, "W5", "rss_checkpoint_mb")
+        if checkpoint is not None:
+            after = get(results, "W5", "checkpoint") or 0
+            ax.axhline(checkpoint + W5_GROWTH_MB, color="red", linestyle="--", linewidth=1,
+                       label=f"target: < {W5_GROWTH_MB:g} MiB growth after {after:,}")
+            ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "n/a", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("tasks done", fontsize=8)
+    ax.set_title("W5 executor RSS, MiB", fontsize=10)
+
+
+def _ratio_panel(ax, results: dict) -> None:
+    items = [("W4 ÷ W1 (1M finished rows)", get(results, "W4", "ratio_to_w1"), GEVENTQ_COLOR),
+             ("W6 ÷ W1 (2 servers)", get(results, "W6", "ratio_to_w1"), GEVENTQ_COLOR)]
+    _bars(ax, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], ".2f")
+    ax.axhline(W4_RATIO, color="red", linestyle="--", linewidth=1, label=f"W4 target ≥ {W4_RATIO}")
+    ax.legend(fontsize=8)
+    ax.set_title("throughput relative to W1", fontsize=10)

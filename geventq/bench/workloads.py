@@ -1,0 +1,431 @@
+"""The workloads of issue #4. Each takes a `Context` and returns a dict of
+figures read from the database clock (start_time, end_time, created_at), or
+raises `Unavailable` when it cannot run here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geventq.bench.benchdb import BenchDB, ident
+from geventq.bench.procs import REPO, Executor, Unavailable, count_job_logs, executors
+
+# Statements that do a task's work; their sum over the tasks run is the
+# "statements per task" figure. Questions (every statement a client sent,
+# SET and SHOW included) is reported beside it.
+WORK_COUNTERS = ("Com_select", "Com_update", "Com_insert", "Com_delete", "Com_commit",
+                 "Com_begin", "Com_rollback")
+TASK_TYPES = ("bench_noop", "bench_sleep")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    w1_tasks: int = 10_000
+    w2_tasks: int = 2_000
+    w3_seconds: float = 10.0
+    w4_finished: int = 1_000_000
+    w5_tasks: int = 100_000
+    sleep: float = 0.2
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(w1_tasks=2_000, w2_tasks=1_000, w3_seconds=3.0, w4_finished=100_000, w5_tasks=10_000)
+
+
+@dataclass
+class Context:
+    db: BenchDB
+    out: Path
+    sizes: Sizes
+    progress: Callable[[str], None]
+    results: dict[str, Any]
+
+    def workdir(self, name: str) -> Path:
+        path = self.out / "work" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+# --- shared steps ---------------------------------------------------------------
+
+def drain_figures(db: BenchDB, table: str, min_id: int = 0) -> dict[str, Any]:
+    """Counts and the drain window (first start to last end) of tasks with id > min_id."""
+    row = db.query(
+        "SELECT COUNT(*) AS tasks, SUM(status = 2) AS done, SUM(status = 3) AS failed, "
+        "MIN(start_time) AS first_start, MAX(end_time) AS last_end, "
+        "TIMESTAMPDIFF(MICROSECOND, MIN(start_time), MAX(end_time)) / 1e6 AS drain_s, "
+        "COUNT(DISTINCT server_id) AS servers "
+        f"FROM {ident(table)} WHERE id > %s", (min_id,))[0]
+    return {"tasks": int(row["tasks"]), "done": int(row["done"] or 0), "failed": int(row["failed"] or 0),
+            "first_start": row["first_start"], "last_end": row["last_end"],
+            "drain_s": float(row["drain_s"] or 0), "servers_that_ran": int(row["servers"])}
+
+
+def wait_drained(ctx: Context, table: str, total: int, procs: list[Executor], *, timeout: float,
+                 on_poll: Callable[[int], None] | None = None, interval: float = 0.2) -> None:
+    """Poll until no task is pending or running; progress every ~5 s."""
+    deadline = time.monotonic() + timeout
+    last_report = time.monotonic()
+    while True:
+        left = ctx.db.unfinished(table)
+        if on_poll is not None:
+            on_poll(total - left)
+        if left == 0:
+            return
+        for proc in procs:
+            proc.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{left} of {total} tasks still unfinished after {timeout:g}s")
+        if time.monotonic() - last_report > 5:
+            last_report = time.monotonic()
+            ctx.progress(f"  … {total - left:,} of {total:,} done")
+        time.sleep(interval)
+
+
+def seconds_between(db: BenchDB, earlier: Any, later: Any) -> float:
+    return float(db.scalar("SELECT TIMESTAMPDIFF(MICROSECOND, %s, %s) / 1e6 AS s", (earlier, later)))
+
+
+def statement_delta(before: dict[str, int], after: dict[str, int], bench_sent: Counter,
+                    tasks: int) -> dict[str, Any]:
+    """The server's counters over a run, less what the bench itself sent."""
+    delta = {name: after[name] - before[name] - bench_sent.get(name, 0) for name in after}
+    work = sum(delta[name] for name in WORK_COUNTERS)
+    return {
+        "counted": "+".join(WORK_COUNTERS),
+        "by_counter": delta,
+        "bench_sent_subtracted": dict(bench_sent),
+        "statements": work,
+        "statements_per_task": work / tasks if tasks else None,
+        "questions_per_task": delta["Questions"] / tasks if tasks else None,
+        "per_task_by_counter": {name: delta[name] / tasks for name in WORK_COUNTERS} if tasks else {},
+    }
+
+
+def finish(ctx: Context, workdir: Path, procs: list[Executor]) -> dict[str, Any]:
+    codes = {proc.server_id: proc.stop() for proc in procs}
+    warnings = [line for proc in procs for line in proc.warnings()]
+    return {"exit_codes": codes, "job_logs": count_job_logs(workdir), "executor_warnings": warnings[:10]}
+
+
+# --- W1, W4, W6 (and W2 with sleeping tasks): drain a full table ------------------
+
+def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers: int = 1,
+              task_type: str = "bench_noop", params: dict | None = None, prefill: int = 0,
+              count_sql: bool = False) -> dict[str, Any]:
+    db, table = ctx.db, f"bench_{name.lower()}"
+    db.reset_between_workloads()
+    db.add_queue(f"bench_{name.lower()}", table, max_workers=max_workers, scan_interval=1)
+    result: dict[str, Any] = {"max_workers": max_workers, "executors": servers}
+    min_id = 0
+    if prefill:
+        began = time.monotonic()
+        result["prefill_method"] = db.insert_finished(table, prefill)
+        result["prefill_rows"] = prefill
+        result["prefill_s"] = round(time.monotonic() - began, 2)
+        min_id = int(db.scalar(f"SELECT MAX(id) AS m FROM {ident(table)}"))
+        ctx.progress(f"  {prefill:,} finished rows in {result['prefill_s']:.1f}s "
+                     f"({result['prefill_method']})")
+        result["explain"] = explain_claim(db, table)
+        ctx.progress(f"  EXPLAIN claim: key={result['explain']['key']} "
+                     f"type={result['explain']['type']} extra={result['explain']['extra']}")
+    began = time.monotonic()
+    db.insert_due(table, task_type, tasks, params)
+    ctx.progress(f"  inserted {tasks:,} due {task_type} tasks in {time.monotonic() - began:.1f}s")
+    workdir = ctx.workdir(name)
+    server_ids = [f"bench-{name.lower()}-{n + 1}" for n in range(servers)]
+    with executors(db, workdir, server_ids) as procs:
+        if count_sql:
+            result["other_clients_connected"] = db.other_clients()
+            before = db.global_status()
+            db.sent.clear()
+        process_start = db.now()
+        for proc in procs:
+            proc.start()
+        ctx.progress(f"  started {servers} executor(s) (pid {', '.join(str(p.pid) for p in procs)})")
+        ctx.results.setdefault("_pids", {})[name] = [p.pid for p in procs]
+        wait_drained(ctx, table, tasks, procs, timeout=max(120.0, tasks / 100))
+        if count_sql:
+            after = db.global_status()
+            result["sql"] = statement_delta(before, after, Counter(db.sent), tasks)
+        result.update(finish(ctx, workdir, procs))
+    figures = drain_figures(db, table, min_id)
+    result.update(figures)
+    result["tasks_per_s"] = figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None
+    result["whole_process_s"] = seconds_between(db, process_start, figures["last_end"])
+    result["process_start_to_first_claim_s"] = seconds_between(db, process_start, figures["first_start"])
+    if servers > 1:
+        rows = db.query(f"SELECT server_id, COUNT(*) AS n FROM {ident(table)} WHERE id > %s "
+                        "GROUP BY server_id", (min_id,))
+        result["tasks_by_server"] = {row["server_id"]: int(row["n"]) for row in rows}
+    return result
+
+
+def w1(ctx: Context) -> dict[str, Any]:
+    """10,000 due no-op tasks, one server, max_workers 50; also the SQL counts."""
+    return drain_run(ctx, "W1", tasks=ctx.sizes.w1_tasks, max_workers=50, count_sql=True)
+
+
+def w2(ctx: Context) -> dict[str, Any]:
+    """2,000 tasks sleeping 0.2 s at max_workers 200: efficiency = ideal / drain."""
+    sizes = ctx.sizes
+    result = drain_run(ctx, "W2", tasks=sizes.w2_tasks, max_workers=200, task_type="bench_sleep",
+                       params={"seconds": sizes.sleep})
+    result["ideal_s"] = sizes.w2_tasks * sizes.sleep / 200
+    result["efficiency"] = result["ideal_s"] / result["drain_s"] if result["drain_s"] else None
+    return result
+
+
+def w4(ctx: Context) -> dict[str, Any]:
+    """W1 on a table that also holds 1,000,000 finished tasks."""
+    result = drain_run(ctx, "W4", tasks=ctx.sizes.w1_tasks, max_workers=50, prefill=ctx.sizes.w4_finished)
+    w1_result = ctx.results.get("W1", {})
+    if w1_result.get("tasks_per_s") and result.get("tasks_per_s"):
+        result["ratio_to_w1"] = result["tasks_per_s"] / w1_result["tasks_per_s"]
+    return result
+
+
+def w6(ctx: Context) -> dict[str, Any]:
+    """W1 with two executors on one open queue."""
+    result = drain_run(ctx, "W6", tasks=ctx.sizes.w1_tasks, max_workers=50, servers=2)
+    w1_result = ctx.results.get("W1", {})
+    if w1_result.get("tasks_per_s") and result.get("tasks_per_s"):
+        result["ratio_to_w1"] = result["tasks_per_s"] / w1_result["tasks_per_s"]
+    return result
+
+
+def explain_claim(db: BenchDB, table: str, limit: int = 50) -> dict[str, Any]:
+    """EXPLAIN the claim's SELECT, taken from store.claim_due_tasks_skip_locked
+    itself (a recording cursor captures the statement), so it keeps its shape
+    when the core changes."""
+    from geventq import store
+    from geventq.db import quote_table
+
+    class RecordingCursor:
+        def __init__(self):
+            self.statements: list[tuple[str, Any]] = []
+
+        def execute(self, sql: str, args: Any = None) -> int:
+            self.statements.append((sql, args))
+            return 0
+
+        def fetchall(self) -> list:
+            return []
+
+    cursor = RecordingCursor()
+    store.claim_due_tasks_skip_locked(cursor, quote_table(table, None), "bench-explain", TASK_TYPES, limit)
+    sql, args = cursor.statements[0]
+    rows = db.query("EXPLAIN " + sql, args)
+    first = rows[0]
+    wanted = db.index_on(table, ["status", "schedule_time"])
+    extra = first.get("Extra") or ""
+    return {"key": first.get("key"), "type": first.get("type"), "rows": first.get("rows"),
+            "extra": extra, "status_schedule_index": wanted,
+            "uses_status_schedule_index": first.get("key") == wanted and "filesort" not in extra.lower(),
+            "statement": " ".join(sql.split())}
+
+
+# --- W5: memory over 100,000 tasks ----------------------------------------------------
+
+def w5(ctx: Context) -> dict[str, Any]:
+    db, tasks = ctx.db, ctx.sizes.w5_tasks
+    checkpoint = tasks // 10
+    table = "bench_w5"
+    db.reset_between_workloads()
+    db.add_queue("bench_w5", table, max_workers=50, scan_interval=1)
+    workdir = ctx.workdir("W5")
+    result: dict[str, Any] = {"tasks": tasks, "checkpoint": checkpoint, "max_workers": 50}
+    samples: list[tuple[int, float]] = []
+    with executors(db, workdir, ["bench-w5-1"]) as procs:
+        proc = procs[0].start()
+        ctx.results.setdefault("_pids", {})["W5"] = [proc.pid]
+        proc.wait_online()
+        time.sleep(1.0)
+        result["rss_start_mb"] = proc.rss_mb()
+        ctx.progress(f"  online, RSS {result['rss_start_mb']:.1f} MiB; inserting {tasks:,} tasks")
+        db.insert_due(table, "bench_noop", tasks)
+
+        def sample(done: int) -> None:
+            rss = proc.rss_mb()
+            samples.append((done, round(rss, 2)))
+            if done >= checkpoint and "rss_checkpoint_mb" not in result:
+                result["rss_checkpoint_mb"] = rss
+                result["checkpoint_done"] = done
+        wait_drained(ctx, table, tasks, procs, timeout=max(300.0, tasks / 50), on_poll=sample, interval=0.5)
+        result["rss_end_mb"] = proc.rss_mb()
+        result.update(finish(ctx, workdir, procs))
+    result["rss_growth_mb"] = result["rss_end_mb"] - result["rss_checkpoint_mb"]
+    result["rss_samples"] = samples
+    figures = drain_figures(db, table)
+    result.update(figures)
+    result["tasks_per_s"] = figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None
+    return result
+
+
+# --- W3: pickup latency -----------------------------------------------------------------
+
+def w3(ctx: Context) -> dict[str, Any]:
+    """One task every 50 ms for 10 s on an idle server, created (a) through the
+    admin API of the server that runs the queue, (b) through another server's
+    admin API, (c) by plain SQL with scan_interval 1."""
+    db = ctx.db
+    db.reset_between_workloads()
+    # The API queue keeps the default scan_interval (5 s): a created task must
+    # be picked up at once without waiting for a scan.
+    db.add_queue("bench_w3_api", "bench_w3_api", max_workers=10, scan_interval=5, server_id="bench-a")
+    db.add_queue("bench_w3_sql", "bench_w3_sql", max_workers=10, scan_interval=1, server_id="bench-a")
+    workdir = ctx.workdir("W3")
+    result: dict[str, Any] = {"interval_ms": 50, "seconds": ctx.sizes.w3_seconds}
+    with executors(db, workdir, ["bench-a", "bench-b"]) as procs:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.wait_online()
+        time.sleep(1.5)  # idle: first scans done
+        a, b = procs
+        parts = {
+            "a_api_local": lambda: _api_creator(a.admin_url, "bench_w3_api"),
+            "b_api_remote": lambda: _api_creator(b.admin_url, "bench_w3_api"),
+            "c_sql_insert": lambda: _sql_creator(db, "bench_w3_sql"),
+        }
+        for part, make_creator in parts.items():
+            table = "bench_w3_sql" if part.startswith("c_") else "bench_w3_api"
+            scan = 1 if part.startswith("c_") else 5
+            try:
+                result[part] = _latency_part(ctx, part, table, make_creator(), procs, scan)
+            except Unavailable as reason:
+                result[part] = {"status": "n/a", "reason": str(reason)}
+                ctx.progress(f"  {part}: n/a ({reason})")
+        result.update(finish(ctx, workdir, procs))
+    return result
+
+
+def _latency_part(ctx: Context, part: str, table: str, create: Callable[[], int],
+                  procs: list[Executor], scan_interval: float) -> dict[str, Any]:
+    db, count = ctx.db, int(ctx.sizes.w3_seconds / 0.05)
+    ids, request_ms = [], []
+    began = time.monotonic()
+    for n in range(count):
+        pause = began + n * 0.05 - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        sent = time.monotonic()
+        ids.append(create())
+        request_ms.append((time.monotonic() - sent) * 1000)
+    deadline = time.monotonic() + scan_interval + 10
+    placeholders = ",".join(["%s"] * len(ids))
+    while True:
+        waiting = int(db.scalar(f"SELECT COUNT(*) AS n FROM {ident(table)} WHERE id IN ({placeholders}) "
+                                "AND start_time IS NULL", ids))
+        if waiting == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    rows = db.query(f"SELECT TIMESTAMPDIFF(MICROSECOND, created_at, start_time) / 1000 AS ms "
+                    f"FROM {ident(table)} WHERE id IN ({placeholders}) AND start_time IS NOT NULL", ids)
+    latencies = sorted(float(row["ms"]) for row in rows)
+    figures = {"tasks": count, "picked_up": len(latencies), "never_picked_up": count - len(latencies),
+               "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+               "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else None,
+               "create_request_p50_ms": percentile(sorted(request_ms), 50)}
+    ctx.progress(f"  {part}: p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
+                 f"p99 {figures['p99_ms']:.1f} ms over {len(latencies)} tasks")
+    return figures
+
+
+def percentile(ordered: list[float], q: float) -> float | None:
+    """Nearest rank: the smallest value with at least q% of values at or below it."""
+    if not ordered:
+        return None
+    rank = max(1, -(-len(ordered) * q // 100))
+    return ordered[int(rank) - 1]
+
+
+def _api_creator(base_url: str, table: str) -> Callable[[], int]:
+    url = f"{base_url}/admin/task/create?table={table}"
+    body = json.dumps({"task_type": "bench_noop", "task_params": {}}).encode()
+
+    def create() -> int:
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        except (urllib.error.URLError, OSError) as error:
+            raise Unavailable(f"POST {url} failed: {error}") from error
+        try:
+            task_id = json.loads(raw)["data"]["id"]
+        except (ValueError, KeyError, TypeError):
+            task_id = None
+        if status != 201 or not isinstance(task_id, int):
+            text = raw[:120].decode(errors="replace")
+            raise Unavailable(f"POST /admin/task/create answered {status}: {text}")
+        return task_id
+    return create
+
+
+def _sql_creator(db: BenchDB, table: str) -> Callable[[], int]:
+    def create() -> int:
+        return db.insert(f"INSERT INTO {ident(table)} (task_type, task_params) VALUES ('bench_noop', '{{}}')")
+    return create
+
+
+# --- the ceiling loop -------------------------------------------------------------------
+
+def ceiling(ctx: Context) -> dict[str, Any]:
+    """The minimal gevent + PyMySQL loop: batched and per-task completion on
+    W1's shape, and batched on W2's shape."""
+    sizes = ctx.sizes
+    result = {
+        "batched": _ceiling_run(ctx, "batched", sizes.w1_tasks, 50, 0.0),
+        "per_task": _ceiling_run(ctx, "per-task", sizes.w1_tasks, 50, 0.0),
+        "batched_sleep": _ceiling_run(ctx, "batched", sizes.w2_tasks, 200, sizes.sleep),
+    }
+    sleep = result["batched_sleep"]
+    sleep["ideal_s"] = sizes.w2_tasks * sizes.sleep / 200
+    sleep["efficiency"] = sleep["ideal_s"] / sleep["drain_s"] if sleep["drain_s"] else None
+    return result
+
+
+def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: float) -> dict[str, Any]:
+    db, table = ctx.db, "bench_ceiling"
+    db.reset_between_workloads()
+    db.task_table(table)
+    task_type = "bench_sleep" if sleep else "bench_noop"
+    db.insert_due(table, task_type, tasks, {"seconds": sleep} if sleep else None)
+    server = db.server
+    before = db.global_status()
+    db.sent.clear()
+    completed = subprocess.run(
+        [sys.executable, "-m", "geventq.bench.ceiling", "--host", server.host, "--port", str(server.port),
+         "--user", server.user, "--password", server.password, "--database", db.database,
+         "--table", table, "--tasks", str(tasks), "--concurrency", str(concurrency), "--mode", mode,
+         "--sleep", str(sleep)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    after = db.global_status()
+    if completed.returncode != 0:
+        raise RuntimeError(f"ceiling loop failed ({completed.returncode}):\n{completed.stderr[-2000:]}")
+    loop = json.loads(completed.stdout.strip().splitlines()[-1])
+    figures = drain_figures(db, table)
+    result = {"mode": mode, "concurrency": concurrency, "sleep_s": sleep, **loop, **figures,
+              "tasks_per_s": figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None,
+              "sql": statement_delta(before, after, Counter(db.sent), tasks)}
+    label = f"{mode}{' sleep' if sleep else ''}"
+    ctx.progress(f"  ceiling {label}: {result['tasks_per_s']:,.0f} tasks/s "
+                 f"(mean batch {loop['mean_batch']:.1f}, "
+                 f"{result['sql']['statements_per_task']:.3f} statements/task)")
+    return result
+
+
+WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "ceiling": ceiling, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6,
+}
