@@ -1,22 +1,384 @@
 """The admin HTTP API (Bottle), served from the executor process.
 
-Every response is the JSON envelope {"code", "message", "data"}."""
+Routes are thin: each is declared by an `Endpoint` (geventq.api_schema) that
+says what it accepts and answers; `EnvelopePlugin` parses and validates the
+query and body against it, calls the route, and turns what comes back, or
+what was raised, into the JSON envelope {"code", "message", "data"}. The same
+declarations build the OpenAPI document, so the two cannot disagree.
+"""
 
 from __future__ import annotations
 
+import hmac
+import re
 import time
+import urllib.parse
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import bottle
 import ujson
+from loguru import logger
 
-from geventq import store
-from geventq.errors import DatabaseError
+from geventq import api_schema as spec
+from geventq import openapi, store
+from geventq.api_schema import Endpoint, Invalid, array_of, ref
+from geventq.db import QuotedTable, quote_table
+from geventq.errors import (
+    DatabaseError,
+    DatabaseUnavailable,
+    DuplicateKey,
+    InvalidIdentifier,
+    RetryableConflict,
+)
+from geventq.peers import Peers, PeerUnreachable, parse_queue_list
 from geventq.runtime import Runtime
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+BATCH_BODY_LIMIT = 16 * spec.MIB
+LOG_LIMIT = 4 * spec.MIB  # a longer job log is answered by its end
+SETTINGS_MAX_AGE = 60.0  # the database's UTC offset can change with daylight saving
+STATUS_NAMES = store.STATUS_NAMES
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Created:
+    """A route's answer that is a 201."""
+
+    def __init__(self, data: Any):
+        self.data = data
+
+
+class Call:
+    """One validated request, as a route sees it."""
+
+    def __init__(self, query: dict[str, Any], body: Any, table: QuotedTable | None):
+        self.query = query
+        self.body = body
+        self.table = table
+
+    @property
+    def table_name(self) -> str:
+        return self.query["table"]
+
+
+# --- the shared state of the routes ------------------------------------------------
+
+class Admin:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self.db = runtime.db
+        self.peers = Peers(runtime)
+        self._settings: dict[str, Any] | None = None
+        self._settings_at = 0.0
+        self._document: dict[str, Any] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The database's version, UTC offset and max_allowed_packet, cached."""
+        if self._settings is None or time.monotonic() - self._settings_at > SETTINGS_MAX_AGE:
+            settings = self.db.call(store.server_settings)
+            settings["returning"] = store.supports_insert_returning(settings["version"])
+            self._settings, self._settings_at = settings, time.monotonic()
+        return self._settings
+
+    def task_table(self, name: str) -> QuotedTable:
+        """The quoted table of a registered queue; 404 for any other name."""
+        table = self.runtime.registered_tables.get(name)
+        if table is None:
+            # Registered since the last config sync?
+            rows = self.db.call(store.list_queue_configs)
+            if name in {row["table_name"] for row in rows}:
+                table = quote_table(name, None)
+        if table is None:
+            raise ApiError(404, f"table: no queue has table_name {name!r}")
+        return table
+
+    def database_time(self, tasks: list[dict[str, Any]]) -> None:
+        """schedule_time given with an offset, converted to the database's time zone."""
+        if any(task["schedule_time"] is not None and task["schedule_time"].tzinfo is not None
+               for task in tasks):
+            offset = int(self.settings()["utc_offset"])
+            for task in tasks:
+                task["schedule_time"] = spec.to_database_time(task["schedule_time"], offset)
+
+    def tasks_added(self, table_name: str) -> None:
+        """Due work was just committed: scan now, here and on the servers running it."""
+        runner = self.runtime.runner_for_table(table_name)
+        if runner is not None:
+            runner.wake()
+        self.peers.wake(table_name)
+
+    def queues_changed(self) -> None:
+        """Apply a queue change on this server at once, not at the next sync."""
+        if self.runtime.sync is not None:
+            self.runtime.sync.wake()
+
+    def document(self) -> dict[str, Any]:
+        if self._document is None:
+            from geventq import __version__
+            self._document = openapi.document(endpoints(self.runtime), __version__)
+        return self._document
+
+
+# --- routes -------------------------------------------------------------------------
+
+ROUTES: list[tuple[Endpoint, Callable[[Admin, Call], Any]]] = []
+
+NOT_FOUND_TABLE = (404, "`table` is not the table_name of any queue, or the task does not exist")
+
+
+def route(endpoint: Endpoint) -> Callable:
+    def register(handler: Callable[[Admin, Call], Any]) -> Callable[[Admin, Call], Any]:
+        ROUTES.append((endpoint, handler))
+        return handler
+    return register
+
+
+@route(Endpoint("GET", "/healthz", "Liveness for load balancers: the database round trip",
+                spec.ref("Health"), tag="health", auth=False,
+                errors=((503, "the database does not answer"),)))
+def healthz(admin: Admin, call: Call) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        admin.db.call(store.database_now)
+    except DatabaseError as error:
+        raise ApiError(503, f"database unavailable: {error}") from None
+    return {"server_id": admin.runtime.server_id,
+            "db_rtt_ms": round((time.monotonic() - started) * 1000, 3)}
+
+
+@route(Endpoint("POST", "/admin/queue/create", "Create a queue, and its task table when missing",
+                ref("QueueRow"), tag="queues", body=spec.QUEUE_CREATE, status=201,
+                errors=((409, "a queue with that queue_name or table_name exists"),)))
+def queue_create(admin: Admin, call: Call) -> Created:
+    row = admin.db.call(store.create_queue, call.body)
+    admin.queues_changed()
+    return Created(row)
+
+
+@route(Endpoint("GET", "/admin/queue/list", "Every queue with its task counts by status",
+                array_of("Queue"), tag="queues"))
+def queue_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
+    return admin.db.call(store.queue_overview)
+
+
+@route(Endpoint("PUT", "/admin/queue/update", "Change some fields of a queue",
+                ref("QueueRow"), tag="queues", query=spec.QUEUE_ID_QUERY, body=spec.QUEUE_UPDATE,
+                errors=((404, "no queue has that id"),
+                        (409, "another queue has that queue_name or table_name"))))
+def queue_update(admin: Admin, call: Call) -> dict[str, Any]:
+    row = admin.db.call(store.update_queue, call.query["id"], call.body)
+    if row is None:
+        raise ApiError(404, f"id: no queue has id {call.query['id']}")
+    admin.queues_changed()
+    return row
+
+
+@route(Endpoint("DELETE", "/admin/queue/delete", "Remove a queue (its task table stays)",
+                ref("QueueRow"), tag="queues", query=spec.QUEUE_ID_QUERY,
+                errors=((404, "no queue has that id"),)))
+def queue_delete(admin: Admin, call: Call) -> dict[str, Any]:
+    row = admin.db.call(store.delete_queue, call.query["id"])
+    if row is None:
+        raise ApiError(404, f"id: no queue has id {call.query['id']}")
+    admin.queues_changed()
+    return row
+
+
+@route(Endpoint("POST", "/admin/queue/wake", "Scan the queue of this table now (sent by other servers)",
+                ref("Woken"), tag="queues", query=spec.TABLE_QUERY, errors=(NOT_FOUND_TABLE,)))
+def queue_wake(admin: Admin, call: Call) -> dict[str, Any]:
+    runner = admin.runtime.runner_for_table(call.table_name)
+    if runner is not None:
+        runner.wake()
+    return {"table": call.table_name, "woken": runner is not None}
+
+
+@route(Endpoint("GET", "/admin/queue/throughput", "Tasks done and failed per minute, per queue",
+                ref("Throughput"), tag="queues", query=spec.THROUGHPUT_QUERY))
+def queue_throughput(admin: Admin, call: Call) -> dict[str, Any]:
+    return admin.db.call(store.finished_per_minute, call.query["minutes"])
+
+
+@route(Endpoint("GET", "/admin/server/list", "Every server with its heartbeat, liveness and queues",
+                array_of("Server"), tag="servers"))
+def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
+    rows = admin.db.call(store.list_servers, admin.runtime.config.executor.heartbeat_timeout)
+    for row in rows:
+        row["alive"] = bool(row["alive"])
+        row["queues"] = parse_queue_list(row.get("queues"))
+    return rows
+
+
+@route(Endpoint("POST", "/admin/task/create", "Create a task", ref("TaskCreated"), tag="tasks",
+                query=spec.TABLE_QUERY, body=spec.TASK_CREATE, status=201, errors=(NOT_FOUND_TABLE,)))
+def task_create(admin: Admin, call: Call) -> Created:
+    admin.database_time([call.body])
+    task_id = admin.db.call(store.insert_task, call.table, call.body)
+    admin.tasks_added(call.table_name)
+    return Created({"id": task_id})
+
+
+@route(Endpoint("POST", "/admin/task/batch_create",
+                "Create up to 10,000 tasks in one statement, all or nothing",
+                ref("TasksCreated"), tag="tasks", query=spec.TABLE_QUERY, body=spec.TASK_BATCH,
+                body_limit=BATCH_BODY_LIMIT, status=201, errors=(NOT_FOUND_TABLE,)))
+def task_batch_create(admin: Admin, call: Call) -> Created:
+    admin.database_time(call.body)
+    settings = admin.settings()
+    ids = admin.db.call(store.insert_tasks, call.table, call.body, settings["returning"],
+                        int(settings["max_allowed_packet"]) - 1024)
+    admin.tasks_added(call.table_name)
+    return Created({"ids": ids, "count": len(ids)})
+
+
+@route(Endpoint("GET", "/admin/task/list", "Tasks of a queue, newest first, a page at a time",
+                ref("TaskPage"), tag="tasks", query=spec.TASK_LIST_QUERY, errors=(NOT_FOUND_TABLE,)))
+def task_list(admin: Admin, call: Call) -> dict[str, Any]:
+    query = call.query
+    rows = admin.db.call(store.list_tasks, call.table, query.get("status"), query.get("task_type"),
+                         query["limit"], query["offset"])
+    more = len(rows) > query["limit"]
+    return {"items": [task_json(row) for row in rows[:query["limit"]]],
+            "next_offset": query["offset"] + query["limit"] if more else None}
+
+
+@route(Endpoint("GET", "/admin/task/get", "One task", ref("Task"), tag="tasks",
+                query=spec.TASK_QUERY, errors=(NOT_FOUND_TABLE,)))
+def task_get(admin: Admin, call: Call) -> dict[str, Any]:
+    return task_json(found(admin.db.call(store.get_task, call.table, call.query["id"]), call))
+
+
+@route(Endpoint("POST", "/admin/task/retry", "A failed or cancelled task back to pending, retries reset",
+                ref("Task"), tag="tasks", query=spec.TASK_QUERY,
+                errors=(NOT_FOUND_TABLE, (409, "the task is not failed or cancelled"))))
+def task_retry(admin: Admin, call: Call) -> dict[str, Any]:
+    changed, row = admin.db.call(store.retry_task, call.table, call.query["id"], transaction=True)
+    row = found(row, call)
+    if not changed:
+        raise ApiError(409, f"id: task {row['id']} is {status_name(row)}; only failed or cancelled "
+                            "tasks can be retried")
+    admin.tasks_added(call.table_name)
+    return task_json(row)
+
+
+@route(Endpoint("POST", "/admin/task/cancel", "A pending task to cancelled", ref("Task"), tag="tasks",
+                query=spec.TASK_QUERY, errors=(NOT_FOUND_TABLE, (409, "the task is not pending"))))
+def task_cancel(admin: Admin, call: Call) -> dict[str, Any]:
+    changed, row = admin.db.call(store.cancel_task, call.table, call.query["id"], transaction=True)
+    row = found(row, call)
+    if not changed:
+        raise ApiError(409, f"id: task {row['id']} is {status_name(row)}; only pending tasks can be "
+                            "cancelled")
+    return task_json(row)
+
+
+@route(Endpoint("GET", "/admin/task/log", "The job log of a task, from the server that ran it",
+                ref("TaskLog"), tag="tasks", query=spec.TASK_LOG_QUERY,
+                errors=(NOT_FOUND_TABLE, (502, "the server that ran the task did not answer"))))
+def task_log(admin: Admin, call: Call) -> dict[str, Any]:
+    runtime = admin.runtime
+    row = found(admin.db.call(store.get_task, call.table, call.query["id"]), call)
+    log_id, ran_on = f"{call.table_name}-{row['id']}", row["server_id"] or ""
+    peer = None
+    if not call.query["local"] and ran_on not in ("", runtime.server_id):
+        peer = admin.db.call(store.is_server_alive, ran_on, runtime.config.executor.heartbeat_timeout)
+    if peer is None:
+        text, source = runtime.job_logs.read(log_id), "local"
+    else:
+        authorization = bottle.request.get_header("Authorization")
+        try:
+            text, source = admin.peers.fetch_log(peer, call.table_name, row["id"], authorization), "remote"
+        except PeerUnreachable as error:
+            raise ApiError(502, f"log: {error}") from None
+    truncated = len(text) > LOG_LIMIT
+    return {"log_id": log_id, "server_id": ran_on, "source": source,
+            "log": text[-LOG_LIMIT:] if truncated else text, "truncated": truncated}
+
+
+@route(Endpoint("GET", "/admin/openapi.json", "This document", {"type": "object"}, tag="meta",
+                uses_database=False, raw="application/json"))
+def openapi_json(admin: Admin, call: Call) -> dict[str, Any]:
+    return admin.document()
+
+
+@route(Endpoint("GET", "/", "The dashboard", {"type": "string"}, tag="meta", auth=False,
+                uses_database=False, raw="text/html",
+                errors=((404, "the dashboard is not installed"),)))
+def dashboard(admin: Admin, call: Call) -> Any:
+    return bottle.static_file("dashboard.html", root=str(STATIC_DIR), mimetype="text/html")
+
+
+@route(Endpoint("GET", "/static/{filename}", "The dashboard's files", {"type": "string"}, tag="meta",
+                query=spec.Spec((spec.String("filename", "a file of geventq/static", required=True,
+                                             min_length=1, max_length=100,
+                                             pattern=r"^[A-Za-z0-9_.-]+$"),)),
+                auth=False, uses_database=False, raw="text/plain",
+                errors=((404, "no such file"),)))
+def static(admin: Admin, call: Call) -> Any:
+    # bottle.static_file refuses any path that leaves its root.
+    return bottle.static_file(call.query["filename"], root=str(STATIC_DIR))
+
+
+def endpoints(runtime: Runtime) -> list[Endpoint]:
+    declared = [endpoint for endpoint, _ in ROUTES]
+    extra = getattr(runtime.metrics, "endpoints", None)
+    return declared + list(extra() if callable(extra) else [])
+
+
+# --- JSON for rows ---------------------------------------------------------------------
+
+def found(row: dict[str, Any] | None, call: Call) -> dict[str, Any]:
+    if row is None:
+        raise ApiError(404, f"id: {call.table_name} has no task with id {call.query['id']}")
+    return row
+
+
+def status_name(row: dict[str, Any]) -> str:
+    return STATUS_NAMES.get(row["status"], f"in status {row['status']}")
+
+
+def task_json(row: dict[str, Any]) -> dict[str, Any]:
+    params = row.get("task_params")
+    if isinstance(params, str):
+        try:
+            row["task_params"] = ujson.loads(params)
+        except ValueError:
+            pass  # stored text that is not JSON is shown as it is
+    return row
+
+
+def jsonable(value: Any) -> Any:
+    """Rows as JSON: datetimes as 'YYYY-MM-DD HH:MM:SS.fff', decimals as numbers."""
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return value
 
 
 def envelope(data: Any = None, *, code: int = 0, message: str = "success") -> str:
-    return ujson.dumps({"code": code, "message": message, "data": data}, ensure_ascii=False)
+    return ujson.dumps({"code": code, "message": message, "data": data}, ensure_ascii=False,
+                       escape_forward_slashes=False)
 
 
 def error_response(status: int, message: str) -> str:
@@ -25,21 +387,151 @@ def error_response(status: int, message: str) -> str:
     return envelope(None, code=status, message=message)
 
 
+# --- request plumbing -------------------------------------------------------------------
+
+def query_pairs() -> list[tuple[str, str]]:
+    raw = bottle.request.environ.get("QUERY_STRING", "")
+    # WSGI hands the raw bytes over as latin-1; the URL's own encoding is UTF-8.
+    text = raw.encode("latin-1", "replace").decode("utf-8", "replace")
+    try:
+        return urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=32)
+    except ValueError:
+        raise Invalid(["query: too many parameters"]) from None
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes before reading them
+    when Content-Length says so, and while reading when it does not."""
+    length = bottle.request.content_length
+    too_large = Invalid([f"body: larger than {limit // spec.MIB} MiB"], status=413)
+    if length > limit:
+        raise too_large
+    stream = bottle.request.environ["wsgi.input"]
+    if length >= 0:
+        return stream.read(length)
+    chunks, size = [], 0
+    while size <= limit:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise too_large
+    return b"".join(chunks)
+
+
+def database_error(error: DatabaseError) -> ApiError | None:
+    """The status a database error means for the caller, if it is not a bug."""
+    if isinstance(error, DuplicateKey):
+        # Ours name the field ("queue_name: …"); the server's name the key.
+        message = str(error)
+        return ApiError(409, message if re.match(r"^\w+: ", message) else f"duplicate: {message}")
+    if isinstance(error, (DatabaseUnavailable, RetryableConflict)):
+        return ApiError(503, f"database unavailable or busy, try again: {error}")
+    code = store.mysql_error_code(error)
+    if code in (1146, 1049):
+        return ApiError(404, f"table: the task table does not exist ({error})")
+    if code == 1054:
+        return ApiError(409, f"table: the task table lacks a base column ({error})")
+    return None
+
+
+class EnvelopePlugin:
+    """Validation in, envelope out, for every route declared with an Endpoint."""
+
+    name = "geventq_envelope"
+    api = 2
+
+    def __init__(self, admin: Admin):
+        self.admin = admin
+
+    def apply(self, callback: Callable, route: bottle.Route) -> Callable:
+        endpoint: Endpoint | None = route.config.get("endpoint")
+        if endpoint is None:
+            return callback
+        admin = self.admin
+
+        def wrapper(**url_args: Any) -> Any:
+            try:
+                result = callback(admin, self._call(endpoint, url_args))
+            except bottle.HTTPResponse:
+                raise
+            except Exception as error:  # noqa: BLE001 - every error becomes an envelope
+                return self._error(endpoint, error)
+            if endpoint.raw:
+                return result
+            status, data = (201, result.data) if isinstance(result, Created) else (endpoint.status, result)
+            bottle.response.status = status
+            bottle.response.content_type = "application/json"
+            return envelope(jsonable(data))
+        return wrapper
+
+    def _call(self, endpoint: Endpoint, url_args: dict[str, str]) -> Call:
+        pairs = query_pairs() + list(url_args.items())
+        query = endpoint.query.parse_query(pairs)
+        body = endpoint.parse_body(read_body(endpoint.body_limit)) if endpoint.body is not None else None
+        table = self.admin.task_table(query["table"]) if "table" in query else None
+        return Call(query, body, table)
+
+    def _error(self, endpoint: Endpoint, error: Exception) -> str:
+        if isinstance(error, Invalid):
+            return error_response(error.status, "; ".join(error.problems))
+        if isinstance(error, ApiError):
+            return error_response(error.status, error.message)
+        if isinstance(error, InvalidIdentifier):
+            return error_response(400, str(error))
+        if isinstance(error, store.StatementTooLarge):
+            return error_response(413, f"body: {error}")
+        if isinstance(error, DatabaseError):
+            mapped = database_error(error)
+            if mapped is not None:
+                return error_response(mapped.status, mapped.message)
+        logger.opt(exception=error).error("admin {} {} failed", endpoint.method, endpoint.path)
+        return error_response(500, "internal server error (the detail is in the executor log)")
+
+
+def check_token(token: str) -> None:
+    """before_request: every /admin path needs the bearer token when one is set."""
+    if not token or not bottle.request.path.startswith("/admin"):
+        return
+    header = bottle.request.get_header("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("latin-1", "replace"), token.encode("utf-8")):
+        raise bottle.HTTPError(401, "authorization: send `Authorization: Bearer <admin.token>`",
+                               **{"WWW-Authenticate": 'Bearer realm="geventq"'})
+
+
+def bottle_error(error: bottle.HTTPError) -> str:
+    """Bottle's own errors (no route, wrong method, auth, static files) as envelopes."""
+    request = bottle.request
+    status = error.status_code
+    if status == 404 and str(error.body).startswith("Not found:"):
+        message = f"no such endpoint: {request.method} {request.path}"
+    elif status == 405:
+        message = (f"method {request.method} is not allowed on {request.path}; "
+                   f"allowed: {bottle.response.get_header('Allow', '')}")
+    elif status >= 500:
+        logger.error("admin {} {} failed: {}", request.method, request.path,
+                     error.traceback or error.exception or error.body)
+        message = "internal server error (the detail is in the executor log)"
+    else:
+        message = str(error.body or bottle.HTTP_CODES.get(status, "error"))
+    return error_response(status, message)
+
+
 def create_app(runtime: Runtime) -> bottle.Bottle:
     app = bottle.Bottle()
-
-    @app.get("/healthz")
-    def healthz():
-        bottle.response.content_type = "application/json"
-        started = time.monotonic()
-        try:
-            runtime.db.call(store.database_now)
-        except DatabaseError as error:
-            return error_response(503, f"database unavailable: {error}")
-        rtt_ms = round((time.monotonic() - started) * 1000, 2)
-        return envelope({"server_id": runtime.server_id, "db_rtt_ms": rtt_ms})
-
-    for status in (404, 405, 500):
-        app.error(status)(lambda error, status=status:
-                          error_response(status, error.body or bottle.HTTP_CODES[status]))
+    app.uninstall("json")  # our plugin writes every JSON answer
+    admin = Admin(runtime)
+    app.install(EnvelopePlugin(admin))
+    token = runtime.config.admin.token
+    app.add_hook("before_request", lambda: check_token(token))
+    for endpoint, handler in ROUTES:
+        path = endpoint.path.replace("{filename}", "<filename:path>")
+        app.route(path, endpoint.method, handler, endpoint=endpoint)
+    app.default_error_handler = bottle_error
+    if runtime.metrics is not None:
+        runtime.metrics.install_routes(app)
     return app

@@ -107,3 +107,7 @@ class Runtime:
 
     def running_count(self) -> int:
         return sum(len(runner.pool) for runner in self.all_runners())
+
+    def runner_for_table(self, table_name: str) -> QueueRunner | None:
+        """The queue this server runs on that table, if it runs one."""
+        return next((runner for runner in self.runners.values() if runner.table_name == table_name), None)

@@ -1,0 +1,497 @@
+"""What the admin API accepts, declared once per endpoint.
+
+A spec is a table of fields. The same table checks a request (`parse_query`,
+`parse_body`) and describes it in the OpenAPI document (`json_schema`), so
+what the API enforces and what it documents cannot drift apart. Every problem
+names its field, and all of a request's problems are reported at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from typing import Any
+
+import ujson
+
+from geventq.db import check_table_name
+from geventq.errors import InvalidIdentifier
+
+MISSING: Any = object()
+MAX_TASK_ID = 2**63 - 1
+MAX_QUEUE_ID = 2**32 - 1
+MAX_OFFSET = 2**53
+MAX_BATCH = 10_000
+TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$"
+SERVER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{0,50}$"
+# `YYYY-MM-DD HH:MM:SS[.fff]` in the database's time zone, or ISO-8601 with a
+# `T` and/or an offset (Z or ±HH:MM); without an offset it is database time.
+SCHEDULE_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
+                    r"(Z|[+-][0-9]{2}:?[0-9]{2})?$")
+_SCHEDULE = re.compile(SCHEDULE_PATTERN)
+_INT_TEXT = re.compile(r"^-?[0-9]{1,20}$")
+# DATETIME's range; a converted schedule_time must land inside it too.
+EARLIEST, LATEST = datetime(1000, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)
+
+
+class Invalid(Exception):
+    """Input that breaks its spec. `problems` each start with the field name."""
+
+    def __init__(self, problems: list[str], status: int = 400):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.status = status
+
+
+class Problem(Exception):
+    """One field's problem, without the field name (the spec adds it)."""
+
+
+# --- field kinds -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    doc: str = ""
+    required: bool = False
+    default: Any = MISSING
+    nullable: bool = False
+
+    def check(self, value: Any) -> Any:
+        """The value to use, or Problem."""
+        raise NotImplementedError
+
+    def from_text(self, text: str) -> Any:
+        """A query-string value, before check()."""
+        return text
+
+    def kind_schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def json_schema(self) -> dict[str, Any]:
+        schema = self.kind_schema()
+        if self.doc:
+            schema["description"] = self.doc
+        if self.default is not MISSING:
+            schema["default"] = self.default
+        if self.nullable:
+            schema["nullable"] = True
+        return schema
+
+
+@dataclass(frozen=True)
+class Integer(Field):
+    minimum: int = 0
+    maximum: int = 2**31 - 1
+
+    def _range(self) -> str:
+        return f"must be an integer from {self.minimum:,} to {self.maximum:,}"
+
+    def check(self, value: Any) -> int:
+        # bool is an int subclass, but JSON true is not 1; 5.0 is not an integer here
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Problem(f"{self._range()}, got {_type_name(value)}")
+        if not self.minimum <= value <= self.maximum:
+            raise Problem(f"{self._range()}, got {value}")
+        return value
+
+    def from_text(self, text: str) -> int:
+        if not _INT_TEXT.match(text):
+            raise Problem(f"{self._range()}, got {_clip(text)!r}")
+        return int(text)
+
+    def kind_schema(self) -> dict[str, Any]:
+        return {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+
+
+@dataclass(frozen=True)
+class Choice(Integer):
+    """An integer from a short list (statuses, flags)."""
+
+    choices: tuple[int, ...] = ()
+
+    def _range(self) -> str:
+        return "must be one of " + ", ".join(str(choice) for choice in self.choices)
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in self.choices:
+            raise Problem(f"{self._range()}, got {_clip(ujson.dumps(value))}")
+        return value
+
+    def kind_schema(self) -> dict[str, Any]:
+        return {"type": "integer", "enum": list(self.choices)}
+
+
+@dataclass(frozen=True)
+class String(Field):
+    min_length: int = 0
+    max_length: int = 255
+    pattern: str | None = None
+
+    def _shape(self) -> str:
+        if self.pattern:
+            return f"must be a string matching {self.pattern}"
+        if self.min_length:
+            return f"must be a string of {self.min_length} to {self.max_length} characters"
+        return f"must be a string of at most {self.max_length} characters"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Problem(f"{self._shape()}, got {_type_name(value)}")
+        if not self.min_length <= len(value) <= self.max_length:
+            raise Problem(f"{self._shape()}, got {len(value)} characters")
+        if self.pattern and not re.match(self.pattern, value):
+            raise Problem(f"{self._shape()}, got {_clip(value)!r}")
+        _check_encodable(value)
+        return value
+
+    def kind_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string", "minLength": self.min_length,
+                                  "maxLength": self.max_length}
+        if self.pattern:
+            schema["pattern"] = self.pattern
+        return schema
+
+
+@dataclass(frozen=True)
+class TableName(String):
+    """`table` or `database.table`, never one of geventq's own tables."""
+
+    max_length: int = 100
+    pattern: str | None = TABLE_PATTERN
+
+    def check(self, value: Any) -> str:
+        value = super().check(value)
+        try:
+            check_table_name(value)
+        except InvalidIdentifier as error:
+            raise Problem(str(error)) from None
+        return value
+
+
+@dataclass(frozen=True)
+class JsonParams(Field):
+    """An object or array, or a JSON text of one; the value is its JSON text."""
+
+    def check(self, value: Any) -> str:
+        if isinstance(value, str):
+            try:
+                parsed = ujson.loads(value)
+            except ValueError as error:
+                raise Problem(f"is not valid JSON text: {error}") from None
+            if not isinstance(parsed, (dict, list)):
+                raise Problem(f"must be a JSON object or array, got JSON {_type_name(parsed)}")
+            _check_finite(parsed)
+            _check_encodable(value)
+            return value
+        if not isinstance(value, (dict, list)):
+            raise Problem(f"must be an object, an array or a JSON text of one, got {_type_name(value)}")
+        _check_finite(value)
+        text = ujson.dumps(value, ensure_ascii=False)
+        _check_encodable(text)
+        return text
+
+    def kind_schema(self) -> dict[str, Any]:
+        return {"oneOf": [{"type": "object"}, {"type": "array", "items": {}},
+                          {"type": "string", "description": "JSON text of an object or array"}]}
+
+
+@dataclass(frozen=True)
+class ScheduleTime(Field):
+    """A datetime: naive (the database's time zone) or aware (has an offset)."""
+
+    def check(self, value: Any) -> datetime | None:
+        if value is None and self.nullable:
+            return None
+        if not isinstance(value, str) or not _SCHEDULE.match(value):
+            shown = _clip(value) if isinstance(value, str) else _type_name(value)
+            raise Problem("must be 'YYYY-MM-DD HH:MM:SS[.fff]' (database time zone) or ISO-8601 "
+                          f"with an offset such as '2030-01-31T08:00:00+02:00', got {shown!r}")
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as error:
+            raise Problem(f"is not a valid date and time: {error}") from None
+        if not EARLIEST <= parsed.replace(tzinfo=None) <= LATEST:
+            raise Problem("must be between 1000-01-01 and 9999-12-31")
+        return parsed
+
+    def kind_schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": SCHEDULE_PATTERN,
+                "example": "2030-01-31 08:00:00"}
+
+
+def to_database_time(value: datetime | None, utc_offset_seconds: int) -> datetime | None:
+    """An aware datetime in the database's time zone (naive ones already are)."""
+    if value is None or value.tzinfo is None:
+        return value
+    try:
+        local = value.astimezone(timezone(timedelta(seconds=utc_offset_seconds)))
+    except OverflowError:
+        local = None
+    if local is None or not EARLIEST <= local.replace(tzinfo=None) <= LATEST:
+        raise Invalid(["schedule_time: is outside 1000-01-01..9999-12-31 in the database's time zone"])
+    return local.replace(tzinfo=None)
+
+
+# --- specs -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Spec:
+    """The fields of a query string or of a JSON object body."""
+
+    fields: tuple[Field, ...]
+    min_fields: int = 0  # a partial update must change something
+
+    @cached_property
+    def by_name(self) -> dict[str, Field]:
+        return {field.name: field for field in self.fields}
+
+    def partial(self) -> Spec:
+        """The same fields, none required and none defaulted, at least one given."""
+        return Spec(tuple(replace(field, required=False, default=MISSING) for field in self.fields),
+                    min_fields=1)
+
+    def parse_query(self, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
+        seen: dict[str, str] = {}
+        problems = []
+        for name, text in pairs:
+            if name in seen:
+                problems.append(f"{_clip(name)}: given more than once")
+            seen[name] = text
+        values = {}
+        for name, text in seen.items():
+            field = self.by_name.get(name)
+            if field is None:
+                problems.append(self._unknown(name))
+                continue
+            try:
+                values[name] = field.check(field.from_text(text))
+            except Problem as problem:
+                problems.append(f"{name}: {problem}")
+        return self._complete(values, problems, "", given=seen)
+
+    def parse_object(self, body: Any, prefix: str = "") -> dict[str, Any]:
+        where = prefix.rstrip(".") or "body"
+        if not isinstance(body, dict):
+            raise Invalid([f"{where}: must be a JSON object, got {_type_name(body)}"])
+        values, problems = {}, []
+        for name, value in body.items():
+            field = self.by_name.get(name)
+            if field is None:
+                problems.append(prefix + self._unknown(name))
+                continue
+            try:
+                values[name] = field.check(value)
+            except Problem as problem:
+                problems.append(f"{prefix}{name}: {problem}")
+        if len(body) < self.min_fields and not problems:
+            problems.append(f"{where}: give at least one of " + ", ".join(self.by_name))
+        return self._complete(values, problems, prefix, given=body)
+
+    def _unknown(self, name: str) -> str:
+        return f"{_clip(name)}: unknown field (expected {', '.join(self.by_name)})"
+
+    def _complete(self, values: dict[str, Any], problems: list[str], prefix: str,
+                  given: dict[str, Any]) -> dict[str, Any]:
+        for field in self.fields:
+            if field.name in given:
+                continue
+            if field.required:
+                problems.append(f"{prefix}{field.name}: required")
+            elif field.default is not MISSING:
+                values[field.name] = field.check(field.default)
+        if problems:
+            raise Invalid(problems)
+        return values
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "properties": {field.name: field.json_schema() for field in self.fields},
+            "additionalProperties": False,
+        }
+        required = [field.name for field in self.fields if field.required]
+        if required:
+            schema["required"] = required
+        if self.min_fields:
+            schema["minProperties"] = self.min_fields
+        return schema
+
+    def parameters(self) -> list[dict[str, Any]]:
+        """OpenAPI query parameters."""
+        return [{"name": field.name, "in": "query", "required": field.required,
+                 "description": field.doc, "schema": field.json_schema()} for field in self.fields]
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A JSON array of objects of one spec (batch create)."""
+
+    item: Spec
+    min_items: int = 1
+    max_items: int = MAX_BATCH
+
+    def parse(self, body: Any) -> list[dict[str, Any]]:
+        if not isinstance(body, list):
+            raise Invalid([f"body: must be a JSON array of task objects, got {_type_name(body)}"])
+        if not self.min_items <= len(body) <= self.max_items:
+            status = 413 if len(body) > self.max_items else 400
+            raise Invalid([f"body: must hold {self.min_items} to {self.max_items:,} tasks, "
+                           f"got {len(body):,}"], status=status)
+        items, problems = [], []
+        for index, entry in enumerate(body):
+            try:
+                items.append(self.item.parse_object(entry, prefix=f"[{index}]."))
+            except Invalid as invalid:
+                problems.extend(invalid.problems)
+                if len(problems) >= 20:
+                    problems.append("... (first problems only)")
+                    break
+        if problems:
+            raise Invalid(problems)
+        return items
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "array", "minItems": self.min_items, "maxItems": self.max_items,
+                "items": self.item.json_schema()}
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise Invalid(["body: required (a JSON document)"])
+    try:
+        return ujson.loads(raw)
+    except ValueError as error:
+        raise Invalid([f"body: malformed JSON: {error}"]) from None
+
+
+# --- helpers -------------------------------------------------------------------
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_encodable(text: str) -> None:
+    # Lone surrogates survive JSON decoding but not the trip to utf8mb4.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Problem("must be valid Unicode text (no unpaired surrogates)") from None
+
+
+def _check_finite(value: Any) -> None:
+    """NaN and Infinity are not JSON, though ujson reads them."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise Problem("must not contain NaN or Infinity")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# --- the specs of the admin API ---------------------------------------------------
+
+QUEUE_FIELDS = Spec((
+    String("queue_name", "unique name of the queue", required=True, min_length=1, max_length=100),
+    TableName("table_name", "its task table, `table` or `database.table`; created with the base "
+              "columns when missing", required=True),
+    String("server_id", "the one server that runs it; '' = any server", default="",
+           max_length=50, pattern=SERVER_ID_PATTERN),
+    Integer("max_workers", "tasks run at once per server", default=10, minimum=1, maximum=10_000),
+    Integer("scan_interval", "seconds between scans for due tasks", default=5, minimum=1,
+            maximum=86_400),
+    Choice("status", "1 enabled, 0 disabled", default=1, choices=(0, 1)),
+    Integer("task_timeout", "seconds an attempt may run; 0 = no limit", default=0, minimum=0,
+            maximum=86_400),
+    Integer("retention_days", "days finished tasks are kept; 0 = forever", default=0, minimum=0,
+            maximum=36_500),
+))
+QUEUE_CREATE = QUEUE_FIELDS
+QUEUE_UPDATE = QUEUE_FIELDS.partial()
+
+TASK_CREATE = Spec((
+    String("task_type", "the handler's task type", required=True, min_length=1, max_length=50),
+    JsonParams("task_params", "handed to the handler as ctx.params", default={}),
+    ScheduleTime("schedule_time", "when it becomes due; default now", default=None, nullable=True),
+    Integer("max_retries", "retries after the first attempt", default=3, minimum=0, maximum=100),
+))
+TASK_BATCH = ListOf(TASK_CREATE)
+
+QUEUE_ID = Integer("id", "queue id", required=True, minimum=1, maximum=MAX_QUEUE_ID)
+TASK_ID = Integer("id", "task id", required=True, minimum=1, maximum=MAX_TASK_ID)
+TABLE = TableName("table", "a table_name registered in queue_configs", required=True)
+
+NO_PARAMS = Spec(())
+QUEUE_ID_QUERY = Spec((QUEUE_ID,))
+TABLE_QUERY = Spec((TABLE,))
+TASK_QUERY = Spec((TABLE, TASK_ID))
+TASK_LOG_QUERY = Spec((TABLE, TASK_ID, Choice(
+    "local", "1: answer from this server's log files only", default=0, choices=(0, 1))))
+TASK_LIST_QUERY = Spec((
+    TABLE,
+    Choice("status", "0 pending, 1 running, 2 done, 3 failed, 4 cancelled", choices=(0, 1, 2, 3, 4)),
+    String("task_type", "only tasks of this type", min_length=1, max_length=50),
+    Integer("limit", "page size", default=50, minimum=1, maximum=1000),
+    Integer("offset", "next_offset of the previous page", default=0, minimum=0, maximum=MAX_OFFSET),
+))
+THROUGHPUT_QUERY = Spec((
+    Integer("minutes", "how many minutes back, the current one included", default=30, minimum=1,
+            maximum=1440),
+))
+
+
+# --- endpoints ---------------------------------------------------------------------
+
+MIB = 1024 * 1024
+
+
+def ref(name: str) -> dict[str, Any]:
+    """A reference to one of the OpenAPI document's component schemas."""
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def array_of(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": ref(name)}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One route: what it accepts, what it answers, and which errors it may give."""
+
+    method: str
+    path: str
+    summary: str
+    data: dict[str, Any]  # schema of the envelope's `data` (of the whole body when `raw`)
+    tag: str = "admin"
+    query: Spec = NO_PARAMS
+    body: Spec | ListOf | None = None
+    body_limit: int = MIB
+    status: int = 200
+    errors: tuple[tuple[int, str], ...] = ()  # its own error statuses, and why
+    auth: bool = True
+    uses_database: bool = True
+    raw: str | None = None  # the media type of a response that is not the JSON envelope
+
+    def parse_body(self, raw: bytes) -> Any:
+        if self.body is None:
+            return None
+        document = parse_json(raw)
+        if isinstance(self.body, ListOf):
+            return self.body.parse(document)
+        return self.body.parse_object(document)

@@ -1,0 +1,155 @@
+"""Talking to the other servers' admin APIs.
+
+- Waking their scanners after a task was created here, so a queue that runs
+  elsewhere starts the task at once instead of at its next scan. Fire and
+  forget, in greenlets: the request that created the task never waits.
+  Wakes for one (server, table) never pile up: while one is in flight, any
+  number of new ones collapse into a single follow-up.
+- Fetching a task's job log from the server that ran it.
+
+Who runs what comes from a cached view of the `servers` table, refreshed at
+most once a second and only by the greenlets that send wakes.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import gevent
+import ujson
+from gevent.lock import Semaphore
+from loguru import logger
+
+from geventq import store
+from geventq.errors import DatabaseError, GeventqError
+from geventq.runtime import Runtime
+
+DIRECTORY_MAX_AGE = 1.0
+WAKE_TIMEOUT = 1.0
+LOG_TIMEOUT = 5.0
+UNSPECIFIED_HOSTS = {"", "0.0.0.0", "::", "[::]"}
+
+
+class PeerUnreachable(GeventqError):
+    """Another server's admin API did not answer as expected."""
+
+
+def base_url(admin_address: str, host: str = "") -> str:
+    """http://host:port for an admin address; a wildcard bind address is
+    replaced by the server's host name, which is where it can be reached."""
+    address_host, _, port = admin_address.rpartition(":")
+    if address_host in UNSPECIFIED_HOSTS and host:
+        address_host = host
+    if ":" in address_host and not address_host.startswith("["):
+        address_host = f"[{address_host}]"
+    return f"http://{address_host}:{port}"
+
+
+class Peers:
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+        self._peers: list[dict[str, Any]] = []
+        self._queue_of_table: dict[str, str] = {}
+        self._fetched_at = float("-inf")
+        self._refresh_lock = Semaphore()
+        # (base url, table) -> True when another wake is wanted after the one in flight
+        self._in_flight: dict[tuple[str, str], bool] = {}
+
+    def _auth_headers(self) -> dict[str, str]:
+        token = self.runtime.config.admin.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    # --- wakes ---------------------------------------------------------------
+
+    def wake(self, table_name: str) -> None:
+        """Ask every other live server that runs the queue of `table_name` to
+        scan it now. Returns at once."""
+        gevent.spawn(self._wake_all, table_name)
+
+    def _wake_all(self, table_name: str) -> None:
+        try:
+            self._refresh_if_stale()
+        except DatabaseError as error:
+            logger.debug("peer wake for {}: cannot read servers: {}", table_name, error)
+            return
+        queue_name = self._queue_of_table.get(table_name)
+        for peer in self._peers:
+            if queue_name is not None and queue_name in peer["queues"]:
+                self._wake_one(peer["url"], table_name)
+
+    def _wake_one(self, url: str, table_name: str) -> None:
+        key = (url, table_name)
+        if key in self._in_flight:
+            self._in_flight[key] = True
+            return
+        self._in_flight[key] = False
+        gevent.spawn(self._send_wakes, key)
+
+    def _send_wakes(self, key: tuple[str, str]) -> None:
+        url, table_name = key
+        try:
+            while True:
+                self._post_wake(url, table_name)
+                if not self._in_flight.get(key):
+                    return
+                self._in_flight[key] = False
+        finally:
+            self._in_flight.pop(key, None)
+
+    def _post_wake(self, url: str, table_name: str) -> None:
+        query = urllib.parse.urlencode({"table": table_name})
+        request = urllib.request.Request(f"{url}/admin/queue/wake?{query}", data=b"", method="POST",
+                                         headers=self._auth_headers())
+        try:
+            with urllib.request.urlopen(request, timeout=WAKE_TIMEOUT) as response:
+                response.read()
+        except (OSError, ValueError) as error:  # URLError and HTTPError are OSErrors
+            logger.debug("waking {} at {} failed: {}", table_name, url, error)
+
+    def _refresh_if_stale(self) -> None:
+        with self._refresh_lock:
+            if time.monotonic() - self._fetched_at < DIRECTORY_MAX_AGE:
+                return
+            runtime = self.runtime
+            rows = runtime.db.call(store.live_peers, runtime.config.executor.heartbeat_timeout,
+                                   runtime.server_id)
+            queues = runtime.db.call(store.list_queue_configs)
+            self._peers = [{"server_id": row["server_id"], "queues": parse_queue_list(row["queues"]),
+                            "url": base_url(row["admin_address"], row.get("host", ""))}
+                           for row in rows if row["admin_address"]]
+            self._queue_of_table = {queue["table_name"]: queue["queue_name"] for queue in queues}
+            self._fetched_at = time.monotonic()
+
+    # --- job logs --------------------------------------------------------------
+
+    def fetch_log(self, peer: dict[str, Any], table_name: str, task_id: int,
+                  authorization: str | None) -> str:
+        """The job log text of a task, as the server that ran it has it."""
+        url = base_url(peer["admin_address"], peer.get("host", ""))
+        query = urllib.parse.urlencode({"table": table_name, "id": task_id, "local": 1})
+        headers = {"Authorization": authorization} if authorization else self._auth_headers()
+        request = urllib.request.Request(f"{url}/admin/task/log?{query}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=LOG_TIMEOUT) as response:
+                body = ujson.loads(response.read())
+        except urllib.error.HTTPError as error:
+            raise PeerUnreachable(f"server {peer['server_id']} at {url} answered {error.code}") from None
+        except (OSError, ValueError) as error:
+            raise PeerUnreachable(f"server {peer['server_id']} at {url} did not answer: {error}") from None
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("log"), str):
+            raise PeerUnreachable(f"server {peer['server_id']} at {url} sent no log")
+        return data["log"]
+
+
+def parse_queue_list(text: Any) -> list[str]:
+    """servers.queues: a JSON array of queue names (anything else counts as none)."""
+    try:
+        queues = ujson.loads(text) if isinstance(text, str) and text else []
+    except ValueError:
+        return []
+    return [name for name in queues if isinstance(name, str)] if isinstance(queues, list) else []
