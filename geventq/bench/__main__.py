@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from geventq.bench import report
+from geventq.bench import profile, report
 from geventq.bench.benchdb import BenchDB, Server
 from geventq.bench.procs import Unavailable
 from geventq.bench.workloads import WORKLOADS, Context, Sizes
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", metavar="LIST",
                         help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
     parser.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample every executor and ceiling loop with py-spy into DIR/profile-*.txt "
+                             "and print the hot spots (pip install py-spy)")
     parser.add_argument("--database", default="geventq_bench",
                         help="database to drop and recreate (default: geventq_bench)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -74,10 +77,12 @@ def machine(db: BenchDB) -> dict[str, Any]:
 
 
 def run_workload(name: str, ctx: Context) -> dict[str, Any]:
-    ctx.progress(f"{name}: start")
+    load = os.getloadavg()[0]
+    ctx.progress(f"{name}: start (load average {load:.2f})")
     began = time.monotonic()
     try:
         result = WORKLOADS[name](ctx)
+        result["loadavg_1m_before"] = load
         ctx.progress(f"{name}: done in {time.monotonic() - began:.1f}s")
         return result
     except Unavailable as reason:
@@ -87,6 +92,20 @@ def run_workload(name: str, ctx: Context) -> dict[str, Any]:
         traceback.print_exc()
         ctx.progress(f"{name}: error after {time.monotonic() - began:.1f}s: {type(error).__name__}: {error}")
         return {"status": "error", "reason": f"{type(error).__name__}: {str(error)[:300]}"}
+
+
+def profiles(results: dict[str, Any]) -> list[tuple[str, dict]]:
+    """(label, summary) of every profile taken, W1's first."""
+    found = []
+    for name in ("W1", *[n for n in WORKLOADS if n != "W1"]):
+        entry = results.get(name) or {}
+        if name == "ceiling":
+            found += [(f"ceiling {mode}", run["profile"]) for mode, run in entry.items()
+                      if isinstance(run, dict) and run.get("profile")]
+        else:
+            servers = entry.get("profile") or {}
+            found += [(f"{name} {server}", summary) for server, summary in servers.items()]
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"command": "python -m geventq.bench " + " ".join(argv or sys.argv[1:]),
                                "started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick,
                                "sizes": sizes.__dict__, "machine": machine(db)}
-    ctx = Context(db=db, out=out, sizes=sizes, progress=progress, results=results)
+    profile_dir = None
+    if args.profile:
+        if not profile.available():
+            raise SystemExit("--profile needs py-spy: pip install py-spy")
+        profile_dir = out
+    ctx = Context(db=db, out=out, sizes=sizes, progress=progress, results=results, profile_dir=profile_dir)
     for name in names:
         results[name] = run_workload(name, ctx)
     db.reset_between_workloads()
     rows = report.build_rows(results)
     print(report.format_table(rows))
+    for name, summary in profiles(results):
+        print("\n" + profile.format_summary(name, summary))
     report.write_json(out / "results.json", results, rows)
     why_not = report.write_chart(out / "chart.png", results)
     progress(f"wrote {out / 'results.json'}" + (f"; chart skipped: {why_not}" if why_not

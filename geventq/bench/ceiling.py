@@ -44,6 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--mode", choices=["batched", "per-task"], default="batched")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each task sleeps (0: no-op)")
+    parser.add_argument("--handshake", action="store_true",
+                        help="print 'ready' once connected and wait for a line on stdin before the loop "
+                             "(so a profiler can attach after the set-up)")
     return parser.parse_args(argv)
 
 
@@ -66,6 +69,9 @@ def run(args: argparse.Namespace) -> dict:
     for _ in range(args.concurrency if args.mode == "per-task" else 8):
         connections.put(connect())
     claim_conn = connect()
+    if args.handshake:
+        print("ready", flush=True)
+        sys.stdin.readline()
 
     def write(sql: str, value) -> None:
         conn = connections.get()
@@ -97,9 +103,11 @@ def run(args: argparse.Namespace) -> dict:
         gevent.joinall(greenlets)
         write(MARK_DONE_BATCH, ids)
 
+    import resource
     pool = Pool(args.concurrency)
     finishers = []
     claimed, claims, started = 0, 0, time.monotonic()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     while claimed < args.tasks:
         pool.wait_available()
         rows = claim(pool.free_count())
@@ -116,8 +124,11 @@ def run(args: argparse.Namespace) -> dict:
             finishers.append(gevent.spawn(mark_batch_done, greenlets, tuple(row[0] for row in rows)))
     pool.join()
     gevent.joinall(finishers)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return {"mode": args.mode, "tasks": claimed, "claims": claims,
-            "mean_batch": claimed / max(claims, 1), "wall_s": time.monotonic() - started}
+            "mean_batch": claimed / max(claims, 1), "wall_s": time.monotonic() - started,
+            "loop_cpu_s": cpu}
 
 
 def main(argv: list[str] | None = None) -> int:

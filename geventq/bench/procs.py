@@ -13,6 +13,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from geventq.bench import profile
 from geventq.bench.benchdb import BenchDB
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -40,24 +41,35 @@ def write_config(workdir: Path, db: BenchDB) -> Path:
 
 
 class Executor:
-    def __init__(self, config: Path, server_id: str, db: BenchDB):
+    def __init__(self, config: Path, server_id: str, db: BenchDB, profile_to: Path | None = None):
         self.config = config
         self.server_id = server_id
         self.db = db
         self.output_path = config.parent / f"executor-{server_id}.out"
         self.process: subprocess.Popen | None = None
         self.exit_code: int | None = None
+        self.profile_to = profile_to
+        self.profile: dict | None = None
+        self._profiler: subprocess.Popen | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    def start(self) -> Executor:
+    def start(self, profile_now: bool = True) -> Executor:
+        """Start the process; with profiling on, attach py-spy at once unless
+        `profile_now` is False (then `attach_profiler` later)."""
         with open(self.output_path, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "geventq", "--config", str(self.config),
                  "--server-id", self.server_id], cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+        if profile_now:
+            self.attach_profiler()
         return self
+
+    def attach_profiler(self) -> None:
+        if self.profile_to is not None and self._profiler is None:
+            self._profiler = profile.start(self.process.pid, self.profile_to)
 
     def wait_online(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -81,6 +93,9 @@ class Executor:
                                  (self.server_id,))
         return f"http://{address}"
 
+    def cpu_s(self) -> float | None:
+        return cpu_seconds(self.pid)
+
     def rss_mb(self) -> float:
         """Resident set size from /proc/PID/status (VmRSS), in MiB."""
         with open(f"/proc/{self.pid}/status") as status:
@@ -101,6 +116,11 @@ class Executor:
                 self.process.kill()
                 self.process.wait(10)
         self.exit_code = self.process.returncode
+        if self._profiler is not None:
+            profile.finish(self._profiler)
+            self._profiler = None
+            if self.profile_to.exists():
+                self.profile = profile.summarize(self.profile_to)
         return self.exit_code
 
     def output_tail(self, lines: int = 30) -> str:
@@ -121,15 +141,44 @@ class Executor:
 
 
 @contextmanager
-def executors(db: BenchDB, workdir: Path, server_ids: list[str]):
-    """Start the executors (all at once, then wait for each); always stopped."""
+def executors(db: BenchDB, workdir: Path, server_ids: list[str], profile_dir: Path | None = None):
+    """The executors of one workload (started by the caller); always stopped.
+    With `profile_dir`, py-spy samples each into profile-{server_id}.txt."""
     config = write_config(workdir, db)
-    started = [Executor(config, server_id, db) for server_id in server_ids]
+    started = [Executor(config, server_id, db,
+                        profile_dir / f"profile-{server_id}.txt" if profile_dir else None)
+               for server_id in server_ids]
     try:
         yield started
     finally:
         for executor in started:
             executor.stop()
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def database_server_pid() -> int | None:
+    """The local mariadbd/mysqld, whose CPU time the bench reports beside ours."""
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"{entry.path}/comm") as comm:
+                    if comm.read().strip() in ("mariadbd", "mysqld"):
+                        return int(entry.name)
+            except OSError:
+                continue
+    return None
 
 
 def count_job_logs(workdir: Path) -> int:

@@ -53,6 +53,15 @@ def _ratio(value: float | None, reference: float | None) -> str:
     return f"{value / reference:.2f}" if value and reference else ""
 
 
+def _cpu(results: dict, *path: str) -> str:
+    cpu = get(results, *path, "cpu") or {}
+    own, database = cpu.get("process_cpu_ms_per_task"), cpu.get("database_cpu_ms_per_task")
+    return f"{_num(own, '.3f')} + {_num(database, '.3f')}"
+
+
+CPU_FIGURE = "CPU ms/task: process + MariaDB"
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "MISSED")
 
@@ -94,6 +103,8 @@ def _ceiling_rows(results: dict, ceiling: float | None) -> list[Row]:
         Row("ceiling, batched", "tasks/s", _num(ceiling), "1.00"),
         Row("ceiling, per-task UPDATE", "tasks/s", _num(get(results, "ceiling", "per_task", "tasks_per_s")),
             _ratio(get(results, "ceiling", "per_task", "tasks_per_s"), ceiling)),
+        Row("ceiling, batched", CPU_FIGURE, _cpu(results, "ceiling", "batched")),
+        Row("ceiling, per-task UPDATE", CPU_FIGURE, _cpu(results, "ceiling", "per_task")),
         Row("ceiling, batched", "SQL statements/task",
             _num(get(results, "ceiling", "batched", "sql", "statements_per_task"), ".3f")),
         Row("ceiling, batched, 0.2 s sleeps", "efficiency",
@@ -114,6 +125,7 @@ def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
             f"≥ {W1_SHARE_OF_CEILING:.2f} × ceiling",
             _verdict(None if share is None else share >= W1_SHARE_OF_CEILING)),
         Row("W1 no-op", "whole process, s", _num(get(results, "W1", "whole_process_s"), ".2f")),
+        Row("W1 no-op", CPU_FIGURE + " (start-up incl.)", _cpu(results, "W1")),
         Row("W1 SQL", "statements/task", _num(per_task, ".3f"), _ratio(per_task, ceiling_per_task),
             f"≤ {STATEMENTS_PER_TASK}",
             _verdict(None if per_task is None else per_task <= STATEMENTS_PER_TASK)),
@@ -188,6 +200,7 @@ def _w5_rows(results: dict, ceiling: float | None) -> list[Row]:
             target=f"< {W5_GROWTH_MB:g}",
             verdict=_verdict(None if growth is None else growth < W5_GROWTH_MB)),
         Row("W5 soak", "tasks/s", _num(rate), _ratio(rate, ceiling)),
+        Row("W5 soak", CPU_FIGURE + " (steady)", _cpu(results, "W5")),
     ]
 
 

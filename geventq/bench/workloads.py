@@ -16,8 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geventq.bench import profile
 from geventq.bench.benchdb import BenchDB, ident
-from geventq.bench.procs import REPO, Executor, Unavailable, count_job_logs, executors
+from geventq.bench.procs import (
+    REPO,
+    Executor,
+    Unavailable,
+    count_job_logs,
+    cpu_seconds,
+    database_server_pid,
+    executors,
+)
 
 # Statements that do a task's work; their sum over the tasks run is the
 # "statements per task" figure. Questions (every statement a client sent,
@@ -48,6 +57,7 @@ class Context:
     sizes: Sizes
     progress: Callable[[str], None]
     results: dict[str, Any]
+    profile_dir: Path | None = None  # --profile: py-spy on every process the bench starts
 
     def workdir(self, name: str) -> Path:
         path = self.out / "work" / name
@@ -56,6 +66,20 @@ class Context:
 
 
 # --- shared steps ---------------------------------------------------------------
+
+def cpu_figures(tasks: int, own_cpu: float | None, server_pid: int | None, server_cpu_before: float | None,
+                what: str) -> dict[str, Any]:
+    """CPU seconds per 1,000 tasks: ours, and the database server's over the
+    same window (its figure includes any other client it served meanwhile)."""
+    server_cpu = None
+    if server_pid and server_cpu_before is not None:
+        now = cpu_seconds(server_pid)
+        server_cpu = None if now is None else now - server_cpu_before
+    per_k = 1000 / tasks if tasks else 0
+    return {"what": what, "process_cpu_s": own_cpu, "database_cpu_s": server_cpu,
+            "process_cpu_ms_per_task": own_cpu * per_k if own_cpu is not None else None,
+            "database_cpu_ms_per_task": server_cpu * per_k if server_cpu is not None else None}
+
 
 def drain_figures(db: BenchDB, table: str, min_id: int = 0) -> dict[str, Any]:
     """Counts and the drain window (first start to last end) of tasks with id > min_id."""
@@ -68,6 +92,17 @@ def drain_figures(db: BenchDB, table: str, min_id: int = 0) -> dict[str, Any]:
     return {"tasks": int(row["tasks"]), "done": int(row["done"] or 0), "failed": int(row["failed"] or 0),
             "first_start": row["first_start"], "last_end": row["last_end"],
             "drain_s": float(row["drain_s"] or 0), "servers_that_ran": int(row["servers"])}
+
+
+def completion_timeline(db: BenchDB, table: str, min_id: int = 0, bucket_s: float = 0.5) -> list[int]:
+    """Tasks finished in each `bucket_s` after the first start: shows warm-up and stalls."""
+    rows = db.query(
+        "SELECT FLOOR(TIMESTAMPDIFF(MICROSECOND, f.first_start, t.end_time) / %s) AS b, COUNT(*) AS n "
+        f"FROM {ident(table)} AS t, (SELECT MIN(start_time) AS first_start FROM {ident(table)} "
+        "WHERE id > %s) AS f WHERE t.id > %s AND t.end_time IS NOT NULL GROUP BY b ORDER BY b",
+        (int(bucket_s * 1e6), min_id, min_id))
+    counts = {int(row["b"]): int(row["n"]) for row in rows}
+    return [counts.get(b, 0) for b in range(max(counts) + 1)] if counts else []
 
 
 def wait_drained(ctx: Context, table: str, total: int, procs: list[Executor], *, timeout: float,
@@ -114,7 +149,11 @@ def statement_delta(before: dict[str, int], after: dict[str, int], bench_sent: C
 def finish(ctx: Context, workdir: Path, procs: list[Executor]) -> dict[str, Any]:
     codes = {proc.server_id: proc.stop() for proc in procs}
     warnings = [line for proc in procs for line in proc.warnings()]
-    return {"exit_codes": codes, "job_logs": count_job_logs(workdir), "executor_warnings": warnings[:10]}
+    result = {"exit_codes": codes, "job_logs": count_job_logs(workdir), "executor_warnings": warnings[:10]}
+    profiles = {proc.server_id: proc.profile for proc in procs if proc.profile}
+    if profiles:
+        result["profile"] = profiles
+    return result
 
 
 # --- W1, W4, W6 (and W2 with sleeping tasks): drain a full table ------------------
@@ -143,17 +182,21 @@ def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers:
     ctx.progress(f"  inserted {tasks:,} due {task_type} tasks in {time.monotonic() - began:.1f}s")
     workdir = ctx.workdir(name)
     server_ids = [f"bench-{name.lower()}-{n + 1}" for n in range(servers)]
-    with executors(db, workdir, server_ids) as procs:
+    with executors(db, workdir, server_ids, ctx.profile_dir) as procs:
         if count_sql:
             result["other_clients_connected"] = db.other_clients()
             before = db.global_status()
             db.sent.clear()
+        server_pid = database_server_pid()
+        server_cpu = cpu_seconds(server_pid) if server_pid else None
         process_start = db.now()
         for proc in procs:
             proc.start()
         ctx.progress(f"  started {servers} executor(s) (pid {', '.join(str(p.pid) for p in procs)})")
         ctx.results.setdefault("_pids", {})[name] = [p.pid for p in procs]
         wait_drained(ctx, table, tasks, procs, timeout=max(120.0, tasks / 100))
+        result["cpu"] = cpu_figures(tasks, sum(proc.cpu_s() or 0 for proc in procs), server_pid, server_cpu,
+                                    "executor CPU over its whole life (start-up included)")
         if count_sql:
             after = db.global_status()
             result["sql"] = statement_delta(before, after, Counter(db.sent), tasks)
@@ -161,6 +204,7 @@ def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers:
     figures = drain_figures(db, table, min_id)
     result.update(figures)
     result["tasks_per_s"] = figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None
+    result["done_per_half_second"] = completion_timeline(db, table, min_id)
     result["whole_process_s"] = seconds_between(db, process_start, figures["last_end"])
     result["process_start_to_first_claim_s"] = seconds_between(db, process_start, figures["first_start"])
     if servers > 1:
@@ -245,12 +289,16 @@ def w5(ctx: Context) -> dict[str, Any]:
     workdir = ctx.workdir("W5")
     result: dict[str, Any] = {"tasks": tasks, "checkpoint": checkpoint, "max_workers": 50}
     samples: list[tuple[int, float]] = []
-    with executors(db, workdir, ["bench-w5-1"]) as procs:
-        proc = procs[0].start()
+    with executors(db, workdir, ["bench-w5-1"], ctx.profile_dir) as procs:
+        proc = procs[0].start(profile_now=False)
         ctx.results.setdefault("_pids", {})["W5"] = [proc.pid]
         proc.wait_online()
         time.sleep(1.0)
         result["rss_start_mb"] = proc.rss_mb()
+        proc.attach_profiler()  # steady state only: start-up is W1's profile
+        cpu_start = proc.cpu_s()
+        server_pid = database_server_pid()
+        server_cpu = cpu_seconds(server_pid) if server_pid else None
         ctx.progress(f"  online, RSS {result['rss_start_mb']:.1f} MiB; inserting {tasks:,} tasks")
         db.insert_due(table, "bench_noop", tasks)
 
@@ -262,6 +310,8 @@ def w5(ctx: Context) -> dict[str, Any]:
                 result["checkpoint_done"] = done
         wait_drained(ctx, table, tasks, procs, timeout=max(300.0, tasks / 50), on_poll=sample, interval=0.5)
         result["rss_end_mb"] = proc.rss_mb()
+        result["cpu"] = cpu_figures(tasks, proc.cpu_s() - cpu_start, server_pid, server_cpu,
+                                    "executor CPU from online to drained (steady state)")
         result.update(finish(ctx, workdir, procs))
     result["rss_growth_mb"] = result["rss_end_mb"] - result["rss_checkpoint_mb"]
     result["rss_samples"] = samples
@@ -404,22 +454,38 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
     task_type = "bench_sleep" if sleep else "bench_noop"
     db.insert_due(table, task_type, tasks, {"seconds": sleep} if sleep else None)
     server = db.server
+    server_pid = database_server_pid()
     before = db.global_status()
     db.sent.clear()
-    completed = subprocess.run(
+    label = f"{mode}{'-sleep' if sleep else ''}"
+    loop_process = subprocess.Popen(
         [sys.executable, "-m", "geventq.bench.ceiling", "--host", server.host, "--port", str(server.port),
          "--user", server.user, "--password", server.password, "--database", db.database,
          "--table", table, "--tasks", str(tasks), "--concurrency", str(concurrency), "--mode", mode,
-         "--sleep", str(sleep)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+         "--sleep", str(sleep), "--handshake"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    # Connections are open once it says ready: the profile covers the loop only.
+    ready = loop_process.stdout.readline().strip()
+    server_cpu = cpu_seconds(server_pid) if server_pid else None
+    profile_to = ctx.profile_dir / f"profile-ceiling-{label}.txt" if ctx.profile_dir else None
+    profiler = profile.start(loop_process.pid, profile_to) if profile_to and ready == "ready" else None
+    stdout, stderr = loop_process.communicate("go\n", timeout=600)
     after = db.global_status()
-    if completed.returncode != 0:
-        raise RuntimeError(f"ceiling loop failed ({completed.returncode}):\n{completed.stderr[-2000:]}")
-    loop = json.loads(completed.stdout.strip().splitlines()[-1])
+    server_cpu_after = cpu_seconds(server_pid) if server_pid else None
+    profile.finish(profiler)
+    if loop_process.returncode != 0:
+        raise RuntimeError(f"ceiling loop failed ({loop_process.returncode}):\n{stderr[-2000:]}")
+    loop = json.loads(stdout.strip().splitlines()[-1])
     figures = drain_figures(db, table)
     result = {"mode": mode, "concurrency": concurrency, "sleep_s": sleep, **loop, **figures,
               "tasks_per_s": figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None,
               "sql": statement_delta(before, after, Counter(db.sent), tasks)}
-    label = f"{mode}{' sleep' if sleep else ''}"
+    result["cpu"] = cpu_figures(tasks, loop["loop_cpu_s"], None, None, "ceiling loop CPU (set-up excluded)")
+    if server_cpu is not None and server_cpu_after is not None:
+        result["cpu"]["database_cpu_s"] = server_cpu_after - server_cpu
+        result["cpu"]["database_cpu_ms_per_task"] = (server_cpu_after - server_cpu) * 1000 / tasks
+    if profile_to is not None and profile_to.exists():
+        result["profile"] = profile.summarize(profile_to)
     ctx.progress(f"  ceiling {label}: {result['tasks_per_s']:,.0f} tasks/s "
                  f"(mean batch {loop['mean_batch']:.1f}, "
                  f"{result['sql']['statements_per_task']:.3f} statements/task)")
