@@ -129,6 +129,7 @@ class Executor:
         self.heartbeat.stop(timeout=self.config.database.read_timeout)
         servers.mark_offline(runtime)
         self._http.stop(timeout=1)
+        runtime.job_logs.stop()
         runtime.db.close()
         runtime.handler_db.close()
         logger.info("server {} stopped", runtime.server_id)

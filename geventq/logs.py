@@ -5,23 +5,29 @@ Two kinds of file:
 - `job-{logID}-YYYY-MM-DD.log`, one per task and day, holding the start and
   outcome lines and whatever the handler logged through `ctx.log`.
 
-Job logs cost one file open and close per run, nothing more: a single loguru
-sink routes records bound with `log_id` to the file open for that run, so no
-sink is added or removed per task. loguru's `enqueue=True` is never used: its
+Job logs cost the hub one formatted line per event: a single loguru sink
+routes records bound with `log_id` to the run they belong to (no sink is
+added or removed per task), and a native thread does the file system calls. loguru's `enqueue=True` is never used: its
 multiprocessing queue hangs once threads are monkey-patched (loguru#284).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from datetime import datetime
+from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+import gevent
+from gevent import monkey
 from loguru import logger
 
 from geventq.config import LogConfig
+
+native_sleep = monkey.get_original("time", "sleep")
+start_native_thread = monkey.get_original("_thread", "start_new_thread")
 
 FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
 EXECUTOR_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {name}:{line} | {message}"
@@ -32,46 +38,102 @@ def _not_job_record(record: dict) -> bool:
 
 
 class JobLogs:
-    """The open job log files, keyed by log_id."""
+    """Job log files, written by a native thread.
+
+    Creating a file costs tens of microseconds of system calls, more than a
+    no-op task itself, so the hub only formats a line and appends it to a
+    deque; a native thread (which releases the GIL in those system calls)
+    drains the deque, grouping lines by file: one open, write and close per
+    file per pass. Lines of one run stay in order: one producer, one consumer.
+    """
 
     def __init__(self, directory: Path):
-        self.directory = directory
-        self._files: dict[str, IO[str]] = {}
+        self.directory = str(directory)
+        self._paths: dict[str, str] = {}  # log_id -> file, for runs in progress
+        self._pending: deque[tuple[str, str]] = deque()
+        self._stopping = False
+        self._writer_done = True
+        self.last_error: str | None = None
 
-    def path_for(self, log_id: str, day: str | None = None) -> Path:
-        return self.directory / f"job-{log_id}-{day or time.strftime('%Y-%m-%d')}.log"
+    def start(self) -> None:
+        self._writer_done = False
+        start_native_thread(self._write_loop, ())
 
-    def open(self, log_id: str) -> None:
-        # Closed in close(), at the end of the run: the file outlives this call.
-        self._files[log_id] = open(self.path_for(log_id), "a", encoding="utf-8")  # noqa: SIM115
+    def path_for(self, log_id: str, day: str | None = None) -> str:
+        return f"{self.directory}/job-{log_id}-{day or time.strftime('%Y-%m-%d')}.log"
+
+    def begin(self, log_id: str, text: str) -> None:
+        path = self._paths[log_id] = self.path_for(log_id)
+        self._pending.append((path, _line("INFO", text)))
 
     def line(self, log_id: str, level: str, text: str) -> None:
-        """Write a line of our own (start, outcome) without a loguru round trip."""
-        handle = self._files.get(log_id)
-        if handle is not None:
-            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-            handle.write(f"{stamp} | {level: <7} | {text}\n")
+        """A line of our own (start, outcome), without a loguru round trip."""
+        path = self._paths.get(log_id)
+        if path is not None:
+            self._pending.append((path, _line(level, text)))
 
-    def close(self, log_id: str) -> None:
-        handle = self._files.pop(log_id, None)
-        if handle is not None:
-            handle.close()
+    def end(self, log_id: str) -> None:
+        self._paths.pop(log_id, None)
 
     def sink(self, message: Any) -> None:
-        handle = self._files.get(message.record["extra"].get("log_id"))
-        if handle is not None:
-            handle.write(message)
+        path = self._paths.get(message.record["extra"].get("log_id"))
+        if path is not None:
+            self._pending.append((path, str(message)))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait (cooperatively) until every line so far is on disk."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            if self._writer_done:
+                self._write_batch()
+            else:
+                gevent.sleep(0.002)
+        return not self._pending
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        self._stopping = True
+
+    def _write_loop(self) -> None:
+        try:
+            while not (self._stopping and not self._pending):
+                if not self._write_batch():
+                    native_sleep(0.005)
+        finally:
+            self._writer_done = True
+
+    def _write_batch(self) -> int:
+        """Write what is pending, one open/write/close per file; how many lines."""
+        by_file: dict[str, list[str]] = {}
+        count = 0
+        while self._pending and count < 10_000:
+            path, text = self._pending.popleft()
+            by_file.setdefault(path, []).append(text)
+            count += 1
+        for path, texts in by_file.items():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:
+                    os.write(fd, "".join(texts).encode("utf-8", "replace"))
+                finally:
+                    os.close(fd)
+            except OSError as error:
+                # Logged by the executor's maintenance loop: loguru's lock is a
+                # greenlet lock once patched, not for this thread.
+                self.last_error = f"{path}: {error}"
+        return count
 
     def read(self, log_id: str) -> str:
         """Every day's job log of one task, oldest first."""
-        files = sorted(self.directory.glob(f"job-{log_id}-????-??-??.log"))
+        self.flush(1.0)
+        files = sorted(Path(self.directory).glob(f"job-{log_id}-????-??-??.log"))
         return "".join(file.read_text(encoding="utf-8", errors="replace") for file in files)
 
     def prune(self, retention_days: int) -> int:
         """Delete job logs older than the retention period; returns how many."""
         cutoff = time.time() - retention_days * 86400
         removed = 0
-        for file in self.directory.glob("job-*.log"):
+        for file in Path(self.directory).glob("job-*.log"):
             try:
                 if file.stat().st_mtime < cutoff:
                     file.unlink()
@@ -79,6 +141,17 @@ class JobLogs:
             except FileNotFoundError:
                 continue
         return removed
+
+
+_second = [-1, ""]  # the formatted current second, reused for every line in it
+
+
+def _line(level: str, text: str) -> str:
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second[:] = [whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))]
+    return f"{_second[1]}.{int((now - whole) * 1000):03d} | {level: <7} | {text}\n"
 
 
 def configure(config: LogConfig, *, to_stderr: bool = True) -> JobLogs:
@@ -92,6 +165,7 @@ def configure(config: LogConfig, *, to_stderr: bool = True) -> JobLogs:
                format=EXECUTOR_FORMAT, filter=_not_job_record, rotation="00:00",
                retention=f"{config.retention_days} days", encoding="utf-8")
     job_logs = JobLogs(directory)
+    job_logs.start()
     logger.add(job_logs.sink, level=config.level, format=FORMAT,
                filter=lambda record: "log_id" in record["extra"])
     return job_logs

@@ -22,7 +22,7 @@ from geventq.runtime import Attempt, Runtime
 
 # After a claim that filled every free slot, wait this long for more slots to
 # free before claiming again, so a burst of completions is claimed as one batch.
-GATHER_SLOTS = 0.002
+GATHER_SLOTS = 0
 
 
 class WorkerPool(Pool):
@@ -167,9 +167,8 @@ class QueueRunner:
     def _run(self, attempt: Attempt) -> None:
         runtime, log_id = self.runtime, attempt.log_id
         job_logs = runtime.job_logs
-        job_logs.open(log_id)
-        job_logs.line(log_id, "INFO", f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
-                      f"/{attempt.max_retries + 1} on {runtime.server_id} (queue {self.queue_name})")
+        job_logs.begin(log_id, f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
+                       f"/{attempt.max_retries + 1} on {runtime.server_id} (queue {self.queue_name})")
         try:
             outcome = self._execute(attempt)
         except LeaseLost:
@@ -182,7 +181,7 @@ class QueueRunner:
             job_logs.line(log_id, "WARNING", "stopped by shutdown; returned to pending")
             raise
         finally:
-            job_logs.close(log_id)
+            job_logs.end(log_id)
         runtime.recorder.record(attempt, outcome)
 
     def _execute(self, attempt: Attempt) -> Outcome:

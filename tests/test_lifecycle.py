@@ -94,8 +94,9 @@ def test_job_log_holds_start_handler_lines_and_outcome(db, executors, tmp_path):
     [task_id] = db.insert_tasks("q_tasks", "record")
     executors.start()
     wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE)
-    [log_file] = (tmp_path / "logs").glob(f"job-q_tasks-{task_id}-*.log")
-    text = log_file.read_text()
+    # Job logs are written by a background thread: allow it a moment.
+    [log_file] = wait_for(lambda: list((tmp_path / "logs").glob(f"job-q_tasks-{task_id}-*.log")))
+    text = wait_for(lambda: "done in" in log_file.read_text() and log_file.read_text())
     assert "start record attempt 1/4" in text
     assert "recorded run" in text
     assert "done in" in text
