@@ -7,8 +7,9 @@ Two kinds of file:
 
 Job logs cost the hub one formatted line per event: a single loguru sink
 routes records bound with `log_id` to the run they belong to (no sink is
-added or removed per task), and a native thread does the file system calls. loguru's `enqueue=True` is never used: its
-multiprocessing queue hangs once threads are monkey-patched (loguru#284).
+added or removed per task), and a native thread does the file system calls.
+loguru's `enqueue=True` is never used: its multiprocessing queue hangs once
+threads are monkey-patched (loguru#284).
 """
 
 from __future__ import annotations
