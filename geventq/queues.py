@@ -183,6 +183,8 @@ class QueueRunner:
         finally:
             job_logs.end(log_id)
         runtime.recorder.record(attempt, outcome)
+        if runtime.metrics is not None:
+            runtime.metrics.finished(self, attempt, outcome, time.monotonic() - attempt.started)
 
     def _execute(self, attempt: Attempt) -> Outcome:
         """Run the handler; the outcome to record (always writes the last job log line)."""

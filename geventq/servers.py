@@ -239,8 +239,8 @@ class Maintenance:
                 logger.warning("rescued {} tasks in {} from servers whose heartbeat expired",
                                count, table_name)
                 rescued += count
-        if rescued and self.runtime.metrics:
-            self.runtime.metrics.rescued(rescued)
+                if self.runtime.metrics is not None:
+                    self.runtime.metrics.rescued(table_name, count)
         return rescued
 
     def reconcile_unattended_claims(self) -> int:
