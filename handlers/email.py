@@ -18,42 +18,20 @@ are, so the queue retries the task with backoff.
 
 from __future__ import annotations
 
-import os
-import sys
+import re
+import smtplib
+import ssl
+from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, make_msgid, parseaddr
+from html.parser import HTMLParser
+from typing import Any
 
-
-def _load_stdlib_email() -> None:
-    """handlers.py puts this folder at the front of sys.path, where this file
-    would shadow the standard library's `email` package, which smtplib itself
-    imports. Import the real package once with this folder hidden; afterwards
-    every `import email` finds it in sys.modules."""
-    if "email" in sys.modules:
-        return
-    here = os.path.dirname(os.path.abspath(__file__))
-    saved = list(sys.path)
-    sys.path[:] = [entry for entry in saved if os.path.abspath(entry or os.curdir) != here]
-    try:
-        import email  # noqa: F401 - its submodules then load from email.__path__
-    finally:
-        sys.path[:] = saved
-
-
-_load_stdlib_email()
-
-import re  # noqa: E402
-import smtplib  # noqa: E402
-import ssl  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from email.errors import HeaderParseError  # noqa: E402
-from email.headerregistry import Address  # noqa: E402
-from email.message import EmailMessage  # noqa: E402
-from email.utils import formatdate, getaddresses, make_msgid, parseaddr  # noqa: E402
-from html.parser import HTMLParser  # noqa: E402
-from typing import Any  # noqa: E402
-
-from geventq.config import SmtpConfig  # noqa: E402
-from geventq.errors import PermanentFailure  # noqa: E402
-from geventq.handlers import JobContext, task_handler  # noqa: E402
+from geventq.config import SmtpConfig
+from geventq.errors import PermanentFailure
+from geventq.handlers import JobContext, task_handler
 
 KNOWN_PARAMS = ("to", "cc", "bcc", "subject", "body", "type", "reply_to", "dry_run")
 BODY_TYPES = ("text", "html")
