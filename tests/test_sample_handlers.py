@@ -352,7 +352,7 @@ def test_refused_recipients_5xx_is_permanent_4xx_retryable_partial_sent(run, off
 
 
 def test_email_module_does_not_shadow_the_standard_library_email_package():
-    # handlers.py puts handlers/ first on sys.path, where handlers/email.py could
+    # handlers.py adds handlers/ to sys.path, where handlers/email.py must not
     # hide the stdlib package; in a fresh interpreter nothing has imported it yet.
     code = ("import sys; from geventq.handlers import load_handlers; load_handlers([sys.argv[1]]); "
             "import email.message, smtplib; print(email.__file__)")
