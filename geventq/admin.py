@@ -322,7 +322,7 @@ def dashboard(admin: Admin, call: Call) -> Any:
                 query=spec.Spec((spec.String("filename", "a file of geventq/static", required=True,
                                              min_length=1, max_length=100,
                                              pattern=r"^[A-Za-z0-9_.-]+$"),)),
-                auth=False, uses_database=False, raw="text/plain",
+                auth=False, uses_database=False, raw="*/*",
                 errors=((404, "no such file"),)))
 def static(admin: Admin, call: Call) -> Any:
     # bottle.static_file refuses any path that leaves its root.
@@ -459,6 +459,9 @@ class EnvelopePlugin:
                 raise
             except Exception as error:  # noqa: BLE001 - every error becomes an envelope
                 return self._error(endpoint, error)
+            if endpoint.raw == "application/json":
+                bottle.response.content_type = "application/json"
+                return ujson.dumps(result, ensure_ascii=False, escape_forward_slashes=False)
             if endpoint.raw:
                 return result
             status, data = (201, result.data) if isinstance(result, Created) else (endpoint.status, result)

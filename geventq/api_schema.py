@@ -30,8 +30,8 @@ TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$"
 SERVER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{0,50}$"
 # `YYYY-MM-DD HH:MM:SS[.fff]` in the database's time zone, or ISO-8601 with a
 # `T` and/or an offset (Z or ±HH:MM); without an offset it is database time.
-SCHEDULE_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[ T][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?"
-                    r"(Z|[+-][0-9]{2}:?[0-9]{2})?$")
+SCHEDULE_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[ T]([01][0-9]|2[0-3]):[0-5][0-9]"
+                    r":[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]((0[0-9]|1[0-3]):?[0-5][0-9]|14:?00))?$")
 _SCHEDULE = re.compile(SCHEDULE_PATTERN)
 _INT_TEXT = re.compile(r"^-?[0-9]{1,20}$")
 # DATETIME's range; a converted schedule_time must land inside it too.
@@ -339,9 +339,8 @@ class ListOf:
         if not isinstance(body, list):
             raise Invalid([f"body: must be a JSON array of task objects, got {_type_name(body)}"])
         if not self.min_items <= len(body) <= self.max_items:
-            status = 413 if len(body) > self.max_items else 400
             raise Invalid([f"body: must hold {self.min_items} to {self.max_items:,} tasks, "
-                           f"got {len(body):,}"], status=status)
+                           f"got {len(body):,}"])
         items, problems = [], []
         for index, entry in enumerate(body):
             try:

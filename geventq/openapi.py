@@ -11,6 +11,13 @@ DATETIME = {"type": "string", "description": "YYYY-MM-DD HH:MM:SS.fff, database 
 OPTIONAL_DATETIME = {**DATETIME, "nullable": True}
 COUNT = {"type": "integer", "minimum": 0}
 
+COUNTS = {
+    "type": "object",
+    "description": "tasks by status; null when the table could not be counted",
+    "required": ["pending", "running", "done", "failed", "cancelled"],
+    "properties": {name: COUNT for name in ("pending", "running", "done", "failed", "cancelled")},
+}
+
 QUEUE_ROW = {
     "type": "object",
     "description": "a queue_configs row",
@@ -44,17 +51,12 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "QueueRow": QUEUE_ROW,
-    "Counts": {
-        "type": "object",
-        "required": ["pending", "running", "done", "failed", "cancelled"],
-        "properties": {name: COUNT for name in ("pending", "running", "done", "failed", "cancelled")},
-    },
     "Queue": {
         "allOf": [ref("QueueRow"), {
             "type": "object",
             "required": ["counts", "oldest_pending_age", "table_error"],
             "properties": {
-                "counts": {**ref("Counts"), "nullable": True},
+                "counts": {**COUNTS, "nullable": True},
                 "oldest_pending_age": {"type": "number", "nullable": True, "minimum": 0,
                                        "description": "seconds since the oldest due pending task "
                                                       "was due, by the database clock"},
