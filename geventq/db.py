@@ -41,6 +41,7 @@ T = TypeVar("T")
 CONNECTION_ERRORS = {1040, 1053, 1077, 1152, 1158, 1159, 1160, 1161, 1927, 2003,
                      2006, 2013, 2014, 2026, 2055, 4031}
 CONFLICT_ERRORS = {1205, 1213}  # lock wait timeout, deadlock: safe to rerun
+CONFLICT_RETRIES = 3
 DUPLICATE_KEY = 1062
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -122,15 +123,16 @@ class Database:
     def address(self) -> str:
         return f"{self.config.host}:{self.config.port}"
 
-    def connect(self) -> pymysql.connections.Connection:
+    def connect(self, read_timeout: float | None = None) -> pymysql.connections.Connection:
         """A new connection, outside the pool (the caller closes it)."""
         cfg = self.config
+        read_timeout = read_timeout or cfg.read_timeout
         try:
             return pymysql.connect(
                 host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password,
                 database=self.database, charset=cfg.charset, autocommit=True,
-                connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
-                write_timeout=cfg.read_timeout, cursorclass=pymysql.cursors.DictCursor,
+                connect_timeout=cfg.connect_timeout, read_timeout=read_timeout,
+                write_timeout=read_timeout, cursorclass=pymysql.cursors.DictCursor,
                 # FOUND_ROWS: rowcount counts rows matched, not rows changed, so a
                 # heartbeat that rewrites equal values still reports its row.
                 client_flag=CLIENT.FOUND_ROWS,
@@ -189,16 +191,23 @@ class Database:
 
         If a pooled connection turns out dead (server restart, KILL), it runs
         once more on a new connection: a dead idle connection is not an outage.
+        A deadlock or lock wait timeout is retried up to CONFLICT_RETRIES times.
         """
         scope = self.transaction if transaction else self.cursor
-        try:
-            with scope() as cur:
-                return fn(cur, *args)
-        except DatabaseUnavailable:
-            if not self._discard_idle():
-                raise
-        with scope() as cur:
-            return fn(cur, *args)
+        for attempt in range(CONFLICT_RETRIES + 1):
+            try:
+                with scope() as cur:
+                    return fn(cur, *args)
+            except DatabaseUnavailable:
+                if attempt or not self._discard_idle():
+                    raise
+            except RetryableConflict:
+                # A deadlock rolled the whole transaction back, so running it
+                # again is safe; they do happen between inserts and claims.
+                if attempt == CONFLICT_RETRIES:
+                    raise
+                gevent.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def retrying(self, fn: Callable[..., T], *args: Any, what: str, transaction: bool = False,
                  attempts: int | None = None, should_stop: Callable[[], bool] | None = None) -> T:

@@ -130,11 +130,8 @@ class Heartbeat:
                               runtime.admin_address, _version())
 
     def _connect(self):
-        db = self.runtime.db
-        conn = db.connect()
         # A black-holed heartbeat must fail fast: the lease is lapsing meanwhile.
-        conn._read_timeout = conn._write_timeout = max(1.0, self.interval)
-        return conn
+        return self.runtime.db.connect(read_timeout=max(1.0, self.interval))
 
     def _sleep_interval(self) -> None:
         deadline = time.monotonic() + self.interval
