@@ -44,10 +44,12 @@ class Sizes:
     w4_finished: int = 1_000_000
     w5_tasks: int = 100_000
     sleep: float = 0.2
+    settle_s: float = 3.0  # pause before each workload
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(w1_tasks=2_000, w2_tasks=1_000, w3_seconds=3.0, w4_finished=100_000, w5_tasks=10_000)
+        return cls(w1_tasks=2_000, w2_tasks=1_000, w3_seconds=3.0, w4_finished=100_000, w5_tasks=10_000,
+                   settle_s=0.5)
 
 
 @dataclass
