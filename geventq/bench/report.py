@@ -126,6 +126,7 @@ def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
             _verdict(None if share is None else share >= W1_SHARE_OF_CEILING)),
         Row("W1 no-op", "whole process, s", _num(get(results, "W1", "whole_process_s"), ".2f")),
         Row("W1 no-op", CPU_FIGURE + " (start-up incl.)", _cpu(results, "W1")),
+        _job_log_row(results, "W1"),
         Row("W1 SQL", "statements/task", _num(per_task, ".3f"), _ratio(per_task, ceiling_per_task),
             f"≤ {STATEMENTS_PER_TASK}",
             _verdict(None if per_task is None else per_task <= STATEMENTS_PER_TASK)),
@@ -133,6 +134,14 @@ def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
             _ratio(get(results, "W1", "sql", "questions_per_task"),
                    get(results, "ceiling", "batched", "sql", "questions_per_task"))),
     ]
+
+
+def _job_log_row(results: dict, workload: str) -> Row:
+    """A correctness check: every run leaves its job log file once the executor has stopped."""
+    written, tasks = get(results, workload, "job_logs"), get(results, workload, "tasks")
+    ok = None if written is None or tasks is None else written >= tasks
+    return Row(workload, "job log files after SIGTERM", f"{_num(written)} of {_num(tasks)}",
+               target="one per task", verdict=_verdict(ok))
 
 
 def _w2_rows(results: dict) -> list[Row]:
