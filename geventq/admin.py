@@ -498,6 +498,12 @@ def check_token(token: str) -> None:
     """before_request: every /admin path needs the bearer token when one is set."""
     if not token or not bottle.request.path.startswith("/admin"):
         return
+    require_bearer(token)
+
+
+def require_bearer(token: str) -> None:
+    """401 unless the request carries `Authorization: Bearer <token>` (also
+    used by /metrics when admin.metrics_auth is true)."""
     header = bottle.request.get_header("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(

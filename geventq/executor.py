@@ -17,6 +17,7 @@ from geventq.config import Config
 from geventq.db import Database, wait_until_reachable
 from geventq.errors import GeventqError
 from geventq.handlers import load_handlers
+from geventq.metrics import Metrics
 from geventq.outcomes import OutcomeRecorder
 from geventq.queues import choose_claim
 from geventq.runtime import Attempt, Lease, Runtime
@@ -51,6 +52,7 @@ class Executor:
             job_logs=job_logs, lease=Lease(cfg.executor.heartbeat_timeout / 2),
             skip_locked=store.supports_skip_locked(version),
         )
+        runtime.metrics = Metrics(runtime)
         servers.check_server_id_free(db, runtime.server_id, cfg.executor.heartbeat_timeout)
         self._serve_admin()
         self._claim_orphans_and_register()

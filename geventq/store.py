@@ -700,3 +700,38 @@ def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, 
     cur.execute(f"UPDATE {_table(table)} SET status = 4, end_time = NOW(3) WHERE id = %s AND status = 0",
                 (task_id,))
     return cur.rowcount == 1, get_task(cur, table, task_id)
+
+
+# --- status ---
+#
+# What the status command and the metrics scrape read beyond the admin
+# section: the due pending tasks of every queue, for the gauges /metrics
+# reads at scrape time (never on the hot path).
+
+def due_pending_by_queue(cur, queues: list[dict[str, Any]]) -> dict[str, tuple[int, float | None]]:
+    """queue_name -> (pending tasks already due, age in seconds of the oldest
+    of them by the database clock), for each queue_configs row given whose
+    table can be read; a missing or malformed table leaves its queue out."""
+    due: dict[str, tuple[int, float | None]] = {}
+    for queue in queues:
+        try:
+            table = quote_table(queue["table_name"], None)
+            due[queue["queue_name"]] = _due_pending(cur, table)
+        except InvalidIdentifier:
+            continue
+        except Exception as error:
+            if mysql_error_code(error) not in TABLE_ERRORS:
+                raise
+    return due
+
+
+def _due_pending(cur, table: QuotedTable) -> tuple[int, float | None]:
+    # One range scan of the (status, schedule_time) index: status = 0 and
+    # due by now. MIN(schedule_time) is its first entry.
+    cur.execute(
+        "SELECT COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, MIN(schedule_time), NOW(3)) / 1e6 AS oldest "
+        f"FROM {_table(table)} WHERE status = 0 AND schedule_time <= NOW(3)"
+    )
+    row = cur.fetchone()
+    oldest = None if row["oldest"] is None else max(0.0, float(row["oldest"]))
+    return int(row["n"]), oldest
