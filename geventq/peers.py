@@ -13,10 +13,9 @@ most once a second and only by the greenlets that send wakes.
 
 from __future__ import annotations
 
+import http.client
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import gevent
@@ -58,6 +57,7 @@ class Peers:
         self._refresh_lock = Semaphore()
         # (base url, table) -> True when another wake is wanted after the one in flight
         self._in_flight: dict[tuple[str, str], bool] = {}
+        self._connections = KeepAlive()
 
     def _auth_headers(self) -> dict[str, str]:
         token = self.runtime.config.admin.token
@@ -71,15 +71,16 @@ class Peers:
         gevent.spawn(self._wake_all, table_name)
 
     def _wake_all(self, table_name: str) -> None:
-        try:
-            self._refresh_if_stale()
-        except DatabaseError as error:
-            logger.debug("peer wake for {}: cannot read servers: {}", table_name, error)
-            return
+        # The cached view goes first, so a wake never waits for the database;
+        # a table it does not know yet (a queue created a moment ago) is worth
+        # a refresh before giving up on it.
+        fresh = table_name not in self._queue_of_table and self._refresh(force=True)
         queue_name = self._queue_of_table.get(table_name)
         for peer in self._peers:
             if queue_name is not None and queue_name in peer["queues"]:
                 self._wake_one(peer["url"], table_name)
+        if not fresh:
+            self._refresh(force=False)
 
     def _wake_one(self, url: str, table_name: str) -> None:
         key = (url, table_name)
@@ -101,28 +102,36 @@ class Peers:
             self._in_flight.pop(key, None)
 
     def _post_wake(self, url: str, table_name: str) -> None:
-        query = urllib.parse.urlencode({"table": table_name})
-        request = urllib.request.Request(f"{url}/admin/queue/wake?{query}", data=b"", method="POST",
-                                         headers=self._auth_headers())
+        target = "/admin/queue/wake?" + urllib.parse.urlencode({"table": table_name})
         try:
-            with urllib.request.urlopen(request, timeout=WAKE_TIMEOUT) as response:
-                response.read()
-        except (OSError, ValueError) as error:  # URLError and HTTPError are OSErrors
+            status, _ = self._connections.request(url, "POST", target, self._auth_headers(),
+                                                  WAKE_TIMEOUT)
+            if status != 200:
+                logger.debug("waking {} at {}: HTTP {}", table_name, url, status)
+        except (OSError, http.client.HTTPException) as error:
             logger.debug("waking {} at {} failed: {}", table_name, url, error)
 
-    def _refresh_if_stale(self) -> None:
+    def _refresh(self, force: bool) -> bool:
+        """Re-read who runs what when the view is older than a second (or
+        `force`); True when it was read now. Never raises."""
         with self._refresh_lock:
-            if time.monotonic() - self._fetched_at < DIRECTORY_MAX_AGE:
-                return
+            if not force and time.monotonic() - self._fetched_at < DIRECTORY_MAX_AGE:
+                return False
             runtime = self.runtime
-            rows = runtime.db.call(store.live_peers, runtime.config.executor.heartbeat_timeout,
-                                   runtime.server_id)
-            queues = runtime.db.call(store.list_queue_configs)
+            try:
+                rows = runtime.db.call(store.live_peers, runtime.config.executor.heartbeat_timeout,
+                                       runtime.server_id)
+                queues = runtime.db.call(store.list_queue_configs)
+            except DatabaseError as error:
+                logger.debug("peer wakes: cannot read the servers table: {}", error)
+                return False
             self._peers = [{"server_id": row["server_id"], "queues": parse_queue_list(row["queues"]),
                             "url": base_url(row["admin_address"], row.get("host", ""))}
                            for row in rows if row["admin_address"]]
             self._queue_of_table = {queue["table_name"]: queue["queue_name"] for queue in queues}
             self._fetched_at = time.monotonic()
+            self._connections.keep_only({peer["url"] for peer in self._peers})
+            return True
 
     # --- job logs --------------------------------------------------------------
 
@@ -130,20 +139,60 @@ class Peers:
                   authorization: str | None) -> str:
         """The job log text of a task, as the server that ran it has it."""
         url = base_url(peer["admin_address"], peer.get("host", ""))
-        query = urllib.parse.urlencode({"table": table_name, "id": task_id, "local": 1})
+        target = "/admin/task/log?" + urllib.parse.urlencode({"table": table_name, "id": task_id, "local": 1})
         headers = {"Authorization": authorization} if authorization else self._auth_headers()
-        request = urllib.request.Request(f"{url}/admin/task/log?{query}", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=LOG_TIMEOUT) as response:
-                body = ujson.loads(response.read())
-        except urllib.error.HTTPError as error:
-            raise PeerUnreachable(f"server {peer['server_id']} at {url} answered {error.code}") from None
-        except (OSError, ValueError) as error:
+            status, raw = self._connections.request(url, "GET", target, headers, LOG_TIMEOUT)
+            body = ujson.loads(raw)
+        except (OSError, http.client.HTTPException, ValueError) as error:
             raise PeerUnreachable(f"server {peer['server_id']} at {url} did not answer: {error}") from None
+        if status != 200:
+            raise PeerUnreachable(f"server {peer['server_id']} at {url} answered {status}")
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or not isinstance(data.get("log"), str):
             raise PeerUnreachable(f"server {peer['server_id']} at {url} sent no log")
         return data["log"]
+
+
+class KeepAlive:
+    """Idle HTTP connections per peer, reused so that a wake costs one round
+    trip instead of a TCP handshake too. urllib is avoided on purpose: it
+    would send a loopback wake through any proxy the environment names."""
+
+    def __init__(self):
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+
+    def request(self, url: str, method: str, target: str, headers: dict[str, str],
+                timeout: float) -> tuple[int, bytes]:
+        idle = self._idle.setdefault(url, [])
+        reused = bool(idle)
+        conn = idle.pop() if idle else self._connect(url, timeout)
+        try:
+            conn.request(method, target, body=b"", headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            if not reused:
+                raise
+            # The peer closed an idle connection meanwhile: once more, on a new one.
+            return self.request(url, method, target, headers, timeout)
+        if response.will_close:
+            conn.close()
+        else:
+            self._idle.setdefault(url, []).append(conn)
+        return response.status, body
+
+    def keep_only(self, urls: set[str]) -> None:
+        for url in list(self._idle):
+            if url not in urls:
+                for conn in self._idle.pop(url):
+                    conn.close()
+
+    @staticmethod
+    def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
+        parts = urllib.parse.urlsplit(url)
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
 
 def parse_queue_list(text: Any) -> list[str]:
