@@ -1,4 +1,4 @@
-"""Command line: `python -m geventq [run] [options]`."""
+"""Command line: `python -m geventq [run|status] [options]`."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from geventq.errors import GeventqError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m geventq",
                                      description="geventq: run tasks from MySQL task tables.")
-    parser.add_argument("command", nargs="?", default="run", choices=["run"],
-                        help="run the executor (default)")
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "status"],
+                        help="run: run the executor (default); status: print the queues and servers "
+                             "from the database (needs no running executor)")
     parser.add_argument("--config", help="config file (default: $GEVENTQ_CONFIG or config.json)")
     parser.add_argument("--server-id", help="overrides executor.server_id")
     parser.add_argument("--admin-port", type=int, help="overrides admin.port")
@@ -33,9 +34,12 @@ def overrides_from(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from geventq import config
-    from geventq.executor import Executor
     try:
         cfg = config.load(args.config, overrides_from(args))
+        if args.command == "status":
+            from geventq import status
+            return status.run(cfg)
+        from geventq.executor import Executor
         return Executor(cfg).run()
     except GeventqError as error:
         print(f"geventq: {error}", file=sys.stderr)

@@ -20,6 +20,33 @@ def split_statements(script: str) -> list[str]:
     return [part.strip() for part in re.split(r";\s*$", "\n".join(lines), flags=re.M) if part.strip()]
 
 
+# A statement's verb and table, for progress lines: "INSERT IGNORE INTO `t`" -> insert, t.
+_STATEMENT_HEAD = re.compile(r"^(\w+)\b.*?\b(?:TABLE|INTO|FROM)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?`?(\w+)",
+                             re.I | re.S)
+
+
+def statement_groups(statements: list[str]) -> list[tuple[str, list[str]]]:
+    """Consecutive statements with the same verb and table, as one step with a label."""
+    groups: list[tuple[str, list[str]]] = []
+    for statement in statements:
+        match = _STATEMENT_HEAD.match(statement)
+        label = f"{match.group(1).lower()} {match.group(2)}" if match else statement.split(None, 1)[0].lower()
+        if groups and groups[-1][0] == label:
+            groups[-1][1].append(statement)
+        else:
+            groups.append((label, [statement]))
+    return groups
+
+
+def apply_script(cur, script_path: Path) -> None:
+    """Run init.sql, a progress line per step."""
+    groups = statement_groups(split_statements(script_path.read_text(encoding="utf-8")))
+    for number, (label, statements) in enumerate(groups, 1):
+        logger.info("{} [{}/{}] {}{}", script_path.name, number, len(groups), label,
+                    f" ({len(statements)} statements)" if len(statements) > 1 else "")
+        store.run_script(cur, statements)
+
+
 def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
     """Create the configured database and its tables if queue_configs is
     missing, and add columns newer releases introduced. True if init.sql ran."""
@@ -36,7 +63,7 @@ def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
         with db.cursor() as cur:
             if not present:
                 logger.info("applying {} to database {}", script_path.name, name)
-                store.run_script(cur, split_statements(script_path.read_text(encoding="utf-8")))
+                apply_script(cur, script_path)
             _add_missing_columns(cur)
     finally:
         db.close()

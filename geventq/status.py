@@ -1,0 +1,125 @@
+"""`python -m geventq status`: the queues and servers, read straight from the
+database with the admin API's own statements, so it works when no admin is
+reachable (or none runs). Plain text, aligned columns."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from geventq import store
+from geventq.config import Config
+from geventq.db import Database
+from geventq.errors import DatabaseError
+from geventq.peers import parse_queue_list
+
+QUEUE_COLUMNS = ("QUEUE", "TABLE", "SERVER", "WORKERS", "SCAN", "ENABLED", "PENDING", "RUNNING",
+                 "DONE", "FAILED", "CANCELLED", "OLDEST DUE")
+SERVER_COLUMNS = ("SERVER", "HOST", "PID", "STATE", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
+# Columns aligned right: the numbers.
+QUEUE_NUMBERS = frozenset({"WORKERS", "SCAN", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED",
+                           "OLDEST DUE"})
+SERVER_NUMBERS = frozenset({"PID", "HEARTBEAT", "RUNNING"})
+COUNTS = ("pending", "running", "done", "failed", "cancelled")
+# Error numbers that mean "there is no geventq schema here yet".
+NO_SCHEMA = frozenset({1049, 1146})
+
+
+def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Print the status; 0, or 1 with a message naming host:port when the database fails."""
+    db = Database(config.database, size=1, name="status")
+    try:
+        now, queues, servers = db.call(read_status, config.executor.heartbeat_timeout)
+    except DatabaseError as error:
+        hint = ""
+        if store.mysql_error_code(error) in NO_SCHEMA:
+            hint = " (start an executor once: it creates the database and applies init.sql)"
+        print(f"geventq status: database {config.database.database} at {db.address}: {error}{hint}",
+              file=err)
+        return 1
+    finally:
+        db.close()
+    out.write(render(config, db.address, now, queues, servers))
+    return 0
+
+
+def read_status(cur, heartbeat_timeout: float) -> tuple[Any, list[dict], list[dict]]:
+    """The database clock, every queue with its counts, every server; one connection."""
+    return (store.database_now(cur), store.queue_overview(cur),
+            store.list_servers(cur, heartbeat_timeout))
+
+
+def render(config: Config, address: str, now: Any, queues: list[dict], servers: list[dict]) -> str:
+    clock = now.strftime("%Y-%m-%d %H:%M:%S") if now is not None else "?"
+    lines = [f"geventq status: database {config.database.database} at {address}, "
+             f"{clock} (database clock)", "",
+             f"Queues ({len(queues)})"]
+    if queues:
+        lines += table(QUEUE_COLUMNS, [queue_cells(queue) for queue in queues], QUEUE_NUMBERS)
+        lines += [f"  ! {queue['queue_name']}: {queue['table_error']}"
+                  for queue in queues if queue.get("table_error")]
+    else:
+        lines.append("  none: queue_configs is empty")
+    alive = sum(1 for server in servers if server["alive"])
+    lines += ["", f"Servers ({alive} alive of {len(servers)}, "
+                  f"heartbeat_timeout {config.executor.heartbeat_timeout:g}s)"]
+    if servers:
+        lines += table(SERVER_COLUMNS, [server_cells(server) for server in servers], SERVER_NUMBERS)
+    else:
+        lines.append("  none has registered yet")
+    return "\n".join(lines) + "\n"
+
+
+def queue_cells(queue: dict[str, Any]) -> list[str]:
+    counts = queue.get("counts")
+    return [
+        str(queue["queue_name"]),
+        str(queue["table_name"]),
+        str(queue["server_id"] or "any"),
+        str(queue["max_workers"]),
+        f"{queue['scan_interval']}s",
+        "yes" if int(queue["status"]) == 1 else "no",
+        *(f"{counts[name]:,}" if counts else "?" for name in COUNTS),
+        age(queue.get("oldest_pending_age")),
+    ]
+
+
+def server_cells(server: dict[str, Any]) -> list[str]:
+    return [
+        str(server["server_id"]),
+        str(server.get("host") or "-"),
+        str(server.get("pid") or "-"),
+        str(server.get("state") or "-"),
+        "yes" if server["alive"] else "no",
+        age(server.get("heartbeat_age")),
+        ",".join(parse_queue_list(server.get("queues"))) or "-",
+        f"{int(server.get('running') or 0):,}",
+    ]
+
+
+def age(seconds: Any) -> str:
+    """12.3s, 4m05s, 3h07m, 2d04h; '-' for none."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def table(headers: Sequence[str], rows: list[list[str]], right: frozenset[str]) -> list[str]:
+    """Aligned lines, two spaces between columns, indented by two."""
+    widths = [max(len(header), *(len(row[index]) for row in rows)) for index, header in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [cell.rjust(width) if header in right else cell.ljust(width)
+                 for cell, width, header in zip(cells, widths, headers, strict=True)]
+        return ("  " + "  ".join(parts)).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]

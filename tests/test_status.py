@@ -1,0 +1,114 @@
+"""`python -m geventq status` as a subprocess against a test database: no
+executor runs, the command reads the database itself."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.support import REPO, free_port, write_config
+
+
+def status(config_path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "geventq", "status", "--config", str(config_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def rows_of(output: str, section: str) -> dict[str, dict[str, str]]:
+    """The table under `section`, as {first cell: {header: cell}}."""
+    lines = output.splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith(section))
+    header = lines[start + 1]
+    # Column edges from the header: each title starts after two or more spaces.
+    starts = [match.start() for match in re.finditer(r"(?<=  )\S+(?: \S+)*", header)]
+    titles = [header[begin:end].strip() for begin, end in zip(starts, [*starts[1:], None], strict=True)]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("  ") or line.startswith("  !"):
+            break
+        cells = re.split(r" {2,}", line.strip())
+        assert len(cells) == len(titles), f"misaligned row {line!r} under {header!r}"
+        rows[cells[0]] = dict(zip(titles, cells, strict=True))
+    return rows
+
+
+def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
+    # Given a queue pinned to a server, with tasks in every status, and two server rows
+    db.add_queue("orders", "order_tasks", server_id="server-007", max_workers=12, scan_interval=3)
+    db.add_queue("paused", "paused_tasks", status=0)
+    for status_code, count in ((0, 4), (1, 2), (2, 5), (3, 1), (4, 3)):
+        for _ in range(count):
+            db.execute("INSERT INTO order_tasks (task_type, status, schedule_time) "
+                       "VALUES ('x', %s, NOW(3) - INTERVAL 90 SECOND)", (status_code,))
+    db.insert_tasks("order_tasks", "x", 1, delay_seconds=3600)  # pending, not yet due
+    db.execute("INSERT INTO servers (server_id, host, pid, state, queues, running, last_heartbeat) "
+               "VALUES ('server-007', 'web-7', 4242, 'online', '[\"orders\"]', 2, NOW(3)), "
+               "('server-old', 'web-1', 99, 'offline', '[]', 0, NOW(3) - INTERVAL 1 HOUR)")
+    config = write_config(tmp_path, db)
+
+    # When the status command runs
+    result = status(config)
+
+    # Then it exits 0 and shows each queue with its counts and its oldest due age
+    assert result.returncode == 0, result.stderr
+    assert db.name in result.stdout.splitlines()[0]
+    queues = rows_of(result.stdout, "Queues")
+    assert queues["orders"] == {
+        "QUEUE": "orders", "TABLE": "order_tasks", "SERVER": "server-007", "WORKERS": "12", "SCAN": "3s",
+        "ENABLED": "yes", "PENDING": "5", "RUNNING": "2", "DONE": "5", "FAILED": "1", "CANCELLED": "3",
+        "OLDEST DUE": queues["orders"]["OLDEST DUE"]}
+    assert re.fullmatch(r"1m3\ds", queues["orders"]["OLDEST DUE"])
+    assert queues["paused"]["SERVER"] == "any" and queues["paused"]["ENABLED"] == "no"
+    assert queues["paused"]["PENDING"] == "0" and queues["paused"]["OLDEST DUE"] == "-"
+    assert "email_queue" in queues  # init.sql's sample queues
+
+    # and each server, alive or not, with its heartbeat age and queues
+    servers = rows_of(result.stdout, "Servers")
+    assert servers["server-007"]["HOST"] == "web-7" and servers["server-007"]["PID"] == "4242"
+    assert servers["server-007"]["ALIVE"] == "yes" and servers["server-007"]["QUEUES"] == "orders"
+    assert servers["server-007"]["RUNNING"] == "2" and servers["server-007"]["STATE"] == "online"
+    assert servers["server-old"]["ALIVE"] == "no" and servers["server-old"]["HEARTBEAT"].startswith("1h")
+    assert "Servers (1 alive of 2" in result.stdout
+
+
+def test_status_names_the_database_it_cannot_reach(db, tmp_path):
+    # Given a config pointing at a port nothing listens on
+    port = free_port()
+    config = write_config(tmp_path, db, database={"port": port, "connect_timeout": 2})
+
+    # When the status command runs
+    result = status(config)
+
+    # Then it fails, naming host:port
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert result.stdout == ""
+
+
+def test_status_says_how_to_create_a_missing_schema(mariadb, tmp_path):
+    # Given a config naming a database that does not exist
+    from tests.support import TestDatabase
+    missing = TestDatabase()
+
+    # When the status command runs
+    result = status(write_config(tmp_path, missing))
+
+    # Then it fails, naming the database and what creates it
+    assert result.returncode != 0
+    assert missing.name in result.stderr and "start an executor once" in result.stderr
+
+
+def test_applying_init_sql_shows_a_step_per_statement_group():
+    # Given init.sql, split as the executor applies it
+    from geventq.schema import INIT_SQL, split_statements, statement_groups
+
+    # When its statements are grouped into progress steps
+    groups = statement_groups(split_statements(INIT_SQL.read_text(encoding="utf-8")))
+
+    # Then every statement is in exactly one step, each step has a label, and
+    # consecutive statements on one table share a step
+    labels = [label for label, _ in groups]
+    assert sum(len(statements) for _, statements in groups) == len(split_statements(INIT_SQL.read_text()))
+    assert labels[:2] == ["create queue_configs", "create servers"]
+    assert len(labels) == len(set(labels))
