@@ -12,7 +12,7 @@ from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from loguru import logger
 
-from geventq import admin, logs, schema, servers, store
+from geventq import admin, logs, monitor, schema, servers, store
 from geventq.config import Config
 from geventq.db import Database, wait_until_reachable
 from geventq.errors import GeventqError
@@ -40,6 +40,7 @@ class Executor:
     def start(self) -> None:
         cfg = self.config
         job_logs = logs.configure(cfg.log)
+        monitor.install(cfg.executor)
         handlers = load_handlers(cfg.handlers.paths)
         # Reach the server first, without the database: it may not exist yet.
         wait_until_reachable(Database(cfg.database, database=None, size=1), STARTUP_DB_DEADLINE)

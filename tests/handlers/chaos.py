@@ -1,0 +1,136 @@
+"""The one task type of the chaos soak and the fault tests: `chaos`, whose
+params.kind picks a behaviour.
+
+Every run is recorded in the test database's `executions` table, like the
+behaviours in behaviours.py, but over a connection of its own straight to
+MariaDB (CHAOS_RECORD_DB, default 127.0.0.1:3306), never through the
+executor's pool: the executor reaches the database through a fault-injecting
+proxy that a test may black-hole, while these records are the ground truth
+the invariant checker reads. The finish is written in a `finally`, with how
+the run ended (`ended`): ok, error, timeout (task_timeout fired), lease (the
+server's heartbeat lease lapsed: LeaseLost), shutdown (stopped by SIGTERM
+after shutdown_timeout), or the exception's name. So a handler that was
+stopped still records when it really stopped; only a process that died
+(SIGKILL, os._exit) leaves finished_at empty.
+
+params: kind = fast | slow | fail | flaky | timeout | cpu | cpu_thread | exit,
+seconds (slow, timeout, cpu, cpu_thread), succeed_on (flaky: the first
+attempt, 1-based, that succeeds), exit_attempts (exit: os._exit on attempts
+up to this one, default 1, then succeed).
+"""
+
+import os
+import time
+import uuid
+
+import gevent
+import pymysql
+
+from geventq import task_handler
+from geventq.errors import LeaseLost
+
+_host, _, _port = os.environ.get("CHAOS_RECORD_DB", "127.0.0.1:3306").rpartition(":")
+RECORD_DB = (_host or "127.0.0.1", int(_port))
+
+# Idle direct connections, per database name; popped and pushed back by one
+# greenlet at a time (no yield in between), so a plain list is enough.
+_idle: dict[str, list] = {}
+
+
+def _connect(database: str):
+    host, port = RECORD_DB
+    return pymysql.connect(host=host, port=port, user="root", password="", database=database,
+                           autocommit=True, connect_timeout=5, read_timeout=10, write_timeout=10)
+
+
+def _write(database: str, sql: str, args: tuple) -> None:
+    """One statement on a direct connection; a connection interrupted
+    mid-statement (a kill landed) is closed, never reused."""
+    pool = _idle.setdefault(database, [])
+    conn = pool.pop() if pool else _connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+    except BaseException:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken socket may raise anything
+            pass
+        raise
+    pool.append(conn)
+
+
+def _ended(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    if isinstance(error, gevent.Timeout):
+        return "timeout"
+    if isinstance(error, LeaseLost):
+        return "lease"
+    if isinstance(error, gevent.GreenletExit):
+        return "shutdown"
+    if isinstance(error, RuntimeError):
+        return "error"
+    return type(error).__name__[:40]
+
+
+@task_handler("chaos")
+def chaos(ctx):
+    database = ctx.config.database.database
+    run_id = uuid.uuid4().hex
+    _write(database, "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, "
+           "started_at, run_id) VALUES (%s, %s, %s, %s, %s, NOW(6), %s)",
+           (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid(), run_id))
+    error = None
+    try:
+        _behave(ctx)
+    except BaseException as raised:
+        error = raised
+        raise
+    finally:
+        _record_finish(database, run_id, _ended(error))
+
+
+def _record_finish(database: str, run_id: str, ended: str) -> None:
+    sql = "UPDATE executions SET finished_at = NOW(6), ended = %s WHERE run_id = %s"
+    try:
+        _write(database, sql, (ended, run_id))
+    except Exception:  # noqa: BLE001 - once more on a fresh connection
+        _write(database, sql, (ended, run_id))
+
+
+def _behave(ctx) -> None:
+    params = ctx.params
+    kind = params.get("kind", "fast")
+    seconds = float(params.get("seconds", 0))
+    if kind == "fast":
+        return
+    if kind in ("slow", "timeout"):
+        gevent.sleep(seconds)
+    elif kind == "fail":
+        raise RuntimeError("chaos: failing on purpose")
+    elif kind == "flaky":
+        if ctx.attempt < int(params.get("succeed_on", 2)):
+            raise RuntimeError(f"chaos: flaky failure on attempt {ctx.attempt}")
+    elif kind == "cpu":
+        # Never yields: the hub is blocked for `seconds`.
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pass
+    elif kind == "cpu_thread":
+        ctx.run_in_thread(_spin, seconds)
+    elif kind == "exit":
+        if ctx.attempt <= int(params.get("exit_attempts", 1)):
+            os._exit(int(params.get("code", 3)))
+    else:
+        raise RuntimeError(f"chaos: unknown kind {kind!r}")
+
+
+def _spin(seconds: float) -> float:
+    """CPU work for a native thread: it holds the GIL in slices, so the hub
+    still gets its turns."""
+    deadline = time.monotonic() + seconds
+    total = 0.0
+    while time.monotonic() < deadline:
+        total += 1.0
+    return total

@@ -1,0 +1,305 @@
+"""The promises geventq makes, checked against what the tables say happened.
+
+Reads the task tables, the `executions` table the `chaos` handler fills (one
+row per handler run, with start and finish on the database clock and how the
+run ended) and the `chaos_faults` table where the fault driver logs each fault
+(for a killed process: its pid and the moment it was seen dead, on the
+database clock). All times are the database's, so no two clocks are compared;
+what is assumed is only that the servers' clocks run at the same rate (the
+lease is measured on each server's monotonic clock against a heartbeat
+timeout measured on the database's).
+
+Words used below. An *attempt* of a task is one value of its retry_count: a
+claim takes the task at retry_count k and the attempt ends when its outcome
+is written. An attempt is *consumed* (retry_count + 1, or failed for good)
+either by the handler failing (`error`, `timeout`), or by being *lost*: its
+server died or lost its lease (rescue), restarted (own orphans), or never got
+the reply of the claim (reconcile). A handler run that ended `ok` whose
+outcome never reached the table (the server died first) is lost too: that is
+at-least-once delivery. A shutdown that hands a task back (SIGTERM past
+shutdown_timeout) does not consume the attempt: the same attempt runs again.
+
+The invariants:
+
+- terminal: every task is done (2), failed (3) or cancelled (4).
+- none_running: no task is left in status 1.
+- retry_count: the final retry_count R agrees with the runs, with
+  max_retries M: R <= M + 1 and no run has a retry_count above R; done means
+  R <= M and a run at R ended ok; failed means either R == M and the last run
+  at R failed (error or timeout), or R == M + 1 and the last attempt was lost
+  (error_msg says how). And per kind: fast and slow never fail by themselves,
+  fail and timeout never succeed, a flaky task succeeds exactly from attempt
+  succeed_on; every run that ended by itself ended as its kind says.
+  Without faults there are no lost attempts, so runs == R + 1.
+- attempt_once: no attempt (task, retry_count) ran twice, except after a
+  shutdown handed it back (the earlier run ended `shutdown`).
+- no_overlap: the runs of one task, by start, never overlap: each ended
+  before the next began. A run without finished_at ended when its process
+  was seen dead (a fault row with its pid); with neither, it counts as never
+  ended, so any later run of the task is an overlap.
+- in_order: runs of one task start in retry_count order: a stale attempt
+  never starts after a newer one.
+
+`python -m tests.invariants --database NAME [--tables a,b]` checks a
+database; it exits 1 and prints the offending rows when any invariant breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pymysql
+
+NEVER = datetime.max
+LOST_MESSAGES = ("stopped heartbeating", "restarted while running", "was lost before it started")
+EXPECTED_ERRORS = {"error": "RuntimeError", "timeout": "timed out"}
+
+EXECUTIONS_COLUMNS = (
+    "ALTER TABLE executions ADD COLUMN IF NOT EXISTS ended VARCHAR(40) NULL, "
+    "ADD COLUMN IF NOT EXISTS run_id CHAR(32) NULL, ADD INDEX IF NOT EXISTS ix_run_id (run_id)"
+)
+FAULTS_DDL = """CREATE TABLE IF NOT EXISTS chaos_faults (
+  id BIGINT AUTO_INCREMENT PRIMARY KEY,
+  kind VARCHAR(40) NOT NULL,
+  server_id VARCHAR(50) NOT NULL DEFAULT '',
+  pid INT NULL,
+  at DATETIME(6) NOT NULL,
+  detail VARCHAR(255) NOT NULL DEFAULT ''
+)"""
+
+
+def prepare(cur) -> None:
+    """Give a test database what the chaos handler and the fault log need
+    (the `executions` table itself comes from tests.support)."""
+    cur.execute(EXECUTIONS_COLUMNS)
+    cur.execute(FAULTS_DDL)
+
+
+def log_fault(cur, kind: str, server_id: str = "", pid: int | None = None, detail: str = "") -> None:
+    cur.execute("INSERT INTO chaos_faults (kind, server_id, pid, at, detail) VALUES (%s, %s, %s, NOW(6), %s)",
+                (kind, server_id, pid, detail[:255]))
+
+
+@dataclass
+class Result:
+    name: str
+    violations: list[Any] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+@dataclass
+class Report:
+    results: list[Result]
+    tasks_by_status: dict[str, Counter]
+    runs_by_end: Counter
+    faults: Counter
+    lost_attempts: int
+    repeated_ok_runs: int
+    total_tasks: int
+    total_runs: int
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.results)
+
+    def text(self, limit: int = 10) -> str:
+        lines = [f"tasks: {self.total_tasks}"]
+        for table, counts in self.tasks_by_status.items():
+            lines.append(f"  {table}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+        lines.append(f"handler runs: {self.total_runs} ("
+                     + ", ".join(f"{end} {n}" for end, n in self.runs_by_end.most_common()) + ")")
+        lines.append(f"lost attempts (rescued, reconciled, restarted): {self.lost_attempts}; "
+                     f"runs that ended ok but ran again (outcome lost): {self.repeated_ok_runs}")
+        lines.append("faults: " + (", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items()))
+                                   or "none"))
+        lines.append("invariants:")
+        for result in self.results:
+            verdict = "ok" if result.ok else f"BROKEN ({len(result.violations)})"
+            lines.append(f"  {result.name:<14} {verdict}")
+            lines.extend(f"      {violation}" for violation in result.violations[:limit])
+        return "\n".join(lines)
+
+
+STATUS = {0: "pending", 1: "running", 2: "done", 3: "failed", 4: "cancelled"}
+
+
+def check(conn, tables: list[str]) -> Report:
+    """Read everything once, check every invariant, count by fault."""
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SELECT kind, pid, at FROM chaos_faults")
+        faults = list(cur.fetchall())
+        cur.execute("SELECT table_name, task_id, retry_count, server_id, pid, started_at, finished_at, "
+                    "ended FROM executions ORDER BY started_at, id")
+        runs_by_task: dict[tuple[str, int], list[dict]] = defaultdict(list)
+        all_runs = list(cur.fetchall())
+        for run in all_runs:
+            runs_by_task[(run["table_name"], run["task_id"])].append(run)
+        tasks = []
+        for table in tables:
+            cur.execute(f"SELECT id, task_type, task_params, status, retry_count, max_retries, error_msg "
+                        f"FROM `{table}`")
+            tasks.extend({**row, "table": table} for row in cur.fetchall())
+    died_at = {row["pid"]: row["at"] for row in faults if row["pid"] is not None}
+    checker = _Checker(died_at)
+    for task in tasks:
+        checker.check_task(task, runs_by_task.get((task["table"], task["id"]), []))
+    by_status: dict[str, Counter] = {}
+    for task in tasks:
+        by_status.setdefault(task["table"], Counter())[STATUS.get(task["status"], task["status"])] += 1
+    return Report(
+        results=list(checker.results.values()), tasks_by_status=by_status,
+        runs_by_end=Counter(run["ended"] or "(no finish: process died)" for run in all_runs),
+        faults=Counter(row["kind"] for row in faults), lost_attempts=checker.lost_attempts,
+        repeated_ok_runs=checker.repeated_ok_runs, total_tasks=len(tasks), total_runs=len(all_runs),
+    )
+
+
+class _Checker:
+    NAMES = ("terminal", "none_running", "retry_count", "attempt_once", "no_overlap", "in_order")
+
+    def __init__(self, died_at: dict[int, datetime]):
+        self.died_at = died_at
+        self.results = {name: Result(name) for name in self.NAMES}
+        self.lost_attempts = 0
+        self.repeated_ok_runs = 0
+
+    def flag(self, name: str, task: dict, why: str, runs: list[dict] | None = None) -> None:
+        row = {key: task[key] for key in ("table", "id", "status", "retry_count", "max_retries")}
+        row["params"] = task["task_params"]
+        row["error_msg"] = (task["error_msg"] or "")[:120]
+        detail = f"{why}: task {row}"
+        if runs:
+            detail += " runs " + json.dumps([_brief(run) for run in runs], default=str)
+        self.results[name].violations.append(detail)
+
+    def end_of(self, run: dict) -> datetime:
+        if run["finished_at"] is not None:
+            return run["finished_at"]
+        return self.died_at.get(run["pid"], NEVER)
+
+    def check_task(self, task: dict, runs: list[dict]) -> None:
+        status = task["status"]
+        if status not in (2, 3, 4):
+            self.flag("terminal", task, "not terminal", runs)
+        if status == 1:
+            self.flag("none_running", task, "left running", runs)
+        self.check_overlap_and_order(task, runs)
+        self.check_attempts(task, runs)
+        if status in (2, 3):
+            self.check_retry_count(task, runs)
+
+    def check_overlap_and_order(self, task: dict, runs: list[dict]) -> None:
+        # `longest`: of the runs started so far, the one that ended last.
+        longest = None
+        for earlier, later in itertools.pairwise(runs):
+            if longest is None or self.end_of(earlier) > self.end_of(longest):
+                longest = earlier
+            if self.end_of(longest) > later["started_at"]:
+                self.flag("no_overlap", task, "two runs at once", [longest, later])
+            if later["retry_count"] < earlier["retry_count"]:
+                self.flag("in_order", task, "an older attempt started after a newer one", [earlier, later])
+
+    def check_attempts(self, task: dict, runs: list[dict]) -> None:
+        by_attempt: dict[int, list[dict]] = defaultdict(list)
+        for run in runs:
+            by_attempt[run["retry_count"]].append(run)
+        for same in by_attempt.values():
+            if any(run["ended"] != "shutdown" for run in same[:-1]):
+                self.flag("attempt_once", task, "one attempt ran twice", same)
+
+    def check_retry_count(self, task: dict, runs: list[dict]) -> None:
+        retries, limit, status = task["retry_count"], task["max_retries"], task["status"]
+        params = json.loads(task["task_params"] or "{}")
+        kind = params.get("kind", "fast")
+        last = [run for run in runs if run["retry_count"] == retries][-1:]
+        last_end = last[0]["ended"] if last else None
+        problems = []
+        if retries > limit + 1:
+            problems.append("retry_count above max_retries + 1")
+        if any(run["retry_count"] > retries for run in runs):
+            problems.append("a run with a retry_count above the task's")
+        lost_last = False
+        if status == 2:
+            if retries > limit:
+                problems.append("done with retry_count above max_retries")
+            if last_end != "ok":
+                problems.append("done, but no run of the last attempt ended ok")
+        elif retries == limit + 1:
+            lost_last = True
+            if not any(text in (task["error_msg"] or "") for text in LOST_MESSAGES):
+                problems.append("failed one past max_retries, but error_msg names no lost attempt")
+        elif retries != limit or last_end not in EXPECTED_ERRORS:
+            problems.append("failed before max_retries, or its last run did not fail")
+        elif EXPECTED_ERRORS[last_end] not in (task["error_msg"] or ""):
+            problems.append(f"error_msg does not say how the last run ended ({last_end})")
+        problems += self.kind_problems(kind, params, status, lost_last, runs)
+        if problems:
+            self.flag("retry_count", task, "; ".join(problems), runs)
+        self.count_lost(retries, runs)
+
+    @staticmethod
+    def kind_problems(kind: str, params: dict, status: int, lost_last: bool, runs: list[dict]) -> list[str]:
+        """Each run that ended by itself ended as its kind says."""
+        succeed_on = int(params.get("succeed_on", 2))
+        expected = {
+            "fast": lambda run: "ok", "slow": lambda run: "ok", "exit": lambda run: "ok",
+            "cpu": lambda run: "ok", "cpu_thread": lambda run: "ok",
+            "fail": lambda run: "error", "timeout": lambda run: "timeout",
+            "flaky": lambda run: "ok" if run["retry_count"] + 1 >= succeed_on else "error",
+        }.get(kind)
+        if expected is None:
+            return [f"unknown kind {kind!r}"]
+        problems = [f"run at retry_count {run['retry_count']} ended {run['ended']}, "
+                    f"a {kind} run should end {expected(run)}"
+                    for run in runs if run["ended"] in ("ok", "error", "timeout")
+                    and run["ended"] != expected(run)]
+        if status == 3 and not lost_last and kind in ("fast", "slow", "exit", "cpu", "cpu_thread"):
+            problems.append(f"a {kind} task failed without a lost attempt")
+        return problems
+
+    def count_lost(self, consumed: int, runs: list[dict]) -> None:
+        """Attempts below the final retry_count not consumed by a failing run."""
+        failed = {run["retry_count"] for run in runs if run["ended"] in EXPECTED_ERRORS}
+        self.lost_attempts += sum(1 for attempt in range(consumed) if attempt not in failed)
+        self.repeated_ok_runs += sum(1 for run in runs
+                                     if run["ended"] == "ok" and run["retry_count"] < consumed)
+
+
+def _brief(run: dict) -> dict:
+    keys = ("retry_count", "server_id", "pid", "started_at", "finished_at", "ended")
+    return {key: run[key] for key in keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.invariants", description=__doc__.split("\n")[0])
+    parser.add_argument("--database", required=True)
+    parser.add_argument("--tables", help="comma-separated task tables (default: every queue's table)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3306)
+    args = parser.parse_args(argv)
+    conn = pymysql.connect(host=args.host, port=args.port, user="root", password="", database=args.database,
+                           autocommit=True)
+    with conn:
+        if args.tables:
+            tables = args.tables.split(",")
+        else:
+            with conn.cursor() as cur:
+                cur.execute("SELECT table_name FROM queue_configs")
+                tables = [row[0] for row in cur.fetchall()]
+        report = check(conn, tables)
+    print(report.text(limit=50))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
