@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import bottle
+import gevent
 import ujson
 from loguru import logger
 
@@ -40,7 +41,8 @@ from geventq.runtime import Runtime
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BATCH_BODY_LIMIT = 16 * spec.MIB
 LOG_LIMIT = 4 * spec.MIB  # a longer job log is answered by its end
-SETTINGS_MAX_AGE = 60.0  # the database's UTC offset can change with daylight saving
+SETTINGS_MAX_AGE = 60.0
+HEALTH_TIMEOUT = 2.0  # the database's UTC offset can change with daylight saving
 STATUS_NAMES = store.STATUS_NAMES
 
 
@@ -148,8 +150,11 @@ def route(endpoint: Endpoint) -> Callable:
                 errors=((503, "the database does not answer"),)))
 def healthz(admin: Admin, call: Call) -> dict[str, Any]:
     started = time.monotonic()
+    # A load balancer's probe wants an answer within seconds, not read_timeout.
+    silent = DatabaseUnavailable(f"no answer within {HEALTH_TIMEOUT:g}s")
     try:
-        admin.db.call(store.database_now)
+        with gevent.Timeout(HEALTH_TIMEOUT, silent):
+            admin.db.call(store.database_now)
     except DatabaseError as error:
         raise ApiError(503, f"database unavailable: {error}") from None
     return {"server_id": admin.runtime.server_id,
@@ -321,7 +326,7 @@ def dashboard(admin: Admin, call: Call) -> Any:
 @route(Endpoint("GET", "/static/{filename}", "The dashboard's files", {"type": "string"}, tag="meta",
                 query=spec.Spec((spec.String("filename", "a file of geventq/static", required=True,
                                              min_length=1, max_length=100,
-                                             pattern=r"^[A-Za-z0-9_.-]+$"),)),
+                                             pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"),)),
                 auth=False, uses_database=False, raw="*/*",
                 errors=((404, "no such file"),)))
 def static(admin: Admin, call: Call) -> Any:

@@ -20,6 +20,7 @@ import pytest
 
 from geventq import store
 from geventq.db import quote_table
+from tests.faultproxy import FaultProxy
 from tests.support import ExecutorProcess, TestDatabase, http, wait_for, write_config
 
 TOKEN = "t0ken-for-tests"
@@ -130,6 +131,22 @@ def test_healthz_answers_server_id_and_database_rtt(url):
     data = ok(call(url, "GET", "/healthz"))
     assert data["server_id"] == "server-a"
     assert 0 <= data["db_rtt_ms"] < 1000
+
+
+def test_healthz_is_503_within_seconds_when_the_database_is_silent(cluster, api_db):
+    with FaultProxy() as proxy:
+        process = cluster("server-proxied", database={"port": proxy.port}, queue={"enable": False})
+        base = process.admin_url
+        ok(call(base, "GET", "/healthz"))
+        # When the database stops answering (a partition: silence, no error)
+        proxy.set_mode("blackhole")
+        started = time.monotonic()
+        message = error(call(base, "GET", "/healthz"), 503, "database unavailable")
+        # Then the probe hears so within its budget, and all is well once it is back
+        assert time.monotonic() - started < 4, message
+        proxy.set_mode("drop")
+        wait_for(lambda: call(base, "GET", "/healthz")[0] == 200, timeout=10, message="healthy again")
+        process.stop()
 
 
 def test_openapi_document_lists_every_endpoint_of_the_design(url):
