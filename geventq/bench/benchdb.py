@@ -22,7 +22,8 @@ from geventq.schema import INIT_SQL, split_statements
 
 # The counters of SHOW GLOBAL STATUS that the statements-per-task figure reads.
 STATUS_COUNTERS = ("Com_select", "Com_update", "Com_insert", "Com_delete", "Com_commit",
-                   "Com_begin", "Com_rollback", "Com_set_option", "Questions")
+                   "Com_begin", "Com_rollback", "Com_set_option", "Questions", "Connections",
+                   "Innodb_buffer_pool_pages_dirty")
 
 # First word of a statement -> the Com_ counter the server bumps for it.
 _VERB_COUNTER = {"SELECT": "Com_select", "UPDATE": "Com_update", "INSERT": "Com_insert",

@@ -50,7 +50,7 @@ class Executor:
         self.exit_code: int | None = None
         self.profile_to = profile_to
         self.profile: dict | None = None
-        self._profiler: subprocess.Popen | None = None
+        self._profiler: profile.Profiler | None = None
 
     @property
     def pid(self) -> int:
@@ -69,7 +69,7 @@ class Executor:
 
     def attach_profiler(self) -> None:
         if self.profile_to is not None and self._profiler is None:
-            self._profiler = profile.start(self.process.pid, self.profile_to)
+            self._profiler = profile.Profiler(self.process.pid, self.profile_to)
 
     def wait_online(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -117,10 +117,8 @@ class Executor:
                 self.process.wait(10)
         self.exit_code = self.process.returncode
         if self._profiler is not None:
-            profile.finish(self._profiler)
+            self.profile = self._profiler.finish()
             self._profiler = None
-            if self.profile_to.exists():
-                self.profile = profile.summarize(self.profile_to)
         return self.exit_code
 
     def output_tail(self, lines: int = 30) -> str:
@@ -195,7 +193,7 @@ def remove_job_logs(workdir: Path) -> int:
     run). Done once, after the last workload: deleting files while another
     workload creates its own would slow that workload's file creation."""
     removed = 0
-    for directory in workdir.glob("*/logs"):
+    for directory in workdir.rglob("logs"):
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.startswith("job-"):
