@@ -65,6 +65,10 @@ def install(config: ExecutorConfig) -> bool:
     # Ours first: the thread refuses to be left with no function at all.
     thread.add_monitoring_function(_BlockingCheck(thread), config.block_threshold)
     thread.add_monitoring_function(thread.monitor_blocking, None)
+    # Every hub starts a monitor of its own while this is on, and the native
+    # threads that use a gevent socket (the heartbeat) get a hub: their hubs
+    # sit idle by design, so they must not be watched.
+    gevent.config.monitor_thread = False
     gevent.spawn(_report_loop, config.block_threshold)
     _installed = True
     logger.info("hub monitor on: handlers blocking the event loop over {:g}s are logged",
