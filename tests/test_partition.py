@@ -1,0 +1,83 @@
+"""Leases under a network partition: a server cut off from the database stops
+its handlers before anyone may rescue their tasks, and its late writes never
+land over the newer attempt."""
+
+import time
+
+import pytest
+
+from tests.faultproxy import FaultProxy
+from tests.invariants import check, prepare
+from tests.support import wait_for
+
+DONE = 2
+HEARTBEAT = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4}  # lease: 2 s
+
+
+@pytest.fixture
+def chaos_db(db):
+    with db.connect() as conn, conn.cursor() as cur:
+        prepare(cur)
+    return db
+
+
+@pytest.fixture
+def proxy():
+    with FaultProxy().start() as started:
+        yield started
+
+
+def runs_of(db, task_id: int) -> list[dict]:
+    return db.query("SELECT * FROM executions WHERE task_id = %s AND table_name = 'q_tasks' "
+                    "ORDER BY started_at", (task_id,))
+
+
+def test_partitioned_server_gives_its_task_up_before_another_rescues_it(chaos_db, proxy, executors):
+    # (proxy before executors: torn down after them, so A can still go offline cleanly)
+    db = chaos_db
+    db.add_queue("q", "q_tasks")
+    db.add_queue("qa", "qa_tasks", server_id="A")
+    # Given server A, reaching the database through its own proxy, running a long task
+    a = executors.start("A", executor=HEARTBEAT,
+                        database={"host": "127.0.0.1", "port": proxy.port, "read_timeout": 3})
+    [task_id] = db.insert_tasks("q_tasks", "chaos", params={"kind": "slow", "seconds": 60}, max_retries=3)
+    wait_for(lambda: runs_of(db, task_id), message="A running the task")
+    b = executors.start("B", executor=HEARTBEAT)
+    # (B's own run of it, later, is short)
+    db.execute("UPDATE q_tasks SET task_params = '{\"kind\": \"slow\", \"seconds\": 0.5}'")
+    # When A's database traffic is black-holed
+    proxy.set_mode("blackhole")
+    cut_at = db.scalar("SELECT NOW(6)")
+    # Then A stops the handler within its lease (half the heartbeat timeout)
+    wait_for(lambda: runs_of(db, task_id)[0]["finished_at"], timeout=5, message="A's handler stopped")
+    [a_run] = runs_of(db, task_id)
+    assert a_run["ended"] == "lease" and a_run["server_id"] == "A"
+    assert (a_run["finished_at"] - cut_at).total_seconds() < 2 + 0.5
+    # and B rescues the task after the heartbeat timeout, and finishes it
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=15, message="B finished it")
+    a_run, b_run = runs_of(db, task_id)
+    assert b_run["server_id"] == "B" and b_run["retry_count"] == 1 and b_run["ended"] == "ok"
+    assert (b_run["started_at"] - cut_at).total_seconds() >= 4 - 0.5
+    # A's run ended before B's began
+    assert a_run["finished_at"] < b_run["started_at"]
+    finished = db.task("q_tasks", task_id)
+    # When the partition heals
+    proxy.set_mode("pass")
+    wait_for(lambda: "heartbeat lease renewed" in a.output, timeout=15, message="A renewed its lease")
+    # Then A goes on claiming new work
+    ids = db.insert_tasks("qa_tasks", "chaos", 5, params={"kind": "fast"})
+    wait_for(lambda: db.status_counts("qa_tasks") == {DONE: 5}, timeout=15, message="A ran new tasks")
+    assert {run["server_id"] for run in db.query("SELECT server_id FROM executions WHERE table_name = "
+                                                 "'qa_tasks'")} == {"A"}
+    assert len(ids) == 5
+    # and wrote nothing over B's outcome
+    time.sleep(1)
+    assert db.task("q_tasks", task_id) == finished
+    assert (finished["server_id"], finished["retry_count"]) == ("B", 1)
+    # and said that it gave the task up, in its log and in the task's job log
+    assert "heartbeat lease lapsed" in a.output and "stopped 1 running handlers" in a.output
+    job_logs = list((a.config_path.parent / "logs").glob(f"job-q_tasks-{task_id}-*.log"))
+    assert any("lease lapsed" in path.read_text() for path in job_logs)
+    assert "rescued 1 tasks in q_tasks" in b.output
+    report = check(db.connect(), ["q_tasks", "qa_tasks"])
+    assert report.ok, report.text()
