@@ -729,7 +729,8 @@
     const nodes = [];
 
     const grid = svg('g', { class: 'grid-lines' });
-    const ticks = 4;
+    // Whole-number steps where the scale allows (15 -> 0, 3, 6, ... rather than 3.75).
+    const ticks = [4, 5, 3, 2].find((n) => Number.isInteger(ymax / n)) || 4;
     for (let t = 0; t <= ticks; t++) {
       const v = (ymax * t) / ticks;
       const yy = y(v);

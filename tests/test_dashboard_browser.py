@@ -1,0 +1,206 @@
+"""The dashboard in a real headless browser: Debian's chromium driven through
+its chromedriver by selenium. Nothing is downloaded: both binaries are given
+by path, so Selenium Manager never runs.
+
+A real executor serves the page. The tests load it, read what it shows,
+click through it and check the database. Without chromium they skip locally
+and fail in CI (`make test` installs it). A screenshot goes to
+tests/artifacts/dashboard.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, http, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = REPO / "tests" / "artifacts"
+WINDOW = (1440, 1250)
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; `make test` installs it with apt (chromium chromium-driver)")
+    pytest.skip(f"{reason}: `apt-get install chromium chromium-driver` to run the browser tests")
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        unavailable(f"{', '.join(missing)} not installed")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (requirements-dev.txt)")
+    # Belt and braces: Selenium Manager is skipped when both paths are given,
+    # and told to stay offline should anything reach it anyway.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                     "--disable-sync", "--disable-extensions", "--disable-default-apps",
+                     f"--window-size={WINDOW[0]},{WINDOW[1]}", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_window_size(*WINDOW)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def severe_console_entries(driver, allowed: tuple[str, ...] = ()) -> list[str]:
+    """SEVERE browser console entries, less those containing an allowed text."""
+    return [entry["message"] for entry in driver.get_log("browser")
+            if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)]
+
+
+def find(driver, css: str, timeout: float = 10, visible: bool = True):
+    """The element once it is present (and displayed), else AssertionError."""
+    from selenium.webdriver.common.by import By
+
+    def found():
+        elements = driver.find_elements(By.CSS_SELECTOR, css)
+        return next((element for element in elements if not visible or element.is_displayed()), None)
+    return wait_for(found, timeout, message=f"element {css!r}")
+
+
+def text_of(driver, css: str) -> str:
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def wait_text(driver, css: str, expected: str, timeout: float = 10) -> str:
+    return wait_for(lambda: expected in text_of(driver, css) and text_of(driver, css), timeout,
+                    message=f"{expected!r} in {css}")
+
+
+def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
+    # Given an executor, a queue created through the API, some done tasks and
+    # one that fails for good
+    process = executors.start()
+    base = process.admin_url
+    status, body = http("POST", f"{base}/admin/queue/create",
+                        {"queue_name": "billing", "table_name": "billing_tasks", "max_workers": 4,
+                         "scan_interval": 1})
+    assert status == 201, body
+    queue_id = body["data"]["id"]
+    status, body = http("POST", f"{base}/admin/task/batch_create?table=billing_tasks",
+                        [{"task_type": "record", "task_params": {"invoice": n}} for n in range(12)])
+    assert status == 201, body
+    status, body = http("POST", f"{base}/admin/task/create?table=billing_tasks",
+                        {"task_type": "fail", "task_params": {"message": "card declined: insufficient funds"},
+                         "max_retries": 0})
+    assert status == 201, body
+    task_id = body["data"]["id"]
+    wait_for(lambda: db.scalar("SELECT status FROM billing_tasks WHERE id = %s", (task_id,)) == 3,
+             message="the failing task failed")
+    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM billing_tasks WHERE status = 2") == 12)
+
+    # When the dashboard is opened
+    driver = open_dashboard(browser, base)
+
+    # Then it shows the queue (as created) and the server
+    row = find(driver, 'tr[data-queue="billing"]')
+    assert row_cell(row, "table_name").text == "billing_tasks"
+    assert row_cell(row, "server_id").find_element("css selector", "input").get_attribute("value") == ""
+    wait_for(lambda: row_cell(row, "failed").text == "1" and row_cell(row, "done").text == "12",
+             message="the queue's counts")
+    server = find(driver, 'tr[data-server="server-001"]')
+    assert "alive" in server.text and "billing" in server.text
+
+    # When the queue and then the failed task are selected
+    row_cell(row, "queue_name").click()
+    find(driver, f'#tasks-table tbody tr[data-task-id="{task_id}"]').click()
+
+    # Then its error, params and job log are shown, with a Retry button
+    wait_text(driver, "#task-error", "RuntimeError: card declined: insufficient funds")
+    assert "insufficient funds" in text_of(driver, "#task-params")
+    log = wait_text(driver, "#task-log", "failed for good")
+    assert "start fail attempt 1/1" in log
+    assert text_of(driver, "#detail-status") == "failed"
+    retry = find(driver, "#btn-retry")
+    save_full_page_screenshot(driver, ARTIFACTS / "dashboard.png")
+
+    # When the queue is switched off in the page (so nothing runs the task
+    # again), and Retry is clicked
+    toggle = row.find_element("css selector", 'button[data-action="toggle-status"]')
+    toggle.click()
+    wait_for(lambda: db.scalar("SELECT status FROM queue_configs WHERE id = %s", (queue_id,)) == 0,
+             message="the queue disabled")
+    wait_for(lambda: "billing" not in (db.scalar("SELECT queues FROM servers") or ""),
+             message="the server stopped running billing")
+    assert toggle.get_attribute("aria-checked") == "false"
+    retry.click()
+
+    # Then the task is pending again in the database, with a fresh retry budget
+    task = wait_for(lambda: (row := db.task("billing_tasks", task_id))["status"] == 0 and row,
+                    message="the task pending again")
+    assert task["retry_count"] == 0 and task["error_msg"] is None
+    wait_text(driver, "#detail-status", "pending")
+    time.sleep(0.5)
+    assert db.task("billing_tasks", task_id)["status"] == 0  # disabled: nobody claimed it
+
+    # and the page logged no error to the console
+    assert severe_console_entries(driver) == []
+
+
+def test_dashboard_asks_for_the_token_once(db, executors, browser):
+    # Given an executor whose admin API needs a token
+    process = executors.start(admin={"token": "open-sesame"})
+
+    # When the dashboard is opened
+    driver = open_dashboard(browser, process.admin_url)
+
+    # Then it asks for the token, and says so when a wrong one is given
+    find(driver, "#token-overlay")
+    find(driver, "#token-input").send_keys("wrong")
+    find(driver, "#token-submit").click()
+    wait_text(driver, "#token-message", "rejected")
+
+    # When the right one is given
+    find(driver, "#token-input").send_keys("open-sesame")
+    find(driver, "#token-submit").click()
+
+    # Then the tables load, and the token stays for the tab's session
+    find(driver, 'tr[data-queue="email_queue"]')
+    find(driver, 'tr[data-server="server-001"]')
+    assert driver.execute_script("return sessionStorage.getItem('geventq.adminToken')") == "open-sesame"
+    driver.refresh()
+    find(driver, 'tr[data-queue="email_queue"]')
+    assert not find(driver, "#token-overlay", visible=False).is_displayed()
+
+    # and the console has no errors but the two refused requests' 401s
+    # (Chrome logs every 4xx fetch as an error; those two are the point of this test)
+    unauthorized = "the server responded with a status of 401"
+    assert severe_console_entries(driver, allowed=(unauthorized,)) == []
+
+
+def save_full_page_screenshot(driver, path: Path) -> None:
+    """The whole page, not only the window (through the DevTools protocol)."""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
+def open_dashboard(driver, base_url: str):
+    driver.get(f"{base_url}/")
+    return driver
+
+
+def row_cell(row, field: str):
+    return row.find_element("css selector", f'td[data-field="{field}"]')
