@@ -218,7 +218,7 @@ class HotPathCollector(Collector):
                 family.add_metric((queue, server), getattr(stats, slot))
             yield family
         yield self._histogram("geventq_task_run_seconds",
-                              "Seconds from a handler's start to its end, by queue", queues, "run")
+                              "Seconds from a task's claim to its handler's end, per attempt", queues, "run")
         yield self._histogram("geventq_task_pickup_latency_seconds",
                               "Seconds from a task's schedule_time to its claim (database clock)",
                               queues, "pickup")
