@@ -99,6 +99,9 @@ def test_running_gauge_and_metrics_auth(db, executors):
     status, body = http("GET", f"{process.admin_url}/metrics")
     assert status == 401 and body["code"] == 401
     assert http("GET", f"{process.admin_url}/metrics", headers={"Authorization": "Bearer nope"})[0] == 401
+    # and the OpenAPI document says so
+    document = http("GET", f"{process.admin_url}/admin/openapi.json", headers=bearer)[1]
+    assert document["paths"]["/metrics"]["get"]["security"] == [{"bearerAuth": []}, {}]
 
     # When two tasks hang
     db.insert_tasks("metrics_tasks", "hang", 2, params={"seconds": 60})
