@@ -149,9 +149,20 @@ class Metrics:
 
     def rescued(self, table_name: str, count: int) -> None:
         """Not on the hot path: once per heartbeat at most, per table."""
+        self.queue_stats(self.queue_of_table(table_name)).rescued += count
+
+    def queue_of_table(self, table_name: str) -> str:
+        """The queue_name of a table; the table's own name when no queue has it now."""
         runner = self.runtime.runner_for_table(table_name)
-        name = runner.queue_name if runner is not None else self.table_queues.get(table_name, table_name)
-        self.queue_stats(name).rescued += count
+        if runner is not None:
+            return runner.queue_name
+        if table_name not in self.table_queues:
+            try:
+                rows = self.runtime.db.call(store.list_queue_configs)
+                self.table_queues = {row["table_name"]: row["queue_name"] for row in rows}
+            except DatabaseError as error:
+                logger.warning("metrics: queue of table {} unknown: {}", table_name, error)
+        return self.table_queues.get(table_name, table_name)
 
     def stats_for(self, runner: QueueRunner) -> QueueStats:
         stats = self._by_runner[runner] = self.queue_stats(runner.queue_name)

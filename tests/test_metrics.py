@@ -139,3 +139,21 @@ def test_database_outage_costs_only_the_database_gauges(db, executors):
         assert value(samples, "geventq_tasks_succeeded_total", queue="mq", server="server-001") == 1
         proxy.set_mode("drop")  # closes the silent connections, then passes again
         process.stop()
+
+
+def test_rescue_is_counted_by_the_rescuer_under_the_queue_name(db, executors):
+    # Given a queue pinned to server A, which runs a long task, and server B
+    db.add_queue("pinned", "pinned_tasks", server_id="server-A")
+    server_a = executors.start("server-A")
+    server_b = executors.start("server-B")
+    db.insert_tasks("pinned_tasks", "hang", 1, params={"seconds": 60})
+    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == 1, message="A runs the task")
+
+    # When A dies and B rescues its task (B does not run that queue itself)
+    server_a.kill()
+    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == 0, timeout=20, message="the rescue")
+
+    # Then B counts it under the queue's name
+    samples = scrape(server_b.admin_url)
+    assert value(samples, "geventq_tasks_rescued_total", queue="pinned", server="server-B") == 1
+    assert value(samples, "geventq_tasks_pending_due", queue="pinned") == 1
