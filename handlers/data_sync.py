@@ -29,6 +29,7 @@ from typing import Any
 from geventq.db import IDENTIFIER, quote_database
 from geventq.errors import PermanentFailure
 from geventq.handlers import JobContext, task_handler
+from geventq.params import json_type, require_object
 
 KNOWN_PARAMS = ("table_name", "source_db", "target_db", "sync_type", "batch_size")
 SYNC_TYPES = ("full", "incremental")
@@ -85,7 +86,7 @@ def quote_column(name: str) -> str:
 
 def parse_sync_params(params: Any, default_source_db: str) -> SyncRequest:
     """Check task_params; raise PermanentFailure("<field>: <why>") on the first problem."""
-    params = _require_object(params)
+    params = require_object(params, KNOWN_PARAMS)
     request = SyncRequest(
         table=_identifier(params, "table_name"),
         source_db=_identifier(params, "source_db", default=default_source_db),
@@ -103,29 +104,13 @@ def parse_sync_params(params: Any, default_source_db: str) -> SyncRequest:
     return request
 
 
-def _require_object(params: Any) -> dict[str, Any]:
-    if not isinstance(params, dict):
-        raise PermanentFailure(f"params: must be a JSON object, got {_json_type(params)}")
-    unknown = sorted(set(params) - set(KNOWN_PARAMS))
-    if unknown:
-        raise PermanentFailure(f"{unknown[0]}: unknown parameter (expected {', '.join(KNOWN_PARAMS)})")
-    return params
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a value's type, as the task author wrote it."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _identifier(params: dict[str, Any], field: str, default: str | None = None) -> str:
     """A database or table name, checked before it is ever quoted into SQL."""
     value = params.get(field, default)
     if value is None:
         raise PermanentFailure(f"{field}: required")
     if not isinstance(value, str) or not IDENTIFIER.match(value):
-        shown = repr(value[:80]) if isinstance(value, str) else _json_type(value)
+        shown = repr(value[:80]) if isinstance(value, str) else json_type(value)
         raise PermanentFailure(
             f"{field}: must be a name of a letter or underscore then up to 63 letters, "
             f"digits or underscores, got {shown}"

@@ -32,6 +32,7 @@ from typing import Any
 from geventq.config import SmtpConfig
 from geventq.errors import PermanentFailure
 from geventq.handlers import JobContext, task_handler
+from geventq.params import json_type, require_object
 
 KNOWN_PARAMS = ("to", "cc", "bcc", "subject", "body", "type", "reply_to", "dry_run")
 BODY_TYPES = ("text", "html")
@@ -62,7 +63,7 @@ class EmailRequest:
 
 def parse_email_params(params: Any) -> EmailRequest:
     """Check task_params; raise PermanentFailure("<field>: <why>") on the first problem."""
-    params = _require_object(params)
+    params = require_object(params, KNOWN_PARAMS)
     return EmailRequest(
         to=_addresses(params, "to", required=True),
         cc=_addresses(params, "cc"),
@@ -75,22 +76,6 @@ def parse_email_params(params: Any) -> EmailRequest:
     )
 
 
-def _require_object(params: Any) -> dict[str, Any]:
-    if not isinstance(params, dict):
-        raise PermanentFailure(f"params: must be a JSON object, got {_json_type(params)}")
-    unknown = sorted(set(params) - set(KNOWN_PARAMS))
-    if unknown:
-        raise PermanentFailure(f"{unknown[0]}: unknown parameter (expected {', '.join(KNOWN_PARAMS)})")
-    return params
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a value's type, as the task author wrote it."""
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-             int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
-
-
 def _addresses(params: dict[str, Any], field: str, *, required: bool = False) -> list[Address]:
     """Addresses from a str (one, or several comma-separated) or a list of str."""
     value = params.get(field)
@@ -100,10 +85,10 @@ def _addresses(params: dict[str, Any], field: str, *, required: bool = False) ->
         return []
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list):
-        raise PermanentFailure(f"{field}: must be a string or a list of strings, got {_json_type(value)}")
+        raise PermanentFailure(f"{field}: must be a string or a list of strings, got {json_type(value)}")
     for item in items:
         if not isinstance(item, str):
-            raise PermanentFailure(f"{field}: every address must be a string, got {_json_type(item)}")
+            raise PermanentFailure(f"{field}: every address must be a string, got {json_type(item)}")
     return [address for item in items for address in _parse_address_list(field, item)]
 
 
@@ -137,7 +122,7 @@ def _subject(value: Any) -> str:
 
 def _body(value: Any) -> str:
     if not isinstance(value, str):
-        raise PermanentFailure(f"body: required, a string, got {_json_type(value)}")
+        raise PermanentFailure(f"body: required, a string, got {json_type(value)}")
     return value
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from geventq.db import check_table_name, quote_table
 from geventq.errors import InvalidIdentifier, PermanentFailure
 from geventq.handlers import JobContext, task_handler
+from geventq.params import require_object
 
 KNOWN_PARAMS = ("title", "output_dir")
 TITLE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
@@ -44,7 +45,7 @@ class ReportRequest:
 
 def parse_report_params(params: Any, base_dir: str) -> ReportRequest:
     """Check task_params; raise PermanentFailure("<field>: <why>") on the first problem."""
-    params = _require_object(params)
+    params = require_object(params, KNOWN_PARAMS, allow_null=True)
     title = params.get("title", "tasks")
     if not isinstance(title, str) or not TITLE.match(title):
         raise PermanentFailure(
@@ -56,24 +57,6 @@ def parse_report_params(params: Any, base_dir: str) -> ReportRequest:
         raise PermanentFailure(f"output_dir: must be a non-empty path, got {output_dir!r}")
     # An absolute output_dir replaces base_dir in the join.
     return ReportRequest(title=title, output_dir=Path(base_dir) / output_dir)
-
-
-def _require_object(params: Any) -> dict[str, Any]:
-    if params is None:  # NULL task_params: every parameter has a default
-        return {}
-    if not isinstance(params, dict):
-        raise PermanentFailure(f"params: must be a JSON object, got {_json_type(params)}")
-    unknown = sorted(set(params) - set(KNOWN_PARAMS))
-    if unknown:
-        raise PermanentFailure(f"{unknown[0]}: unknown parameter (expected {', '.join(KNOWN_PARAMS)})")
-    return params
-
-
-def _json_type(value: Any) -> str:
-    """The JSON name of a value's type, as the task author wrote it."""
-    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number"}
-    return names.get(type(value), type(value).__name__)
 
 
 # --- counting -------------------------------------------------------------------
