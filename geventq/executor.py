@@ -78,6 +78,9 @@ class Executor:
             reason = error.strerror or error
             raise GeventqError(f"admin.port: cannot listen on {cfg.host}:{cfg.port}: {reason}") from error
         host, port = self._http.address[:2]
+        # Peers call this address: a wildcard bind is reachable by host name.
+        if host in ("0.0.0.0", "::", ""):
+            host = servers.this_host()
         self.runtime.admin_address = f"{host}:{port}"
 
     def _claim_orphans_and_register(self) -> None:
