@@ -25,6 +25,7 @@ import uuid
 
 import gevent
 import pymysql
+from gevent.lock import BoundedSemaphore
 
 from geventq import task_handler
 from geventq.errors import LeaseLost
@@ -33,8 +34,12 @@ _host, _, _port = os.environ.get("CHAOS_RECORD_DB", "127.0.0.1:3306").rpartition
 RECORD_DB = (_host or "127.0.0.1", int(_port))
 
 # Idle direct connections, per database name; popped and pushed back by one
-# greenlet at a time (no yield in between), so a plain list is enough.
+# greenlet at a time (no yield in between), so a plain list is enough. At most
+# RECORD_CONNECTIONS per process: three executors running a hundred handlers
+# each would otherwise exceed MariaDB's default max_connections (151).
+RECORD_CONNECTIONS = 10
 _idle: dict[str, list] = {}
+_slots = BoundedSemaphore(RECORD_CONNECTIONS)
 
 
 def _connect(database: str):
@@ -47,17 +52,18 @@ def _write(database: str, sql: str, args: tuple) -> None:
     """One statement on a direct connection; a connection interrupted
     mid-statement (a kill landed) is closed, never reused."""
     pool = _idle.setdefault(database, [])
-    conn = pool.pop() if pool else _connect(database)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, args)
-    except BaseException:
+    with _slots:
+        conn = pool.pop() if pool else _connect(database)
         try:
-            conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken socket may raise anything
-            pass
-        raise
-    pool.append(conn)
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+        except BaseException:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken socket may raise anything
+                pass
+            raise
+        pool.append(conn)
 
 
 def _ended(error: BaseException | None) -> str:
@@ -74,29 +80,37 @@ def _ended(error: BaseException | None) -> str:
     return type(error).__name__[:40]
 
 
+# Both writes are upserts on run_id: a kill (task_timeout, lease, shutdown)
+# can land while the start is still on its way, and then the finish may reach
+# the table first. Such a run is recorded as having started when it finished:
+# its handler had not begun.
+START = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at) "
+         "VALUES (%s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE started_at = started_at")
+FINISH = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at, "
+          "finished_at, ended) VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s) "
+          "ON DUPLICATE KEY UPDATE finished_at = VALUES(finished_at), ended = VALUES(ended)")
+
+
 @task_handler("chaos")
 def chaos(ctx):
     database = ctx.config.database.database
-    run_id = uuid.uuid4().hex
-    _write(database, "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, "
-           "started_at, run_id) VALUES (%s, %s, %s, %s, %s, NOW(6), %s)",
-           (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid(), run_id))
+    run = (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid(), uuid.uuid4().hex)
     error = None
     try:
+        _write(database, START, run)
         _behave(ctx)
     except BaseException as raised:
         error = raised
         raise
     finally:
-        _record_finish(database, run_id, _ended(error))
+        _record_finish(database, (*run, _ended(error)))
 
 
-def _record_finish(database: str, run_id: str, ended: str) -> None:
-    sql = "UPDATE executions SET finished_at = NOW(6), ended = %s WHERE run_id = %s"
+def _record_finish(database: str, values: tuple) -> None:
     try:
-        _write(database, sql, (ended, run_id))
+        _write(database, FINISH, values)
     except Exception:  # noqa: BLE001 - once more on a fresh connection
-        _write(database, sql, (ended, run_id))
+        _write(database, FINISH, values)
 
 
 def _behave(ctx) -> None:

@@ -1,0 +1,451 @@
+"""Chaos soak: three executors, two open queues and one pinned queue, tens of
+thousands of tasks of mixed kinds, and a seeded schedule of faults; then an
+invariant checker reads what happened.
+
+    python -m tests.chaos --minutes 1 [--seed N] [--keep]
+
+It makes its own database (geventq_chaos_<hex>) on MariaDB at
+127.0.0.1:3306 and puts a fault proxy (tests/faultproxy.py) between each
+executor and the database, so one server can be cut off alone. For
+`--minutes` it inserts tasks (fast, slow, failing, flaky, timing out) and
+applies faults, one every few seconds, picked by the seed:
+
+- sigkill: SIGKILL a server, restart it (same server_id) 0.5 to 4 s later;
+- sigterm: SIGTERM a server (graceful drain), restart it once it is gone;
+- blackhole: a partition of one server's database traffic for 1 to 10 s;
+- drop: cut every connection of one server at once;
+- refuse: one server's database away (connections cut, new ones refused)
+  for 1 to 8 s;
+- move: pin the pinned queue to another server, or an open queue to one;
+- resize: a queue's max_workers to 1..60;
+- disable: a queue off for 1 to 5 s, then on again;
+- cancel: cancel up to 20 pending tasks, as the admin API would.
+
+Then every fault is healed, every queue row restored, every server up; it
+waits (bounded) until no task is pending or running, stops the servers with
+SIGTERM, and runs tests/invariants.py over the tables. It prints a report
+and exits 0 when every invariant holds, 1 otherwise (keeping the database
+and the logs for a look). Progress lines go to stdout every 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.faultproxy import FaultProxy
+from tests.invariants import check, log_fault, prepare
+from tests.support import ExecutorProcess, TestDatabase, write_config
+
+SERVERS = ("s1", "s2", "s3")
+# queue -> (table, server_id, max_workers, task_timeout); pinned to s1
+QUEUES = {
+    "open1": ("chaos_open1", "", 40, 3),
+    "open2": ("chaos_open2", "", 40, 3),
+    "pinned": ("chaos_pinned", "s1", 20, 3),
+}
+TABLE_SHARE = (("chaos_open1", 0.4), ("chaos_open2", 0.4), ("chaos_pinned", 0.2))
+HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
+SHUTDOWN_TIMEOUT = 3
+FAULT_WEIGHTS = {"sigkill": 3, "sigterm": 2, "blackhole": 3, "drop": 2, "refuse": 2,
+                 "move": 2, "resize": 2, "disable": 2, "cancel": 1}
+PROGRESS_EVERY = 5.0
+
+
+# --- the tasks -------------------------------------------------------------------
+
+def task_mix(rng: random.Random) -> tuple[dict, int]:
+    """(params, max_retries) of one task."""
+    roll = rng.random()
+    if roll < 0.86:
+        return {"kind": "fast"}, 5
+    if roll < 0.90:
+        return {"kind": "slow", "seconds": round(rng.uniform(0.2, 1.0), 2)}, 5
+    if roll < 0.93:
+        return {"kind": "fail"}, 2
+    if roll < 0.98:
+        return {"kind": "flaky", "succeed_on": rng.choice((2, 3))}, 4
+    # task_timeout is 3 s on every queue: this sleep never ends by itself
+    return {"kind": "timeout", "seconds": 30}, 1
+
+
+def insert_tasks(db: TestDatabase, rng: random.Random, count: int) -> int:
+    per_table: dict[str, list] = {table: [] for table, _ in TABLE_SHARE}
+    for _ in range(count):
+        roll, table = rng.random(), TABLE_SHARE[-1][0]
+        for name, share in TABLE_SHARE:
+            if roll < share:
+                table = name
+                break
+            roll -= share
+        params, max_retries = task_mix(rng)
+        per_table[table].append(("chaos", json.dumps(params), max_retries))
+    with db.connect() as conn, conn.cursor() as cur:
+        for table, rows in per_table.items():
+            for start in range(0, len(rows), 2000):
+                cur.executemany(f"INSERT INTO `{table}` (task_type, task_params, max_retries) "
+                                "VALUES (%s, %s, %s)", rows[start:start + 2000])
+    return count
+
+
+# --- one server: its proxy and its executor process ------------------------------
+
+class Server:
+    def __init__(self, server_id: str, db: TestDatabase, workdir: Path):
+        self.server_id = server_id
+        self.db = db
+        self.proxy = FaultProxy().start()
+        self.config = write_config(workdir / server_id, db, database={
+            "host": "127.0.0.1", "port": self.proxy.port, "read_timeout": 3, "connect_timeout": 2,
+            "pool_size": 10,
+        }, executor={"heartbeat_interval": HEARTBEAT_INTERVAL, "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+                     "shutdown_timeout": SHUTDOWN_TIMEOUT},
+            queue={"config_sync_interval": 1, "retry_backoff_base": 0.2, "retry_backoff_max": 1})
+        self.process: ExecutorProcess | None = None
+        self.history: list[ExecutorProcess] = []
+        self.busy_until = 0.0  # a fault is in force on this server until then
+        self.exit_codes: list[int] = []
+
+    def start(self) -> None:
+        self.process = ExecutorProcess(self.config, self.db, self.server_id)
+        self.history.append(self.process)
+        self.process.start(wait=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.process.pid if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.process.poll() is None
+
+    def output_tail(self, lines: int = 30) -> str:
+        return "\n".join("\n".join(p.output.splitlines()[-lines:]) for p in self.history[-2:])
+
+
+# --- the run ---------------------------------------------------------------------
+
+class Chaos:
+    def __init__(self, minutes: float, seed: int, workdir: Path):
+        self.minutes = minutes
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.workdir = workdir
+        self.db = TestDatabase(f"geventq_chaos_{random.Random().getrandbits(40):010x}")
+        self.servers: dict[str, Server] = {}
+        self.events: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self.faults: Counter = Counter()
+        self.inserted = 0
+        self.started = 0.0
+        self.stopping_faults = False
+
+    # -- scheduling --
+    def at(self, delay: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self.events, (time.monotonic() + delay, next(self._seq), action))
+
+    def run_events_until(self, deadline: float, done: Callable[[], bool] = lambda: False) -> bool:
+        while time.monotonic() < deadline:
+            if done():
+                return True
+            if self.events and self.events[0][0] <= time.monotonic():
+                _, _, action = heapq.heappop(self.events)
+                action()
+            else:
+                time.sleep(0.05)
+        return done()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def say(self, text: str) -> None:
+        print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
+
+    def fault(self, kind: str, server: Server | None = None, detail: str = "",
+              pid: int | None = None) -> None:
+        self.faults[kind] += 1
+        with self.db.connect() as conn, conn.cursor() as cur:
+            log_fault(cur, kind, server.server_id if server else "", pid, detail)
+
+    # -- set-up --
+    def setup(self) -> None:
+        self.db.create()
+        with self.db.connect() as conn, conn.cursor() as cur:
+            prepare(cur)
+            cur.execute("DELETE FROM queue_configs")  # the sample queues: nothing to do here
+        for name, (table, server_id, workers, timeout) in QUEUES.items():
+            self.db.add_queue(name, table, server_id=server_id, max_workers=workers, scan_interval=1,
+                              task_timeout=timeout)
+        for server_id in SERVERS:
+            self.servers[server_id] = Server(server_id, self.db, self.workdir)
+        for server in self.servers.values():
+            server.start()
+        for server in self.servers.values():
+            server.process.wait_online(30)
+
+    # -- the fault phase --
+    def run(self) -> bool:
+        self.started = time.monotonic()
+        duration = self.minutes * 60
+        total = max(20_000, int(20_000 * self.minutes))
+        first = total * 3 // 10
+        self.inserted += insert_tasks(self.db, self.rng, first)
+        self.say(f"seed {self.seed}: {first} tasks inserted, {total - first} more over the next "
+                 f"{duration * 0.7:.0f}s; faults until {duration:.0f}s")
+        self.schedule_inserts(total - first, duration * 0.7)
+        self.at(2.0, self.next_fault)
+        self.at(PROGRESS_EVERY, self.progress)
+        self.run_events_until(self.started + duration)
+        return self.heal_and_drain()
+
+    def schedule_inserts(self, remaining: int, over: float) -> None:
+        waves = max(1, int(over))
+        per_wave = remaining // waves
+        for wave in range(waves):
+            count = per_wave if wave < waves - 1 else remaining - per_wave * (waves - 1)
+            self.at(1.0 + wave * over / waves, lambda count=count: self.insert(count))
+
+    def insert(self, count: int) -> None:
+        self.inserted += insert_tasks(self.db, self.rng, count)
+
+    def progress(self) -> None:
+        counts = Counter()
+        for table, *_ in QUEUES.values():
+            for status, n in self.db.status_counts(table).items():
+                counts[status] += n
+        runs = self.db.scalar("SELECT COUNT(*) FROM executions")
+        names = ("pending", "running", "done", "failed", "cancelled")
+        faults = ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items())) or "none"
+        self.say(f"tasks {self.inserted}: " + ", ".join(f"{names[s]} {counts[s]}" for s in range(5))
+                 + f" | runs {runs} | faults {faults}")
+        if not self.stopping_faults or self.events:
+            self.at(PROGRESS_EVERY, self.progress)
+
+    # -- faults --
+    def next_fault(self) -> None:
+        if self.stopping_faults:
+            return
+        kinds, weights = zip(*FAULT_WEIGHTS.items(), strict=True)
+        kind = self.rng.choices(kinds, weights)[0]
+        getattr(self, f"fault_{kind}")()
+        self.at(self.rng.uniform(1.5, 4.0), self.next_fault)
+
+    def healthy(self) -> list[Server]:
+        now = time.monotonic()
+        return [s for s in self.servers.values() if s.alive() and s.busy_until <= now]
+
+    def pick_server(self) -> Server | None:
+        """A healthy server, leaving at least one other healthy."""
+        healthy = self.healthy()
+        return self.rng.choice(healthy) if len(healthy) >= 2 else None
+
+    def fault_sigkill(self) -> None:
+        server = self.pick_server()
+        if server is None:
+            return
+        downtime = self.rng.uniform(0.5, 4.0)
+        server.busy_until = time.monotonic() + downtime + 3
+        pid = server.pid
+        server.process.kill()
+        self.fault("sigkill", server, f"down for {downtime:.1f}s", pid)
+        self.say(f"SIGKILL {server.server_id} (pid {pid}); restart in {downtime:.1f}s")
+        self.at(downtime, lambda: self.restart(server))
+
+    def fault_sigterm(self) -> None:
+        server = self.pick_server()
+        if server is None:
+            return
+        server.busy_until = time.monotonic() + 60
+        pid = server.pid
+        server.process.terminate()
+        self.say(f"SIGTERM {server.server_id} (pid {pid})")
+        self.at(0.2, lambda: self.reap(server, pid, time.monotonic() + 20))
+
+    def reap(self, server: Server, pid: int, deadline: float) -> None:
+        """Wait for a SIGTERMed server to exit (SIGKILL past the deadline), then restart it."""
+        code = server.process.process.poll()
+        if code is None and time.monotonic() < deadline:
+            self.at(0.2, lambda: self.reap(server, pid, deadline))
+            return
+        if code is None:
+            server.process.kill()
+            self.fault("sigterm_hung_then_sigkill", server, "no exit 20 s after SIGTERM", pid)
+            code = -9
+        else:
+            server.process.wait(1)
+            self.fault("sigterm", server, f"exit code {code}", pid)
+        server.exit_codes.append(code)
+        self.say(f"{server.server_id} exited with {code} after SIGTERM; restarting")
+        self.restart(server)
+
+    def restart(self, server: Server) -> None:
+        server.start()
+        server.busy_until = time.monotonic() + 3
+
+    def fault_blackhole(self) -> None:
+        self.cut_off(self.pick_server(), "blackhole", self.rng.uniform(1.0, 10.0))
+
+    def fault_refuse(self) -> None:
+        server = self.pick_server()
+        if server is not None:
+            server.proxy.set_mode("refuse")
+            server.proxy.set_mode("drop")  # drop cuts live ones, then is back to pass
+            server.proxy.set_mode("refuse")
+        self.cut_off(server, "refuse", self.rng.uniform(1.0, 8.0))
+
+    def cut_off(self, server: Server | None, mode: str, seconds: float) -> None:
+        if server is None:
+            return
+        server.busy_until = time.monotonic() + seconds + 3
+        server.proxy.set_mode(mode)
+        self.fault(mode, server, f"{seconds:.1f}s")
+        self.say(f"{mode} {server.server_id}'s database traffic for {seconds:.1f}s")
+        self.at(seconds, lambda: server.proxy.set_mode("pass"))
+
+    def fault_drop(self) -> None:
+        server = self.pick_server()
+        if server is not None:
+            server.proxy.set_mode("drop")
+            self.fault("drop", server)
+            self.say(f"drop {server.server_id}'s database connections")
+
+    def fault_move(self) -> None:
+        queue = self.rng.choice(list(QUEUES))
+        default = QUEUES[queue][1]
+        target = self.rng.choice([s for s in SERVERS if s != default])
+        self.set_queue(queue, server_id=target)
+        self.fault("move", detail=f"{queue} -> {target}")
+        self.say(f"move queue {queue} to {target}")
+        if default == "":
+            self.at(self.rng.uniform(2.0, 6.0), lambda: self.set_queue(queue, server_id=""))
+
+    def fault_resize(self) -> None:
+        queue, size = self.rng.choice(list(QUEUES)), self.rng.randint(1, 60)
+        self.set_queue(queue, max_workers=size)
+        self.fault("resize", detail=f"{queue} max_workers={size}")
+        self.say(f"resize queue {queue} to {size} workers")
+
+    def fault_disable(self) -> None:
+        queue, seconds = self.rng.choice(list(QUEUES)), self.rng.uniform(1.0, 5.0)
+        self.set_queue(queue, status=0)
+        self.fault("disable", detail=f"{queue} for {seconds:.1f}s")
+        self.say(f"disable queue {queue} for {seconds:.1f}s")
+        self.at(seconds, lambda: self.set_queue(queue, status=1))
+
+    def fault_cancel(self) -> None:
+        table = self.rng.choice([table for table, *_ in QUEUES.values()])
+        cancelled = self.db.execute(f"UPDATE `{table}` SET status = 4, end_time = NOW(3) "
+                                    "WHERE status = 0 ORDER BY id DESC LIMIT 20")
+        self.fault("cancel", detail=f"{cancelled} in {table}")
+
+    def set_queue(self, queue: str, **values) -> None:
+        assignments = ", ".join(f"{column} = %s" for column in values)
+        self.db.execute(f"UPDATE queue_configs SET {assignments} WHERE queue_name = %s",
+                        (*values.values(), queue))
+
+    # -- the end --
+    def heal_and_drain(self) -> bool:
+        self.stopping_faults = True
+        self.say("faults stop: healing every proxy, restoring queues, restarting servers")
+        # Pending heals and restarts run now rather than later.
+        while self.events:
+            _, _, action = heapq.heappop(self.events)
+            if action.__name__ not in ("progress", "next_fault"):
+                action()
+                time.sleep(0.01)  # a SIGTERMed server being reaped queues its next look
+        for server in self.servers.values():
+            server.proxy.set_mode("pass")
+            if not server.alive():
+                server.start()
+        for server in self.servers.values():
+            # Before its signal handler is in, a SIGTERM would kill a starting executor outright.
+            server.process.wait_online(30)
+        for name, (_, server_id, workers, _) in QUEUES.items():
+            self.set_queue(name, server_id=server_id, max_workers=workers, status=1)
+        drain_deadline = time.monotonic() + max(30.0, self.minutes * 6)
+        self.at(PROGRESS_EVERY, self.progress)
+        drained = self.run_events_until(drain_deadline, self.all_terminal)
+        self.events.clear()
+        self.say("drained" if drained else "NOT drained before the deadline")
+        return drained
+
+    def all_terminal(self) -> bool:
+        return all(not self.db.scalar(f"SELECT COUNT(*) FROM `{table}` WHERE status IN (0, 1)")
+                   for table, *_ in QUEUES.values())
+
+    def stop_servers(self) -> dict[str, int]:
+        for server in self.servers.values():
+            server.process.terminate()
+        codes = {}
+        for server in self.servers.values():
+            try:
+                codes[server.server_id] = server.process.wait(30)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+                codes[server.server_id] = -9
+        for server in self.servers.values():
+            server.proxy.stop()
+        return codes
+
+    def cleanup(self) -> None:
+        for server in self.servers.values():
+            if server.process is not None:
+                server.process.stop()
+            server.proxy.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=1.0, help="length of the fault phase (default 1)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="fault schedule and task mix (default: random)")
+    parser.add_argument("--keep", action="store_true", help="keep the database and logs even on success")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
+    workdir = Path(tempfile.mkdtemp(prefix="geventq-chaos-"))
+    chaos = Chaos(args.minutes, seed, workdir)
+    began = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    ok = False
+    try:
+        chaos.setup()
+        drained = chaos.run()
+        codes = chaos.stop_servers()
+        with chaos.db.connect() as conn:
+            report = check(conn, [table for table, *_ in QUEUES.values()])
+        sigterm_codes = Counter(code for server in chaos.servers.values() for code in server.exit_codes)
+        print()
+        print(f"chaos soak: {args.minutes:g} min of faults, seed {seed}, "
+              f"{time.monotonic() - began:.0f}s in all, drained: {'yes' if drained else 'NO'}")
+        print(report.text())
+        print(f"exit codes after SIGTERM during the run: {dict(sigterm_codes) or 'none'}; "
+              f"at the end: {codes}")
+        clean_exits = all(code == 0 for code in codes.values()) and set(sigterm_codes) <= {0}
+        ok = report.ok and drained and clean_exits
+        print("RESULT:", "PASS" if ok else "FAIL")
+        if not ok:
+            for server in chaos.servers.values():
+                print(f"--- last lines of {server.server_id}:\n{server.output_tail()}")
+        return 0 if ok else 1
+    finally:
+        chaos.cleanup()
+        if ok and not args.keep:
+            chaos.db.drop()
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"kept: database {chaos.db.name}, logs in {workdir}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

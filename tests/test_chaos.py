@@ -1,0 +1,121 @@
+"""The chaos soak's 1-minute profile, exactly as the README gives it, and the
+invariant checker shown to catch what it is meant to catch."""
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.invariants import check, log_fault, prepare
+from tests.support import REPO
+
+T0 = datetime(2030, 1, 1, 12, 0, 0)
+
+
+def test_chaos_soak_one_minute_profile(mariadb):
+    seed = os.environ.get("CHAOS_SEED", "1")
+    # The soak runs 60 s of faults, then drains; it exits non-zero on any broken invariant.
+    result = subprocess.run([sys.executable, "-m", "tests.chaos", "--minutes", "1", "--seed", seed],
+                            cwd=REPO, capture_output=True, text=True, timeout=240)
+    report = result.stdout[result.stdout.find("chaos soak:"):]
+    print(result.stdout[-20000:])
+    assert result.returncode == 0, f"{report[-15000:]}\n{result.stderr[-3000:]}"
+    assert "RESULT: PASS" in report
+    faults = next(line for line in report.splitlines() if line.startswith("faults:"))
+    assert "sigkill" in faults and ("blackhole" in faults or "refuse" in faults), faults
+
+
+# --- the checker, on hand-made rows ----------------------------------------------
+
+@pytest.fixture
+def tables(db):
+    with db.connect() as conn, conn.cursor() as cur:
+        prepare(cur)
+    db.execute("CREATE TABLE t LIKE email_tasks")
+    return db
+
+
+def task(db, status, retry_count, max_retries=3, kind="fast", error_msg=None, **params) -> int:
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO t (task_type, task_params, status, retry_count, max_retries, error_msg) "
+                    "VALUES ('chaos', %s, %s, %s, %s, %s)",
+                    (json.dumps({"kind": kind, **params}), status, retry_count, max_retries,
+                     error_msg))
+        return cur.lastrowid
+
+
+def run(db, task_id, retry_count, start, end, ended="ok", pid=100, server="s1"):
+    finished = None if end is None else T0 + timedelta(seconds=end)
+    db.execute("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at, "
+               "finished_at, ended) VALUES ('t', %s, %s, %s, %s, %s, %s, %s)",
+               (task_id, retry_count, server, pid, T0 + timedelta(seconds=start), finished,
+                ended if end is not None else None))
+
+
+def broken(db) -> dict[str, int]:
+    with db.connect() as conn:
+        report = check(conn, ["t"])
+    return {result.name: len(result.violations) for result in report.results if not result.ok}
+
+
+def test_checker_passes_a_clean_history(tables):
+    db = tables
+    ok = task(db, 2, 0)
+    run(db, ok, 0, 0, 1)
+    flaky = task(db, 2, 2, kind="flaky", succeed_on=3)
+    run(db, flaky, 0, 0, 1, "error")
+    run(db, flaky, 1, 2, 3, "error")
+    run(db, flaky, 2, 4, 5)
+    failing = task(db, 3, 3, kind="fail", error_msg="RuntimeError: no")
+    for attempt in range(4):
+        run(db, failing, attempt, attempt * 2, attempt * 2 + 1, "error")
+    # a run killed with its process, rescued by another server after the kill
+    rescued = task(db, 2, 1)
+    run(db, rescued, 0, 0, None, pid=7)
+    run(db, rescued, 1, 5, 6, server="s2")
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("SET TIMESTAMP = UNIX_TIMESTAMP(%s)", (T0 + timedelta(seconds=2),))
+        log_fault(cur, "sigkill", "s1", 7)
+    assert broken(db) == {}
+
+
+def test_checker_catches_two_runs_at_once(tables):
+    db = tables
+    both = task(db, 2, 1)
+    run(db, both, 0, 0, 5, "lease")
+    run(db, both, 1, 4, 6, server="s2")
+    # a run that never finished in a process nobody killed counts as never ended
+    never = task(db, 2, 1)
+    run(db, never, 0, 0, None, pid=8)
+    run(db, never, 1, 9, 10)
+    assert broken(db) == {"no_overlap": 2}
+
+
+def test_checker_catches_an_attempt_run_twice_and_out_of_order(tables):
+    db = tables
+    twice = task(db, 2, 1)
+    run(db, twice, 1, 0, 1)
+    run(db, twice, 1, 2, 3)
+    stale = task(db, 2, 1)
+    run(db, stale, 1, 0, 1)
+    run(db, stale, 0, 2, 3, "lease")
+    # handed back by a shutdown, the same attempt may run again
+    released = task(db, 2, 0)
+    run(db, released, 0, 0, 1, "shutdown")
+    run(db, released, 0, 2, 3)
+    assert broken(db) == {"attempt_once": 1, "in_order": 1}
+
+
+def test_checker_catches_wrong_retry_counts_and_outcomes(tables):
+    db = tables
+    run(db, task(db, 2, 1), 0, 0, 1)                     # done, but no ok run at retry_count 1
+    run(db, task(db, 3, 1, kind="fail", error_msg="RuntimeError"), 1, 0, 1, "error")  # failed early
+    run(db, task(db, 2, 0, kind="fail"), 0, 0, 1)        # a fail task that succeeded
+    flaky = task(db, 2, 0, kind="flaky", succeed_on=2)   # succeeded one attempt too soon
+    run(db, flaky, 0, 0, 1)
+    task(db, 3, 4, error_msg="RuntimeError")             # one past max_retries, no lost attempt named
+    task(db, 1, 0)                                       # left running
+    assert broken(db) == {"retry_count": 5, "terminal": 1, "none_running": 1}
