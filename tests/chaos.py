@@ -137,8 +137,9 @@ class Server:
 # --- the run ---------------------------------------------------------------------
 
 class Chaos:
-    def __init__(self, minutes: float, seed: int, workdir: Path):
+    def __init__(self, minutes: float, seed: int, workdir: Path, tasks: int):
         self.minutes = minutes
+        self.tasks = tasks
         self.seed = seed
         self.rng = random.Random(seed)
         self.workdir = workdir
@@ -198,7 +199,7 @@ class Chaos:
     def run(self) -> bool:
         self.started = time.monotonic()
         duration = self.minutes * 60
-        total = max(20_000, int(20_000 * self.minutes))
+        total = self.tasks
         first = total * 3 // 10
         self.inserted += insert_tasks(self.db, self.rng, first)
         self.say(f"seed {self.seed}: {first} tasks inserted, {total - first} more over the next "
@@ -410,11 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=1.0, help="length of the fault phase (default 1)")
     parser.add_argument("--seed", type=int, default=None,
                         help="fault schedule and task mix (default: random)")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="tasks to insert (default: 20,000 for up to a minute, 15,000 a minute beyond)")
     parser.add_argument("--keep", action="store_true", help="keep the database and logs even on success")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
     workdir = Path(tempfile.mkdtemp(prefix="geventq-chaos-"))
-    chaos = Chaos(args.minutes, seed, workdir)
+    tasks = args.tasks or max(20_000, int(15_000 * args.minutes))
+    chaos = Chaos(args.minutes, seed, workdir, tasks)
     began = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     ok = False
