@@ -151,7 +151,7 @@ class QueueRunner:
             attempt.started = now
             self.runtime.attempts[attempt.key] = attempt
             self.pool.spawn(self._run, attempt)
-        if rows and self.runtime.metrics:
+        if rows and self.runtime.metrics is not None:
             self.runtime.metrics.claimed(self, rows)
         return len(rows)
 

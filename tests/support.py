@@ -133,7 +133,8 @@ class TestDatabase:
 def write_config(directory: Path, db: TestDatabase, **sections: dict) -> Path:
     """A config for tests: fast intervals, test handlers, logs under `directory`."""
     config = {
-        "database": {"database": db.name, "read_timeout": 10},
+        # Small pools: the suite runs several executors at once on one MariaDB.
+        "database": {"database": db.name, "read_timeout": 10, "pool_size": 8},
         "executor": {"server_id": "server-001", "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
                      "shutdown_timeout": 10},
         "queue": {"config_sync_interval": 0.5, "retry_backoff_base": 0.2, "retry_backoff_max": 2},

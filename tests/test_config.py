@@ -70,13 +70,13 @@ def test_geventq_config_env_names_the_file(tmp_path, monkeypatch):
 
 def test_explicit_missing_path_is_an_error_naming_it(tmp_path):
     missing = tmp_path / "nope.json"
-    with pytest.raises(ConfigError, match="nope.json"):
+    with pytest.raises(ConfigError, match=r"nope\.json"):
         load(missing, environ={})
 
 
 def test_missing_file_from_env_is_an_error_naming_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigError, match="gone.json"):
+    with pytest.raises(ConfigError, match=r"gone\.json"):
         load(environ={"GEVENTQ_CONFIG": str(tmp_path / "gone.json")})
 
 
