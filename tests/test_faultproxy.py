@@ -1,7 +1,6 @@
 """FaultProxy against the real MariaDB: every mode, the control API, and the
 proxy process's own life cycle."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,21 +13,8 @@ import pytest
 from tests.faultproxy import REPO_ROOT, FaultProxy
 
 MARIADB = ("127.0.0.1", 3306)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def mariadb():
-    # No server: skip locally, fail in CI (DESIGN.md, "Test against the real MariaDB").
-    try:
-        pymysql.connect(
-            host=MARIADB[0], port=MARIADB[1], user="root", connect_timeout=2
-        ).close()
-    except pymysql.err.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(
-                f"MariaDB at {MARIADB[0]}:{MARIADB[1]} is required in CI: {exc}"
-            )
-        pytest.skip(f"no MariaDB at {MARIADB[0]}:{MARIADB[1]}: {exc}")
+# Every test needs MariaDB: the shared fixture skips locally, fails in CI.
+pytestmark = pytest.mark.usefixtures("mariadb")
 
 
 @pytest.fixture

@@ -41,15 +41,8 @@ UNUSED_DB = "geventq_test_never_created"  # for tests that must fail before any 
 # --- infrastructure: MariaDB, SMTP, config, job context --------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def mariadb() -> None:
-    # No server: skip locally, fail in CI (STYLE.md, "Test against the real MariaDB").
-    try:
-        pymysql.connect(connect_timeout=2, **MARIADB).close()
-    except pymysql.err.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"MariaDB at {MARIADB['host']}:{MARIADB['port']} is required in CI: {exc}")
-        pytest.skip(f"no MariaDB at {MARIADB['host']}:{MARIADB['port']}: {exc}")
+# Every test needs MariaDB: the shared fixture skips locally, fails in CI.
+pytestmark = pytest.mark.usefixtures("mariadb")
 
 
 def admin_connection(database: str | None = None) -> pymysql.connections.Connection:
