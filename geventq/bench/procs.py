@@ -24,11 +24,13 @@ class Unavailable(Exception):
     """A workload cannot run here; the report says n/a and why."""
 
 
-def write_config(workdir: Path, db: BenchDB) -> Path:
+def write_config(workdir: Path, db: BenchDB, port: int | None = None) -> Path:
     """Default configuration, except: the bench database, any free admin port,
-    the bench's handlers, and logs under the workload's folder."""
+    the bench's handlers, and logs under the workload's folder. `port` points
+    the executor at the statement-counting proxy instead of the server."""
+    host = "127.0.0.1" if port else db.server.host
     config = {
-        "database": {"host": db.server.host, "port": db.server.port, "username": db.server.user,
+        "database": {"host": host, "port": port or db.server.port, "username": db.server.user,
                      "password": db.server.password, "database": db.database},
         "admin": {"port": 0},
         "handlers": {"paths": [str(BENCH_HANDLERS)]},
@@ -139,10 +141,11 @@ class Executor:
 
 
 @contextmanager
-def executors(db: BenchDB, workdir: Path, server_ids: list[str], profile_dir: Path | None = None):
+def executors(db: BenchDB, workdir: Path, server_ids: list[str], profile_dir: Path | None = None,
+              port: int | None = None):
     """The executors of one workload (started by the caller); always stopped.
     With `profile_dir`, py-spy samples each into profile-{server_id}.txt."""
-    config = write_config(workdir, db)
+    config = write_config(workdir, db, port)
     started = [Executor(config, server_id, db,
                         profile_dir / f"profile-{server_id}.txt" if profile_dir else None)
                for server_id in server_ids]

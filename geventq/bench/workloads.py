@@ -27,6 +27,7 @@ from geventq.bench.procs import (
     database_server_pid,
     executors,
 )
+from geventq.bench.sqlcount import CountingProxy
 
 # Statements that do a task's work; their sum over the tasks run is the
 # "statements per task" figure. Questions (every statement a client sent,
@@ -150,6 +151,30 @@ def statement_delta(before: dict[str, int], after: dict[str, int], bench_sent: C
     }
 
 
+def proxy_counts(counts: dict[str, int], tasks: int) -> dict[str, Any]:
+    """Statements one process sent through the counting proxy, per task."""
+    work = sum(counts.get(name, 0) for name in WORK_COUNTERS)
+    return {"counted": "+".join(WORK_COUNTERS), "by_counter": counts, "statements": work,
+            "statements_per_task": work / tasks if tasks else None,
+            "questions_per_task": counts.get("Questions", 0) / tasks if tasks else None,
+            "per_task_by_counter": {name: counts.get(name, 0) / tasks for name in WORK_COUNTERS}}
+
+
+def isolated_count(ctx: Context, run: Callable[[CountingProxy], dict[str, Any]]) -> dict[str, Any]:
+    """One more run with the process talking to MySQL through the counting
+    proxy: its statements alone, whoever else uses the server. The proxy adds
+    a hop, so that run's speed is not a figure (it is kept for reference)."""
+    proxy = CountingProxy(ctx.db.server.host, ctx.db.server.port)
+    try:
+        proxied = run(proxy)
+    finally:
+        proxy.close()
+    isolated = proxied["sql_isolated"]
+    ctx.progress(f"  through the counting proxy: {isolated['statements_per_task']:.3f} statements/task "
+                 f"({isolated['by_counter']})")
+    return {"sql_isolated": isolated, "proxied_run_tasks_per_s": proxied["tasks_per_s"]}
+
+
 def finish(ctx: Context, workdir: Path, procs: list[Executor]) -> dict[str, Any]:
     codes = {proc.server_id: proc.stop() for proc in procs}
     warnings = [line for proc in procs for line in proc.warnings()]
@@ -183,6 +208,10 @@ def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers:
                      f"drain {run['drain_s']:.2f}s")
     ordered = sorted(runs, key=lambda run: run["tasks_per_s"] or 0)
     result = {**setup, **ordered[len(ordered) // 2]}
+    if count_sql:
+        result.update(isolated_count(ctx, lambda proxy: _drain_once(
+            ctx, name, table, ctx.sizes.repeats, tasks=tasks, servers=servers, task_type=task_type,
+            params=params, count_sql=False, proxy=proxy)))
     result["runs_tasks_per_s"] = [run["tasks_per_s"] for run in runs]
     result["runs_drain_s"] = [run["drain_s"] for run in runs]
     profiled = [run["profile"] for run in runs if run.get("profile")]
@@ -208,16 +237,20 @@ def prefill_finished(ctx: Context, table: str, rows: int) -> dict[str, Any]:
 
 
 def _drain_once(ctx: Context, name: str, table: str, index: int, *, tasks: int, servers: int,
-                task_type: str, params: dict | None, count_sql: bool) -> dict[str, Any]:
+                task_type: str, params: dict | None, count_sql: bool,
+                proxy: CountingProxy | None = None) -> dict[str, Any]:
     db, result = ctx.db, {}
     min_id = int(db.scalar(f"SELECT COALESCE(MAX(id), 0) AS m FROM {ident(table)}"))
     began = time.monotonic()
     db.insert_due(table, task_type, tasks, params)
     ctx.progress(f"  inserted {tasks:,} due {task_type} tasks in {time.monotonic() - began:.1f}s")
-    workdir = ctx.workdir(f"{name}/run{index + 1}")
+    workdir = ctx.workdir(f"{name}/run{index + 1}" + ("-proxied" if proxy else ""))
     server_ids = [f"bench-{name.lower()}-{n + 1}" for n in range(servers)]
     # Only the first run is profiled: py-spy's files are named by server_id.
-    with executors(db, workdir, server_ids, ctx.profile_dir if index == 0 else None) as procs:
+    with executors(db, workdir, server_ids, ctx.profile_dir if index == 0 else None,
+                   proxy.port if proxy else None) as procs:
+        if proxy is not None:
+            proxy.reset()
         if count_sql:
             result["other_clients_connected"] = db.other_clients()
             before = db.global_status()
@@ -235,6 +268,8 @@ def _drain_once(ctx: Context, name: str, table: str, index: int, *, tasks: int, 
         if count_sql:
             after = db.global_status()
             result["sql"] = statement_delta(before, after, Counter(db.sent), tasks)
+        if proxy is not None:
+            result["sql_isolated"] = proxy_counts(proxy.snapshot(), tasks)
         result.update(finish(ctx, workdir, procs))
     figures = drain_figures(db, table, min_id)
     result.update(figures)
@@ -488,6 +523,8 @@ def ceiling(ctx: Context) -> dict[str, Any]:
         "batched_sleep": _median_of(
             ctx, lambda i: _ceiling_run(ctx, "batched", sizes.w2_tasks, 200, sizes.sleep, i)),
     }
+    result["batched"].update(isolated_count(
+        ctx, lambda proxy: _ceiling_run(ctx, "batched", sizes.w1_tasks, 50, 0.0, sizes.repeats, proxy)))
     sleep = result["batched_sleep"]
     sleep["ideal_s"] = sizes.w2_tasks * sizes.sleep / 200
     sleep["efficiency"] = sleep["ideal_s"] / sleep["drain_s"] if sleep["drain_s"] else None
@@ -506,7 +543,7 @@ def _median_of(ctx: Context, run: Callable[[int], dict[str, Any]]) -> dict[str, 
 
 
 def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: float,
-                 index: int = 0) -> dict[str, Any]:
+                 index: int = 0, proxy: CountingProxy | None = None) -> dict[str, Any]:
     db, table = ctx.db, "bench_ceiling"
     db.reset_between_workloads()
     db.task_table(table)
@@ -518,13 +555,16 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
     db.sent.clear()
     label = f"{mode}{'-sleep' if sleep else ''}"
     loop_process = subprocess.Popen(
-        [sys.executable, "-m", "geventq.bench.ceiling", "--host", server.host, "--port", str(server.port),
+        [sys.executable, "-m", "geventq.bench.ceiling", "--host", "127.0.0.1" if proxy else server.host,
+         "--port", str(proxy.port if proxy else server.port),
          "--user", server.user, "--password", server.password, "--database", db.database,
          "--table", table, "--tasks", str(tasks), "--concurrency", str(concurrency), "--mode", mode,
          "--sleep", str(sleep), "--handshake"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     # Connections are open once it says ready: the profile covers the loop only.
     ready = loop_process.stdout.readline().strip()
+    if proxy is not None:
+        proxy.reset()  # the loop's statements only, not its connection set-up
     server_cpu = cpu_seconds(server_pid) if server_pid else None
     profile_to = ctx.profile_dir / f"profile-ceiling-{label}.txt" if ctx.profile_dir and index == 0 else None
     profiler = profile.Profiler(loop_process.pid, profile_to) if profile_to and ready == "ready" else None
@@ -539,6 +579,8 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
     result = {"mode": mode, "concurrency": concurrency, "sleep_s": sleep, **loop, **figures,
               "tasks_per_s": figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None,
               "sql": statement_delta(before, after, Counter(db.sent), tasks)}
+    if proxy is not None:
+        result["sql_isolated"] = proxy_counts(proxy.snapshot(), tasks)
     result["cpu"] = cpu_figures(tasks, loop["loop_cpu_s"], None, None, "ceiling loop CPU (set-up excluded)")
     if server_cpu is not None and server_cpu_after is not None:
         result["cpu"]["database_cpu_s"] = server_cpu_after - server_cpu
