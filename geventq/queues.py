@@ -20,9 +20,13 @@ from geventq.handlers import JobContext
 from geventq.outcomes import Outcome
 from geventq.runtime import Attempt, Runtime
 
-# After a claim that filled every free slot, wait this long for more slots to
-# free before claiming again, so a burst of completions is claimed as one batch.
+# After a claim that filled every free slot and a slot freed, sleep this long
+# (0: just yield once) so the other tasks finishing in this loop iteration
+# free their slots too, and one claim takes them all.
 GATHER_SLOTS = 0
+# A retry's wake-up comes this long after its schedule_time: the outcome's
+# write (grouped every few milliseconds) must have landed first.
+RETRY_WAKE_MARGIN = 0.05
 
 
 class WorkerPool(Pool):
@@ -238,6 +242,8 @@ class QueueRunner:
             delay = backoff_seconds(attempt.retry_count, cfg.retry_backoff_base, cfg.retry_backoff_max)
             outcome = Outcome.retry(error, delay, timed_out=timed_out)
             verdict = f"will retry in {delay:g}s"
+            # Look again when the retry falls due, not a whole scan_interval later.
+            gevent.spawn_later(delay + RETRY_WAKE_MARGIN, self.wake)
         self.runtime.job_logs.line(attempt.log_id, "ERROR", f"{error} ({verdict})")
         logger.warning("task {} attempt {} {}: {}", attempt.log_id, attempt.retry_count + 1, verdict, error)
         return outcome

@@ -32,6 +32,16 @@ def test_retry_then_success(db, executors):
     assert db.scalar("SELECT COUNT(*) FROM executions WHERE task_id = %s", (task_id,)) == 3
 
 
+def test_a_retry_runs_when_due_even_with_a_long_scan_interval(db, executors):
+    # Given a queue scanned only every 30 s
+    db.add_queue("q", "q_tasks", scan_interval=30)
+    [task_id] = db.insert_tasks("q_tasks", "flaky", params={"succeed_on": 2}, max_retries=3)
+    executors.start()
+    # Then the retry (backoff 0.2 s) runs as soon as it is due, not 30 s later
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=5, message="retried")
+    assert db.task("q_tasks", task_id)["retry_count"] == 1
+
+
 def test_retries_are_pushed_back_by_the_backoff(db, executors):
     db.add_queue("q", "q_tasks")
     [task_id] = db.insert_tasks("q_tasks", "flaky", params={"succeed_on": 3}, max_retries=3)
