@@ -52,9 +52,9 @@ from tests.support import ExecutorProcess, TestDatabase, write_config
 SERVERS = ("s1", "s2", "s3")
 # queue -> (table, server_id, max_workers, task_timeout); pinned to s1
 QUEUES = {
-    "open1": ("chaos_open1", "", 40, 3),
-    "open2": ("chaos_open2", "", 40, 3),
-    "pinned": ("chaos_pinned", "s1", 20, 3),
+    "open1": ("chaos_open1", "", 40, 5),
+    "open2": ("chaos_open2", "", 40, 5),
+    "pinned": ("chaos_pinned", "s1", 20, 5),
 }
 TABLE_SHARE = (("chaos_open1", 0.4), ("chaos_open2", 0.4), ("chaos_pinned", 0.2))
 HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
@@ -77,7 +77,7 @@ def task_mix(rng: random.Random) -> tuple[dict, int]:
         return {"kind": "fail"}, 2
     if roll < 0.98:
         return {"kind": "flaky", "succeed_on": rng.choice((2, 3))}, 4
-    # task_timeout is 3 s on every queue: this sleep never ends by itself
+    # task_timeout is 5 s on every queue: this sleep never ends by itself
     return {"kind": "timeout", "seconds": 30}, 1
 
 
@@ -203,8 +203,8 @@ class Chaos:
         first = total * 3 // 10
         self.inserted += insert_tasks(self.db, self.rng, first)
         self.say(f"seed {self.seed}: {first} tasks inserted, {total - first} more over the next "
-                 f"{duration * 0.7:.0f}s; faults until {duration:.0f}s")
-        self.schedule_inserts(total - first, duration * 0.7)
+                 f"{duration * 0.85:.0f}s; faults until {duration:.0f}s")
+        self.schedule_inserts(total - first, duration * 0.85)
         self.at(2.0, self.next_fault)
         self.at(PROGRESS_EVERY, self.progress)
         self.run_events_until(self.started + duration)
@@ -374,7 +374,7 @@ class Chaos:
             server.process.wait_online(30)
         for name, (_, server_id, workers, _) in QUEUES.items():
             self.set_queue(name, server_id=server_id, max_workers=workers, status=1)
-        drain_deadline = time.monotonic() + max(30.0, self.minutes * 6)
+        drain_deadline = time.monotonic() + max(45.0, self.minutes * 6)
         self.at(PROGRESS_EVERY, self.progress)
         drained = self.run_events_until(drain_deadline, self.all_terminal)
         self.events.clear()
