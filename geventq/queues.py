@@ -27,6 +27,7 @@ GATHER_SLOTS = 0
 # A retry's wake-up comes this long after its schedule_time: the outcome's
 # write (grouped every few milliseconds) must have landed first.
 RETRY_WAKE_MARGIN = 0.05
+MIN_IDLE_WAIT = 0.05
 
 
 class WorkerPool(Pool):
@@ -136,11 +137,23 @@ class QueueRunner:
             if claimed is None:
                 self._wake.wait(min(self.scan_interval, 1.0))
             elif claimed < free:
-                self._wake.wait(self.scan_interval)
+                self._wake.wait(self._idle_wait())
             elif self.pool.full():
                 # Every slot was filled: claim again as soon as slots free up.
                 self.pool.wait_available(timeout=self.scan_interval)
                 gevent.sleep(GATHER_SLOTS)
+
+    def _idle_wait(self) -> float:
+        """Nothing more is due: sleep until the next task falls due, at most
+        scan_interval (tasks inserted by SQL are found by the next scan)."""
+        try:
+            wait = self.runtime.db.call(store.seconds_until_next_due, self.table, self.runtime.task_types)
+        except DatabaseError:
+            return self.scan_interval
+        if wait is None:
+            return self.scan_interval
+        # Due but not claimed means another server holds it right now.
+        return min(self.scan_interval, max(wait, MIN_IDLE_WAIT))
 
     def _claim_batch(self, limit: int) -> int | None:
         """Claim up to `limit` due tasks and start them; None on a database error."""

@@ -169,6 +169,19 @@ def find_due_tasks(cur, table: QuotedTable, task_types: Sequence[str], limit: in
     return list(cur.fetchall())
 
 
+def seconds_until_next_due(cur, table: QuotedTable, task_types: Sequence[str]) -> float | None:
+    """How long until the earliest pending task we could run falls due (None:
+    no pending task). MIN over the (status, schedule_time) index reads one
+    entry per skipped type, not the table."""
+    cur.execute(
+        f"SELECT TIMESTAMPDIFF(MICROSECOND, NOW(3), MIN(schedule_time)) / 1e6 AS wait "
+        f"FROM {_table(table)} WHERE status = 0 AND task_type IN %(types)s",
+        {"types": tuple(task_types)},
+    )
+    wait = cur.fetchone()["wait"]
+    return None if wait is None else float(wait)
+
+
 def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int) -> bool:
     """Take one candidate only if nobody took it since we read it."""
     cur.execute(

@@ -42,6 +42,18 @@ def test_a_retry_runs_when_due_even_with_a_long_scan_interval(db, executors):
     assert db.task("q_tasks", task_id)["retry_count"] == 1
 
 
+def test_a_scheduled_task_starts_on_time_with_a_long_scan_interval(db, executors):
+    # Given a task due in 4 s on a queue scanned every 30 s
+    db.add_queue("q", "q_tasks", scan_interval=30)
+    [task_id] = db.insert_tasks("q_tasks", "record", delay_seconds=4)
+    # When the first scan finds nothing due yet
+    executors.start()
+    # Then the scanner sleeps until the task is due, not for the whole interval
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=10, message="ran on time")
+    late = db.scalar("SELECT TIMESTAMPDIFF(MICROSECOND, schedule_time, start_time) / 1e6 FROM q_tasks")
+    assert late < 1.0
+
+
 def test_retries_are_pushed_back_by_the_backoff(db, executors):
     db.add_queue("q", "q_tasks")
     [task_id] = db.insert_tasks("q_tasks", "flaky", params={"succeed_on": 3}, max_retries=3)
