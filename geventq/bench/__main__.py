@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"removed {remove_job_logs(out / 'work'):,} job log files")
     rows = report.build_rows(results)
     print(report.format_table(rows))
+    print(report.load_line(results))
     for name, summary in profiles(results):
         print("\n" + profile.format_summary(name, summary))
     report.write_json(out / "results.json", results, rows)

@@ -243,6 +243,14 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
+def load_line(results: dict) -> str:
+    """The machine's 1-minute load average before each workload: anything
+    else running on the machine shows in every figure."""
+    loads = [f"{name} {entry['loadavg_1m_before']:.2f}" for name, entry in results.items()
+             if isinstance(entry, dict) and "loadavg_1m_before" in entry]
+    return "load average (1 min) before each workload: " + ", ".join(loads) if loads else ""
+
+
 def targets(rows: list[Row]) -> list[dict[str, str]]:
     return [{"workload": r.workload, "figure": r.figure, "value": r.value, "target": r.target,
              "verdict": r.verdict} for r in rows if r.target]
