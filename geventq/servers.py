@@ -84,6 +84,9 @@ class Heartbeat:
         self._stop = False
         self._exited = False
         self._conn = None
+        # How many times the lease ran out before a renewal, counted here
+        # because the hub may have been blocked through the whole lapse.
+        self.lapses = 0
 
     def refresh_status(self) -> None:
         """Called on the hub: the thread reads this tuple, never live dicts."""
@@ -117,7 +120,10 @@ class Heartbeat:
             with self._conn.cursor() as cur:
                 if store.beat(cur, self.runtime.server_id, state, queues, running) == 0:
                     self._register(cur)
-            self.runtime.lease.renew(sent_at)
+            lease = self.runtime.lease
+            if lease.renewed_at is not None and time.monotonic() - lease.renewed_at >= lease.ttl:
+                self.lapses += 1
+            lease.renew(sent_at)
             self.last_error = None
         except Exception as error:  # noqa: BLE001 - the thread must outlive any failure
             self.last_error = f"{type(error).__name__}: {error}"
@@ -186,6 +192,7 @@ class Maintenance:
         self.interval = runtime.config.executor.heartbeat_interval
         self._greenlets: list[gevent.Greenlet] = []
         self._lease_was_valid = True
+        self._lapses_seen = 0
         self._last_retention = 0.0
         self._last_log_prune = 0.0
         self._last_outage_log = 0.0
@@ -288,18 +295,24 @@ class Maintenance:
     def _lease_watch_loop(self) -> None:
         while True:
             valid = self.runtime.lease.valid()
-            if not valid and self._lease_was_valid:
-                self._on_lease_lapsed()
+            # A lapse that began and ended while the hub was blocked (a handler
+            # that never yields) is seen only in the heartbeat's count: other
+            # servers may have rescued our tasks meanwhile, so it counts too.
+            missed = valid and self._lease_was_valid and self.heartbeat.lapses != self._lapses_seen
+            self._lapses_seen = self.heartbeat.lapses
+            if (not valid and self._lease_was_valid) or missed:
+                self._on_lease_lapsed(while_blocked=missed)
             elif valid and not self._lease_was_valid:
                 logger.warning("heartbeat lease renewed: claiming again")
             self._lease_was_valid = valid
             gevent.sleep(0.25)
 
-    def _on_lease_lapsed(self) -> None:
+    def _on_lease_lapsed(self, while_blocked: bool = False) -> None:
         stopped = sum(runner.stop_handlers(LeaseLost) for runner in self.runtime.all_runners())
-        logger.error("heartbeat lease lapsed (no heartbeat reached the database for {:g}s): "
+        when = " while the event loop was blocked" if while_blocked else ""
+        logger.error("heartbeat lease lapsed{} (no heartbeat reached the database for {:g}s): "
                      "stopped {} running handlers and paused claiming, so another server can "
-                     "rescue their tasks safely", self.runtime.lease.ttl, stopped)
+                     "rescue their tasks safely", when, self.runtime.lease.ttl, stopped)
 
     def _log_outage(self, error) -> None:
         if time.monotonic() - self._last_outage_log > max(10.0, self.interval):
