@@ -38,7 +38,7 @@ def test_a_handler_blocking_the_hub_longer_than_the_heartbeat_timeout_is_not_a_d
     while db.task("q_tasks", task_id)["status"] == 1:
         ages.append(heartbeat_age(db, "s1"))
         time.sleep(0.25)
-    assert len(ages) >= 15, ages
+    assert len(ages) >= 10, ages
     assert max(ages) < 1.5, ages
     # and the task ran once, to its end, and was never rescued
     task = db.task("q_tasks", task_id)

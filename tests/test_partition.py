@@ -83,6 +83,41 @@ def test_partitioned_server_gives_its_task_up_before_another_rescues_it(chaos_db
     assert report.ok, report.text()
 
 
+def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, proxy, executors):
+    """The lease watch runs on the hub: when a handler blocks the hub through
+    the whole lapse (cut off, then healed before the hub runs again), only the
+    heartbeat thread saw the lease run out. Another server may have rescued
+    the tasks meanwhile, so the handlers must stop as soon as the hub runs."""
+    db = chaos_db
+    db.add_queue("q", "q_tasks")
+    db.add_queue("qa", "qa_tasks", server_id="A")
+    heartbeat = {"heartbeat_interval": 0.5, "heartbeat_timeout": 2}  # lease: 1 s
+    # Given A running a long task of an open queue
+    a = executors.start("A", executor=heartbeat,
+                        database={"host": "127.0.0.1", "port": proxy.port, "read_timeout": 3})
+    [task_id] = db.insert_tasks("q_tasks", "chaos", params={"kind": "slow", "seconds": 60})
+    wait_for(lambda: runs_of(db, task_id), message="A running the task")
+    executors.start("B", executor=heartbeat)
+    db.execute("UPDATE q_tasks SET task_params = '{\"kind\": \"slow\", \"seconds\": 0.5}'")
+    # When a handler of A blocks its hub for 7 s, and A is cut off meanwhile
+    db.insert_tasks("qa_tasks", "chaos", params={"kind": "cpu", "seconds": 7})
+    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM executions WHERE table_name = 'qa_tasks'"),
+             message="the hub blocked")
+    proxy.set_mode("blackhole")
+    # and B rescues and finishes the task, then the partition heals before A's hub runs again
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=8, message="B finished it")
+    proxy.set_mode("pass")
+    # Then, as soon as its hub runs again, A stops its run of the task
+    wait_for(lambda: runs_of(db, task_id)[0]["finished_at"], timeout=15, message="A's run stopped")
+    a_run = runs_of(db, task_id)[0]
+    # (the first run of the blocking task: B rescued it too, and A then ran it again)
+    cpu_run = db.query("SELECT * FROM executions WHERE table_name = 'qa_tasks' ORDER BY started_at")[0]
+    assert (a_run["server_id"], a_run["ended"]) == ("A", "lease")
+    assert abs((a_run["finished_at"] - cpu_run["finished_at"]).total_seconds()) < 1.0
+    assert "heartbeat lease lapsed while the event loop was blocked" in a.output
+    assert (db.task("q_tasks", task_id)["server_id"], db.task("q_tasks", task_id)["status"]) == ("B", DONE)
+
+
 class _LapsedLease:
     """Lapsed for its first `seconds`, then valid again (as if a heartbeat got through)."""
 
