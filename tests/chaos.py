@@ -17,7 +17,7 @@ applies faults, one every few seconds, picked by the seed:
 - refuse: one server's database away (connections cut, new ones refused)
   for 1 to 8 s;
 - move: pin the pinned queue to another server, or an open queue to one;
-- resize: a queue's max_workers to 1..60;
+- resize: a queue's max_workers to 1..60 for 3 to 8 s;
 - disable: a queue off for 1 to 5 s, then on again;
 - cancel: cancel up to 20 pending tasks, as the admin API would.
 
@@ -332,10 +332,11 @@ class Chaos:
             self.at(self.rng.uniform(2.0, 6.0), lambda: self.set_queue(queue, server_id=""))
 
     def fault_resize(self) -> None:
-        queue, size = self.rng.choice(list(QUEUES)), self.rng.randint(1, 60)
+        queue, size, seconds = self.rng.choice(list(QUEUES)), self.rng.randint(1, 60), self.rng.uniform(3, 8)
         self.set_queue(queue, max_workers=size)
-        self.fault("resize", detail=f"{queue} max_workers={size}")
-        self.say(f"resize queue {queue} to {size} workers")
+        self.fault("resize", detail=f"{queue} max_workers={size} for {seconds:.1f}s")
+        self.say(f"resize queue {queue} to {size} workers for {seconds:.1f}s")
+        self.at(seconds, lambda: self.set_queue(queue, max_workers=QUEUES[queue][2]))
 
     def fault_disable(self) -> None:
         queue, seconds = self.rng.choice(list(QUEUES)), self.rng.uniform(1.0, 5.0)
