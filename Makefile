@@ -16,6 +16,10 @@ test:  ## install everything the suite needs (Python packages, headless Chromium
 	-@mysql -h127.0.0.1 -uroot -e "SET GLOBAL max_connections = GREATEST(@@max_connections, 500)" 2>/dev/null
 	$(PYTHON) -m pytest
 
+bench:  ## the performance benchmark (about 4 minutes; see README, Performance)
+	$(PYTHON) -m pip install -q -r requirements-bench.txt
+	$(PYTHON) -m geventq.bench
+
 lint:
 	ruff check geventq handlers tests
 

@@ -136,6 +136,9 @@ class Database:
                 # FOUND_ROWS: rowcount counts rows matched, not rows changed, so a
                 # heartbeat that rewrites equal values still reports its row.
                 client_flag=CLIENT.FOUND_ROWS,
+                # Without this PyMySQL builds an SSL context for every
+                # connection (about 28 ms of CPU on the hub) even with TLS off.
+                ssl_disabled=True,
                 # READ COMMITTED everywhere: claims lock only the rows they take,
                 # and inserts racing claims do not deadlock on gap locks.
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",

@@ -52,6 +52,7 @@ class JobLogs:
         self.directory = str(directory)
         self._paths: dict[str, str] = {}  # log_id -> file, for runs in progress
         self._pending: deque[tuple[str, str]] = deque()
+        self._in_flight = 0  # lines the writer has taken but not yet written
         self._stopping = False
         self._writer_done = True
         self.last_error: str | None = None
@@ -84,16 +85,21 @@ class JobLogs:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait (cooperatively) until every line so far is on disk."""
         deadline = time.monotonic() + timeout
-        while self._pending and time.monotonic() < deadline:
+        while (self._pending or self._in_flight) and time.monotonic() < deadline:
             if self._writer_done:
                 self._write_batch()
             else:
                 gevent.sleep(0.002)
-        return not self._pending
+        return not (self._pending or self._in_flight)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Write everything, then let the writer thread end (before exit, or
+        its last files would be cut short)."""
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._stopping = True
+        while not self._writer_done and time.monotonic() < deadline:
+            gevent.sleep(0.002)
 
     def _write_loop(self) -> None:
         try:
@@ -108,9 +114,18 @@ class JobLogs:
         by_file: dict[str, list[str]] = {}
         count = 0
         while self._pending and count < 10_000:
+            # Counted before the deque can look empty, so flush() keeps waiting.
+            self._in_flight += 1
             path, text = self._pending.popleft()
             by_file.setdefault(path, []).append(text)
             count += 1
+        try:
+            self._write_files(by_file)
+        finally:
+            self._in_flight -= count
+        return count
+
+    def _write_files(self, by_file: dict[str, list[str]]) -> None:
         for path, texts in by_file.items():
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -122,7 +137,6 @@ class JobLogs:
                 # Logged by the executor's maintenance loop: loguru's lock is a
                 # greenlet lock once patched, not for this thread.
                 self.last_error = f"{path}: {error}"
-        return count
 
     def read(self, log_id: str) -> str:
         """Every day's job log of one task, oldest first."""

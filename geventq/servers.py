@@ -217,6 +217,9 @@ class Maintenance:
     def run_once(self) -> None:
         if self.heartbeat.last_error:
             self._log_outage(self.heartbeat.last_error)
+        job_log_error, self.runtime.job_logs.last_error = self.runtime.job_logs.last_error, None
+        if job_log_error:
+            logger.warning("could not write a job log: {}", job_log_error)
         if not self.runtime.lease.valid():
             return
         self.rescue_dead_servers()
