@@ -110,9 +110,12 @@ class Database:
     """A pool of PyMySQL connections shared by the greenlets of one hub."""
 
     def __init__(self, config: DatabaseConfig, *, size: int | None = None,
-                 database: str | None = "", name: str = "db"):
+                 database: str | None = "", name: str = "db", autocommit: bool = True):
         self.config = config
         self.name = name
+        # autocommit=False saves the BEGIN round trip of every transaction
+        # (the first statement opens one); such a pool only runs transactions.
+        self.autocommit = autocommit
         self.database = config.database if database == "" else database
         self.size = size or config.pool_size
         self._idle: LifoQueue = LifoQueue()
@@ -130,7 +133,7 @@ class Database:
         try:
             return pymysql.connect(
                 host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password,
-                database=self.database, charset=cfg.charset, autocommit=True,
+                database=self.database, charset=cfg.charset, autocommit=self.autocommit,
                 connect_timeout=cfg.connect_timeout, read_timeout=read_timeout,
                 write_timeout=read_timeout, cursorclass=pymysql.cursors.DictCursor,
                 # FOUND_ROWS: rowcount counts rows matched, not rows changed, so a
@@ -173,6 +176,10 @@ class Database:
     @contextmanager
     def cursor(self) -> Iterator[pymysql.cursors.DictCursor]:
         """An autocommit cursor: each statement is its own transaction."""
+        if not self.autocommit:
+            with self.transaction() as cur:
+                yield cur
+            return
         with self.connection() as conn, conn.cursor() as cur:
             yield cur
 
@@ -180,7 +187,8 @@ class Database:
     def transaction(self) -> Iterator[pymysql.cursors.DictCursor]:
         """BEGIN, yield a cursor, COMMIT; ROLLBACK if the block raises."""
         with self.connection() as conn:
-            conn.begin()
+            if self.autocommit:
+                conn.begin()
             try:
                 with conn.cursor() as cur:
                     yield cur

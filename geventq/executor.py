@@ -49,6 +49,7 @@ class Executor:
         version = db.call(store.server_version)
         runtime = self.runtime = Runtime(
             config=cfg, server_id=cfg.executor.server_id, db=db,
+            claim_db=Database(cfg.database, name="claims", autocommit=False),
             handler_db=Database(cfg.database, name="handlers"), handlers=handlers,
             job_logs=job_logs, lease=Lease(cfg.executor.heartbeat_timeout / 2),
             skip_locked=store.supports_skip_locked(version),
@@ -136,8 +137,8 @@ class Executor:
         servers.mark_offline(runtime)
         self._http.stop(timeout=1)
         runtime.job_logs.stop()
-        runtime.db.close()
-        runtime.handler_db.close()
+        for pool in (runtime.db, runtime.claim_db, runtime.handler_db):
+            pool.close()
         logger.info("server {} stopped", runtime.server_id)
 
     def _drain_runners(self) -> None:

@@ -265,8 +265,9 @@ class QueueRunner:
 # --- claiming, chosen once at start-up by the server's version ----------------
 
 def claim_skip_locked(runtime: Runtime, table: QuotedTable, limit: int) -> list[dict]:
-    return runtime.db.call(store.claim_due_tasks_skip_locked, table, runtime.server_id,
-                           runtime.task_types, limit, transaction=True)
+    # claim_db runs without autocommit: SELECT, UPDATE, COMMIT, no BEGIN.
+    return runtime.claim_db.call(store.claim_due_tasks_skip_locked, table, runtime.server_id,
+                                 runtime.task_types, limit, transaction=True)
 
 
 def claim_conditional(runtime: Runtime, table: QuotedTable, limit: int) -> list[dict]:

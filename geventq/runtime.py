@@ -79,6 +79,7 @@ class Runtime:
     config: Config
     server_id: str
     db: Database
+    claim_db: Database
     handler_db: Database
     handlers: dict[str, Callable]
     job_logs: JobLogs
