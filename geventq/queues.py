@@ -127,6 +127,9 @@ class QueueRunner:
     def _scan_loop(self) -> None:
         while not self._stopping:
             if not self.runtime.lease.valid() or not self.runtime.task_types:
+                # Clear first: a pending wake would make wait() return at once
+                # and this loop spin without yielding, starving the lease watch.
+                self._wake.clear()
                 self._wake.wait(0.1)
                 continue
             if not self.pool.wait_available(timeout=self.scan_interval) or self._stopping:
@@ -161,6 +164,13 @@ class QueueRunner:
             rows = self._claim(self.runtime, self.table, limit)
         except DatabaseError as error:
             self._log_claim_error(error)
+            return None
+        if rows and not self.runtime.lease.valid():
+            # The lease lapsed while the claim was in flight: another server may
+            # rescue these soon, so they must not start here. They stay claimed
+            # until that rescue, or our own reconciliation once the lease is back.
+            logger.warning("queue {}: lease lapsed during a claim; not starting {} claimed tasks",
+                           self.queue_name, len(rows))
             return None
         now = time.monotonic()
         for row in rows:

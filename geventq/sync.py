@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ from geventq.db import QuotedTable, quote_table
 from geventq.errors import DatabaseError, InvalidIdentifier
 from geventq.queues import QueueRunner
 from geventq.runtime import Runtime
+
+OUTAGE_LOG_EVERY = 10.0
 
 
 def wanted_here(row: dict[str, Any], server_id: str) -> bool:
@@ -30,6 +33,7 @@ class QueueSync:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._bad_tables: set[str] = set()
+        self._last_error_log = 0.0
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._loop)
@@ -47,10 +51,16 @@ class QueueSync:
             try:
                 self.sync_once()
             except DatabaseError as error:
-                logger.warning("config sync: database {}: {}", self.runtime.db.address, error)
+                self._log_error(error)
             except Exception:  # noqa: BLE001 - log and carry on with the next sync
                 logger.exception("config sync failed")
             self._wake.wait(self.interval)
+
+    def _log_error(self, error: DatabaseError) -> None:
+        # Once per ten seconds: an outage must not write a line per attempt.
+        if time.monotonic() - self._last_error_log > OUTAGE_LOG_EVERY:
+            self._last_error_log = time.monotonic()
+            logger.warning("config sync: database {}: {}", self.runtime.db.address, error)
 
     def sync_once(self) -> None:
         rows = self.runtime.db.call(store.list_queue_configs)
