@@ -303,19 +303,23 @@ class Maintenance:
             # servers may have rescued our tasks meanwhile, so it counts too.
             missed = valid and self._lease_was_valid and self.heartbeat.lapses != self._lapses_seen
             self._lapses_seen = self.heartbeat.lapses
+            # Handlers running while it is invalid started after the lapse was
+            # seen (a claim whose reply came late): they must stop as well.
+            late = not valid and not self._lease_was_valid and self.runtime.running_count() > 0
             if (not valid and self._lease_was_valid) or missed:
-                self._on_lease_lapsed(while_blocked=missed)
+                self._on_lease_lapsed(" while the event loop was blocked" if missed else "")
+            elif late:
+                self._on_lease_lapsed(", and handlers started since")
             elif valid and not self._lease_was_valid:
                 logger.warning("heartbeat lease renewed: claiming again")
             self._lease_was_valid = valid
             gevent.sleep(0.25)
 
-    def _on_lease_lapsed(self, while_blocked: bool = False) -> None:
+    def _on_lease_lapsed(self, how: str = "") -> None:
         stopped = sum(runner.stop_handlers(LeaseLost) for runner in self.runtime.all_runners())
-        when = " while the event loop was blocked" if while_blocked else ""
         logger.error("heartbeat lease lapsed{} (no heartbeat reached the database for {:g}s): "
                      "stopped {} running handlers and paused claiming, so another server can "
-                     "rescue their tasks safely", when, self.runtime.lease.ttl, stopped)
+                     "rescue their tasks safely", how, self.runtime.lease.ttl, stopped)
 
     def _log_outage(self, error) -> None:
         if time.monotonic() - self._last_outage_log > max(10.0, self.interval):
