@@ -103,7 +103,13 @@ def chaos(ctx):
         error = raised
         raise
     finally:
-        _record_finish(database, (*run, _ended(error)))
+        try:
+            _record_finish(database, (*run, _ended(error)))
+        except BaseException as late:
+            # A second stop (shutdown after task_timeout, say) landed while the
+            # first was being recorded: that one is how the run really ended.
+            _record_finish(database, (*run, _ended(late)))
+            raise
 
 
 def _record_finish(database: str, values: tuple) -> None:
