@@ -168,10 +168,11 @@ class _OneOf(_Check):
         return f"one of {', '.join(self.choices)} (any case)"
 
     def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and value.upper() in self.choices
+        return isinstance(value, str) and value.upper() in {choice.upper() for choice in self.choices}
 
     def normalize(self, value: Any) -> str:
-        return value.upper()
+        """The choice as the schema spells it."""
+        return next(choice for choice in self.choices if choice.upper() == value.upper())
 
 
 class _StrList(_Check):
@@ -210,6 +211,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "connect_timeout": _Key(5, _Number(gt=0, le=60)),
         # seconds a query may wait for the server's reply
         "read_timeout": _Key(30, _Number(gt=0, le=3600)),
+        # auto: SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8.0.1+),
+        # else a conditional UPDATE per candidate; either can be forced.
+        "claim_mode": _Key("auto", _OneOf(("auto", "skip_locked", "conditional_update"))),
     },
     "executor": {
         "server_id": _Key("server-001", _Str(r"^[A-Za-z0-9_.:@-]{1,50}$")),
@@ -277,6 +281,7 @@ class DatabaseConfig:
     pool_size: int
     connect_timeout: float
     read_timeout: float
+    claim_mode: str
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ class Executor:
             claim_db=Database(cfg.database, name="claims", autocommit=False),
             handler_db=Database(cfg.database, name="handlers"), handlers=handlers,
             job_logs=job_logs, lease=Lease(cfg.executor.heartbeat_timeout / 2),
-            skip_locked=store.supports_skip_locked(version),
+            skip_locked=_use_skip_locked(cfg.database.claim_mode, version),
         )
         runtime.metrics = Metrics(runtime)
         servers.check_server_id_free(db, runtime.server_id, cfg.executor.heartbeat_timeout)
@@ -170,3 +170,9 @@ class Executor:
 def _version() -> str:
     from geventq import __version__
     return __version__
+
+
+def _use_skip_locked(claim_mode: str, version: str) -> bool:
+    if claim_mode == "auto":
+        return store.supports_skip_locked(version)
+    return claim_mode == "skip_locked"

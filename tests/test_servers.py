@@ -47,6 +47,20 @@ def test_three_servers_run_every_task_exactly_once(db, executors):
     assert all(owners[run["task_id"]] == run["server_id"] for run in runs)
 
 
+def test_conditional_update_claims_are_exactly_once_too(db, executors):
+    """The claim for servers without SKIP LOCKED (MariaDB < 10.6, MySQL < 8),
+    forced here with database.claim_mode."""
+    db.add_queue("q", "q_tasks", max_workers=10)
+    ids = db.insert_tasks("q_tasks", "record", 600)
+    for server in ("s1", "s2", "s3"):
+        process = executors.start(server, database={"claim_mode": "conditional_update"})
+        wait_for(lambda process=process: "claims with conditional UPDATE" in process.output)
+    wait_for(lambda: db.status_counts("q_tasks") == {DONE: 600}, timeout=60, message="all done")
+    per_task = collections.Counter(run["task_id"] for run in executions(db))
+    assert sorted(per_task) == ids
+    assert set(per_task.values()) == {1}
+
+
 def test_pinned_queues_run_only_on_their_server(db, executors):
     db.add_queue("qa", "qa_tasks", server_id="s1")
     db.add_queue("qb", "qb_tasks", server_id="s2")
