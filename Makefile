@@ -20,6 +20,9 @@ bench:  ## the performance benchmark (about 4 minutes; see README, Performance)
 	$(PYTHON) -m pip install -q -r requirements-bench.txt
 	$(PYTHON) -m geventq.bench
 
+chaos:  ## the 1-minute chaos soak (see README, Reliability)
+	$(PYTHON) -m tests.chaos --minutes 1
+
 lint:
 	ruff check geventq handlers tests
 

@@ -39,6 +39,10 @@ class Executor:
 
     def start(self) -> None:
         cfg = self.config
+        # First of all: a SIGTERM during start-up then means "stop once
+        # started", drained like any other, instead of killing the process.
+        gevent.signal_handler(signal.SIGTERM, self.request_stop)
+        gevent.signal_handler(signal.SIGINT, self.request_stop)
         job_logs = logs.configure(cfg.log)
         monitor.install(cfg.executor)
         handlers = load_handlers(cfg.handlers.paths)
@@ -59,8 +63,6 @@ class Executor:
         self._serve_admin()
         self._claim_orphans_and_register()
         self._start_background()
-        gevent.signal_handler(signal.SIGTERM, self.request_stop)
-        gevent.signal_handler(signal.SIGINT, self.request_stop)
         runtime.state = "online"
         logger.info("geventq {} started: server_id={} database={}/{} ({}, claims with {}), "
                     "admin on http://{}, handlers: {}",

@@ -117,8 +117,10 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
     assert row_cell(row, "server_id").find_element("css selector", "input").get_attribute("value") == ""
     wait_for(lambda: row_cell(row, "failed").text == "1" and row_cell(row, "done").text == "12",
              message="the queue's counts")
-    server = find(driver, 'tr[data-server="server-001"]')
-    assert "alive" in server.text and "billing" in server.text
+    # (a server row lists its queues from its next heartbeat on; the page refreshes every 3 s)
+    wait_for(lambda: "billing" in find(driver, 'tr[data-server="server-001"]').text, timeout=10,
+             message="the server row lists the new queue")
+    assert "alive" in find(driver, 'tr[data-server="server-001"]').text
 
     # When the queue and then the failed task are selected
     row_cell(row, "queue_name").click()
