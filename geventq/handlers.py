@@ -109,9 +109,26 @@ class JobContext:
         "task_type",
     )
 
-    def __init__(self, **fields: Any):
-        for name, value in fields.items():
-            setattr(self, name, value)
+    def __init__(self, *, task_id: int, task_type: str, params: Any, job_param: str | None,
+                 queue_name: str, table_name: str, retry_count: int, max_retries: int,
+                 schedule_time: Any, server_id: str, log_id: str, log: Any,
+                 config: Any = None, db: Any = None, created_at: Any = None):
+        # Plain assignments: this runs once per task on the hot path.
+        self.task_id = task_id
+        self.task_type = task_type
+        self.params = params
+        self.job_param = job_param
+        self.queue_name = queue_name
+        self.table_name = table_name
+        self.retry_count = retry_count
+        self.max_retries = max_retries
+        self.schedule_time = schedule_time
+        self.server_id = server_id
+        self.log_id = log_id
+        self.log = log
+        self.config = config
+        self.db = db
+        self.created_at = created_at
 
     @property
     def attempt(self) -> int:

@@ -62,7 +62,7 @@ class JobLogs:
         start_native_thread(self._write_loop, ())
 
     def path_for(self, log_id: str, day: str | None = None) -> str:
-        return f"{self.directory}/job-{log_id}-{day or time.strftime('%Y-%m-%d')}.log"
+        return f"{self.directory}/job-{log_id}-{day or _today()}.log"
 
     def begin(self, log_id: str, text: str) -> None:
         path = self._paths[log_id] = self.path_for(log_id)
@@ -161,12 +161,20 @@ class JobLogs:
 _second = [-1, ""]  # the formatted current second, reused for every line in it
 
 
+def _formatted_second(whole: int) -> str:
+    if whole != _second[0]:
+        _second[:] = [whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))]
+    return _second[1]
+
+
+def _today() -> str:
+    return _formatted_second(int(time.time()))[:10]
+
+
 def _line(level: str, text: str) -> str:
     now = time.time()
     whole = int(now)
-    if whole != _second[0]:
-        _second[:] = [whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))]
-    return f"{_second[1]}.{int((now - whole) * 1000):03d} | {level: <7} | {text}\n"
+    return f"{_formatted_second(whole)}.{int((now - whole) * 1000):03d} | {level: <7} | {text}\n"
 
 
 def configure(config: LogConfig, *, to_stderr: bool = True) -> JobLogs:
