@@ -65,8 +65,16 @@ class JobLogs:
         return f"{self.directory}/job-{log_id}-{day or _today()}.log"
 
     def begin(self, log_id: str, text: str) -> None:
+        if len(self._pending) > MAX_BACKLOG and not self._writer_done:
+            self._wait_for_writer()
         path = self._paths[log_id] = self.path_for(log_id)
         self._pending.append((path, _line("INFO", text)))
+
+    def _wait_for_writer(self) -> None:
+        """Backpressure: when the disk falls behind, new runs wait (yielding)
+        instead of the backlog, and the process's memory, growing without end."""
+        while len(self._pending) > MAX_BACKLOG // 2 and not self._writer_done:
+            gevent.sleep(0.001)
 
     def line(self, log_id: str, level: str, text: str) -> None:
         """A line of our own (start, outcome), without a loguru round trip."""
@@ -157,6 +165,9 @@ class JobLogs:
                 continue
         return removed
 
+
+# Lines waiting for the writer thread before new runs wait for it (a few MB).
+MAX_BACKLOG = 50_000
 
 _second = [-1, ""]  # the formatted current second, reused for every line in it
 
