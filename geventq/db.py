@@ -34,6 +34,7 @@ from geventq.errors import (
     InvalidIdentifier,
     RetryableConflict,
 )
+from geventq.logs import Throttle
 
 T = TypeVar("T")
 
@@ -225,7 +226,7 @@ class Database:
         """Run fn(cursor, *args), retrying with backoff while the database is away or a
         deadlock rolled the transaction back. Logs an outage at most once per
         ten seconds instead of once per attempt."""
-        backoff, tries, last_log = 0.05, 0, 0.0
+        backoff, tries, outages = 0.05, 0, Throttle(10)
         while True:
             try:
                 return self.call(fn, *args, transaction=transaction)
@@ -235,9 +236,8 @@ class Database:
                     raise
                 if should_stop is not None and should_stop():
                     raise
-                if isinstance(error, DatabaseUnavailable) and time.monotonic() - last_log > 10:
+                if isinstance(error, DatabaseUnavailable) and outages.ready():
                     logger.warning("{}: database {} unavailable ({}); retrying", what, self.address, error)
-                    last_log = time.monotonic()
                 gevent.sleep(backoff if isinstance(error, DatabaseUnavailable) else 0.01 * tries)
                 backoff = min(backoff * 2, 2.0)
 

@@ -166,6 +166,22 @@ class JobLogs:
         return removed
 
 
+class Throttle:
+    """ready() is true at most once per `every` seconds: a loop that keeps
+    failing (an outage) logs a line per interval, not one per attempt."""
+
+    def __init__(self, every: float):
+        self.every = every
+        self._last: float | None = None
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last <= self.every:
+            return False
+        self._last = now
+        return True
+
+
 # Lines waiting for the writer thread before new runs wait for it (a few MB).
 MAX_BACKLOG = 50_000
 

@@ -41,6 +41,7 @@ from geventq import store
 from geventq.admin import require_bearer
 from geventq.api_schema import Endpoint
 from geventq.errors import DatabaseError
+from geventq.logs import Throttle
 from geventq.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ class DatabaseCollector(Collector):
         self._due: dict[str, tuple[int, float | None]] = {}
         self._read_at = 0.0
         self._ok = False
-        self._last_error_log = 0.0
+        self._errors = Throttle(60)
 
     def collect(self) -> Iterator[Metric]:
         if time.monotonic() - self._read_at >= SCRAPE_DB_REUSE:
@@ -326,8 +327,7 @@ class DatabaseCollector(Collector):
         self.metrics.table_queues = {row["table_name"]: row["queue_name"] for row in queues}
 
     def _log_error(self, reason: str) -> None:
-        if time.monotonic() - self._last_error_log > 60:
-            self._last_error_log = time.monotonic()
+        if self._errors.ready():
             logger.warning("/metrics: database gauges left out: database {}: {}",
                            self.metrics.runtime.db.address, reason)
 

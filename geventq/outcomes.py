@@ -12,7 +12,6 @@ On a crash, outcomes still waiting in this buffer are lost; their tasks stay
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import NamedTuple
@@ -24,6 +23,7 @@ from loguru import logger
 from geventq import store
 from geventq.db import Database
 from geventq.errors import DatabaseError, DatabaseUnavailable
+from geventq.logs import Throttle
 from geventq.runtime import Attempt, Runtime
 
 
@@ -56,7 +56,7 @@ class OutcomeRecorder:
         self._has_pending = Event()
         self._flusher: gevent.Greenlet | None = None
         self._stopping = False
-        self._last_error_log = 0.0
+        self._errors = Throttle(10)
         self.on_written: Callable[[Attempt, Outcome, bool], None] | None = None
 
     def start(self) -> None:
@@ -159,7 +159,6 @@ class OutcomeRecorder:
                 self.on_written(attempt, outcome, written == len(attempts))
 
     def _log_error(self, error: Exception) -> None:
-        if time.monotonic() - self._last_error_log > 10:
-            self._last_error_log = time.monotonic()
+        if self._errors.ready():
             logger.warning("outcomes waiting for the database ({} buffered): {}",
                            len(self._pending), error)

@@ -17,6 +17,7 @@ from geventq import store
 from geventq.db import QuotedTable, quote_table
 from geventq.errors import DatabaseError, DatabaseUnavailable, LeaseLost, PermanentFailure
 from geventq.handlers import JobContext
+from geventq.logs import Throttle
 from geventq.outcomes import Outcome
 from geventq.runtime import Attempt, Runtime
 
@@ -79,7 +80,7 @@ class QueueRunner:
         self._wake = Event()
         self._stopping = False
         self._scanner: gevent.Greenlet | None = None
-        self._last_error_log = 0.0
+        self._claim_errors = Throttle(10)
 
     # --- control, from sync and executor ---------------------------------------
 
@@ -183,9 +184,7 @@ class QueueRunner:
         return len(rows)
 
     def _log_claim_error(self, error: DatabaseError) -> None:
-        # Once per ten seconds, not once per attempt: an outage must not flood the log.
-        if time.monotonic() - self._last_error_log > 10:
-            self._last_error_log = time.monotonic()
+        if self._claim_errors.ready():
             kind = "unavailable" if isinstance(error, DatabaseUnavailable) else "error"
             logger.warning("queue {}: claim failed, database {}: {}", self.queue_name, kind, error)
 

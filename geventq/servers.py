@@ -24,6 +24,7 @@ from loguru import logger
 from geventq import store
 from geventq.db import Database
 from geventq.errors import DatabaseError, DatabaseUnavailable, GeventqError, LeaseLost
+from geventq.logs import Throttle
 from geventq.runtime import Runtime
 
 native_sleep = monkey.get_original("time", "sleep")
@@ -195,7 +196,7 @@ class Maintenance:
         self._lapses_seen = 0
         self._last_retention = 0.0
         self._last_log_prune = 0.0
-        self._last_outage_log = 0.0
+        self._outages = Throttle(max(10.0, self.interval))
 
     def start(self) -> None:
         self._greenlets = [gevent.spawn(self._maintain_loop), gevent.spawn(self._lease_watch_loop)]
@@ -322,8 +323,7 @@ class Maintenance:
                      "rescue their tasks safely", how, self.runtime.lease.ttl, stopped)
 
     def _log_outage(self, error) -> None:
-        if time.monotonic() - self._last_outage_log > max(10.0, self.interval):
-            self._last_outage_log = time.monotonic()
+        if self._outages.ready():
             logger.warning("database {} unreachable: {}", self.runtime.db.address, error)
 
 

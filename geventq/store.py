@@ -194,12 +194,16 @@ def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int) 
 
 # --- outcomes (fenced: status 1, our server_id, the retry_count we claimed) ----
 
+# The fence every outcome write carries: the row is still the attempt we claimed.
+FENCED_GROUP = "WHERE id IN %(ids)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s"
+FENCED_ONE = "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s"
+
 def finish_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
                  ids: Sequence[int]) -> int:
     """Mark a group of claimed attempts done; returns how many were still ours."""
     cur.execute(
         f"UPDATE {_table(table)} SET status = 2, end_time = NOW(3), error_msg = NULL "
-        "WHERE id IN %(ids)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        + FENCED_GROUP,
         {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
@@ -210,7 +214,7 @@ def retry_task_later(cur, table: QuotedTable, server_id: str, task_id: int, retr
     cur.execute(
         f"UPDATE {_table(table)} SET status = 0, error_msg = %(err)s, end_time = NULL, "
         "schedule_time = NOW(3) + INTERVAL %(delay)s MICROSECOND, retry_count = retry_count + 1 "
-        "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        + FENCED_ONE,
         {"err": error, "delay": _us(delay_seconds), "id": task_id, "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
@@ -220,7 +224,7 @@ def fail_task(cur, table: QuotedTable, server_id: str, task_id: int, retry_count
               error: str) -> int:
     cur.execute(
         f"UPDATE {_table(table)} SET status = 3, error_msg = %(err)s, end_time = NOW(3) "
-        "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        + FENCED_ONE,
         {"err": error, "id": task_id, "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
@@ -231,7 +235,7 @@ def release_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
     """Hand unfinished attempts back on shutdown: not counted as an attempt."""
     cur.execute(
         f"UPDATE {_table(table)} SET status = 0, start_time = NULL "
-        "WHERE id IN %(ids)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        + FENCED_GROUP,
         {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
@@ -285,7 +289,7 @@ def requeue_unattended_claim(cur, table: QuotedTable, server_id: str, task_id: i
     """A claim whose COMMIT landed but whose reply was lost: nobody runs it."""
     cur.execute(
         f"UPDATE {_table(table)} SET {_requeue_lost_attempt()} "
-        "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s",
+        + FENCED_ONE,
         {"err": f"claim by {server_id} was lost before it started", "id": task_id,
          "sid": server_id, "rc": retry_count},
     )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +13,7 @@ from loguru import logger
 from geventq import store
 from geventq.db import QuotedTable, quote_table
 from geventq.errors import DatabaseError, InvalidIdentifier
+from geventq.logs import Throttle
 from geventq.queues import QueueRunner
 from geventq.runtime import Runtime
 
@@ -33,7 +33,7 @@ class QueueSync:
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._bad_tables: set[str] = set()
-        self._last_error_log = 0.0
+        self._errors = Throttle(OUTAGE_LOG_EVERY)
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._loop)
@@ -57,9 +57,7 @@ class QueueSync:
             self._wake.wait(self.interval)
 
     def _log_error(self, error: DatabaseError) -> None:
-        # Once per ten seconds: an outage must not write a line per attempt.
-        if time.monotonic() - self._last_error_log > OUTAGE_LOG_EVERY:
-            self._last_error_log = time.monotonic()
+        if self._errors.ready():
             logger.warning("config sync: database {}: {}", self.runtime.db.address, error)
 
     def sync_once(self) -> None:
