@@ -81,6 +81,9 @@ class QueueRunner:
         self._stopping = False
         self._scanner: gevent.Greenlet | None = None
         self._claim_errors = Throttle(10)
+        # True from sending a claim until its rows are started or given up:
+        # reconciliation must not take a slow claim's rows for lost ones.
+        self.claim_in_flight = False
 
     # --- control, from sync and executor ---------------------------------------
 
@@ -161,18 +164,28 @@ class QueueRunner:
 
     def _claim_batch(self, limit: int) -> int | None:
         """Claim up to `limit` due tasks and start them; None on a database error."""
+        lease = self.runtime.lease
+        epoch = lease.epoch
+        self.claim_in_flight = True
         try:
-            rows = self._claim(self.runtime, self.table, limit)
-        except DatabaseError as error:
-            self._log_claim_error(error)
-            return None
-        if rows and not self.runtime.lease.valid():
-            # The lease lapsed while the claim was in flight: another server may
-            # rescue these soon, so they must not start here. They stay claimed
-            # until that rescue, or our own reconciliation once the lease is back.
-            logger.warning("queue {}: lease lapsed during a claim; not starting {} claimed tasks",
-                           self.queue_name, len(rows))
-            return None
+            try:
+                rows = self._claim(self.runtime, self.table, limit)
+            except DatabaseError as error:
+                self._log_claim_error(error)
+                return None
+            if rows and not lease.valid_in(epoch):
+                # The lease lapsed while the claim was in flight (even if it has
+                # been renewed since): another server may have rescued these
+                # already, so they must not start here. They stay claimed until
+                # that rescue, or our own reconciliation once the lease is back.
+                logger.warning("queue {}: lease lapsed during a claim; not starting {} claimed tasks",
+                               self.queue_name, len(rows))
+                return None
+            return self._start_claimed(rows)
+        finally:
+            self.claim_in_flight = False
+
+    def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()
         for row in rows:
             attempt = Attempt(self, row)

@@ -20,19 +20,44 @@ class Lease:
     """This server's right to run tasks, renewed by every heartbeat that
     reaches the database. Measured on our own monotonic clock: once it has not
     been renewed for half of heartbeat_timeout we stop our handlers, so they
-    are gone before any other server may rescue their tasks."""
+    are gone before any other server may rescue their tasks.
+
+    A renewal that comes after the lease ran out starts a new *epoch*, and the
+    lease stays invalid until the hub has stopped every handler of the old one
+    (`end_lapse`): the hub may have been blocked through the whole lapse, and
+    meanwhile other servers may have rescued, and even reclaimed, our tasks.
+    A claim sent in one epoch never starts its tasks in another."""
 
     def __init__(self, ttl: float):
         self.ttl = ttl
         self.renewed_at: float | None = None
+        self.epoch = 0
+        self._settled_epoch = 0
 
     def renew(self, sent_at: float) -> None:
         # The time the heartbeat was *sent*: the database may have seen it at
         # any moment after that, so counting from then is the safe side.
+        if self.renewed_at is not None and time.monotonic() - self.renewed_at >= self.ttl:
+            self.epoch += 1
         self.renewed_at = sent_at
 
+    def expired(self) -> bool:
+        return self.renewed_at is None or time.monotonic() - self.renewed_at >= self.ttl
+
+    def lapse_unsettled(self) -> bool:
+        """A lapse ended (renewed since) but the hub has not stopped its handlers yet."""
+        return self.epoch != self._settled_epoch
+
+    def end_lapse(self) -> None:
+        """Called by the hub once the handlers of every earlier epoch are stopped."""
+        self._settled_epoch = self.epoch
+
     def valid(self) -> bool:
-        return self.renewed_at is not None and time.monotonic() - self.renewed_at < self.ttl
+        return not self.expired() and not self.lapse_unsettled()
+
+    def valid_in(self, epoch: int) -> bool:
+        """Still valid, and never lapsed since `epoch` was read."""
+        return self.valid() and self.epoch == epoch
 
 
 class Attempt:

@@ -85,9 +85,6 @@ class Heartbeat:
         self._stop = False
         self._exited = False
         self._conn = None
-        # How many times the lease ran out before a renewal, counted here
-        # because the hub may have been blocked through the whole lapse.
-        self.lapses = 0
 
     def refresh_status(self) -> None:
         """Called on the hub: the thread reads this tuple, never live dicts."""
@@ -121,10 +118,7 @@ class Heartbeat:
             with self._conn.cursor() as cur:
                 if store.beat(cur, self.runtime.server_id, state, queues, running) == 0:
                     self._register(cur)
-            lease = self.runtime.lease
-            if lease.renewed_at is not None and time.monotonic() - lease.renewed_at >= lease.ttl:
-                self.lapses += 1
-            lease.renew(sent_at)
+            self.runtime.lease.renew(sent_at)
             self.last_error = None
         except Exception as error:  # noqa: BLE001 - the thread must outlive any failure
             self.last_error = f"{type(error).__name__}: {error}"
@@ -193,7 +187,6 @@ class Maintenance:
         self.interval = runtime.config.executor.heartbeat_interval
         self._greenlets: list[gevent.Greenlet] = []
         self._lease_was_valid = True
-        self._lapses_seen = 0
         self._last_retention = 0.0
         self._last_log_prune = 0.0
         self._outages = Throttle(max(10.0, self.interval))
@@ -233,35 +226,46 @@ class Maintenance:
             self.runtime.job_logs.prune(self.runtime.config.log.retention_days)
 
     def rescue_dead_servers(self) -> int:
-        timeout = self.runtime.config.executor.heartbeat_timeout
+        """Requeue the attempts of servers that were dead when we looked. The
+        decision's moment bounds the rescue (see store.rescue_dead_servers_tasks),
+        so a server that renews its heartbeat meanwhile keeps its new claims."""
+        runtime = self.runtime
+        decided_at, alive = runtime.db.call(store.rescue_decision,
+                                            runtime.config.executor.heartbeat_timeout)
         rescued = 0
-        for table_name, table in list(self.runtime.registered_tables.items()):
+        for table_name, table in list(runtime.registered_tables.items()):
             try:
-                count = self.runtime.db.call(store.rescue_dead_servers_tasks, table, timeout)
+                count = runtime.db.call(store.rescue_dead_servers_tasks, table, decided_at, alive)
             except DatabaseUnavailable:
                 raise
             except DatabaseError as error:
                 logger.warning("rescue in {} failed: {}", table_name, error)
                 continue
             if count:
-                logger.warning("rescued {} tasks in {} from servers whose heartbeat expired",
-                               count, table_name)
+                logger.warning("rescued {} tasks in {} from servers whose heartbeat expired "
+                               "(claimed before {})", count, table_name, decided_at)
                 rescued += count
-                if self.runtime.metrics is not None:
-                    self.runtime.metrics.rescued(table_name, count)
+                if runtime.metrics is not None:
+                    runtime.metrics.rescued(table_name, count)
         return rescued
 
     def reconcile_unattended_claims(self) -> int:
         runtime = self.runtime
         requeued = 0
         for runner in runtime.all_runners():
+            # A claim in flight may be the very one whose rows look unattended
+            # (its reply is slow, not lost): its rows would start once it
+            # returns. Rows claimed after this check are too young to match.
+            if runner.claim_in_flight:
+                continue
             rows = runtime.db.call(store.find_own_claims, runner.table, runtime.server_id,
                                    UNATTENDED_CLAIM_AGE)
             for row in rows:
                 if (runner.table_name, row["id"]) in runtime.attempts:
                     continue
                 requeued += runtime.db.call(store.requeue_unattended_claim, runner.table,
-                                            runtime.server_id, row["id"], row["retry_count"])
+                                            runtime.server_id, row["id"], row["retry_count"],
+                                            UNATTENDED_CLAIM_AGE)
                 logger.warning("task {}-{} was claimed by us but never started; requeued",
                                runner.table_name, row["id"])
         return requeued
@@ -298,25 +302,33 @@ class Maintenance:
 
     def _lease_watch_loop(self) -> None:
         while True:
-            valid = self.runtime.lease.valid()
-            # A lapse that began and ended while the hub was blocked (a handler
-            # that never yields) is seen only in the heartbeat's count: other
-            # servers may have rescued our tasks meanwhile, so it counts too.
-            missed = valid and self._lease_was_valid and self.heartbeat.lapses != self._lapses_seen
-            self._lapses_seen = self.heartbeat.lapses
-            # Handlers running while it is invalid started after the lapse was
-            # seen (a claim whose reply came late): they must stop as well.
-            late = not valid and not self._lease_was_valid and self.runtime.running_count() > 0
-            if (not valid and self._lease_was_valid) or missed:
-                self._on_lease_lapsed(" while the event loop was blocked" if missed else "")
-            elif late:
-                self._on_lease_lapsed(", and handlers started since")
-            elif valid and not self._lease_was_valid:
-                logger.warning("heartbeat lease renewed: claiming again")
-            self._lease_was_valid = valid
+            self.watch_lease_once()
             gevent.sleep(0.25)
 
-    def _on_lease_lapsed(self, how: str = "") -> None:
+    def watch_lease_once(self) -> None:
+        lease, runtime = self.runtime.lease, self.runtime
+        if lease.expired():
+            # Stop the handlers at the lapse, and any started since (a claim
+            # whose reply came late): another server may rescue their tasks.
+            if self._lease_was_valid:
+                self._on_lease_lapsed("")
+            elif runtime.running_count() > 0:
+                self._on_lease_lapsed(", and handlers started since")
+            self._lease_was_valid = False
+            return
+        if lease.lapse_unsettled():
+            # Renewed after a lapse. If the hub was blocked through all of it,
+            # this is the first we see of it: the handlers still run, and the
+            # lease stays invalid (no claim) until they are stopped.
+            if self._lease_was_valid:
+                self._on_lease_lapsed(" while the event loop was blocked")
+            elif runtime.running_count() > 0:
+                self._on_lease_lapsed(", and handlers started since")
+            lease.end_lapse()
+            logger.warning("heartbeat lease renewed: claiming again")
+        self._lease_was_valid = True
+
+    def _on_lease_lapsed(self, how: str) -> None:
         stopped = sum(runner.stop_handlers(LeaseLost) for runner in self.runtime.all_runners())
         logger.error("heartbeat lease lapsed{} (no heartbeat reached the database for {:g}s): "
                      "stopped {} running handlers and paused claiming, so another server can "

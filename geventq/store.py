@@ -251,24 +251,51 @@ def _requeue_lost_attempt(error_sql: str = "%(err)s") -> str:
             f"error_msg = {error_sql}, retry_count = retry_count + 1")
 
 
-def rescue_dead_servers_tasks(cur, table: QuotedTable, heartbeat_timeout: float) -> int:
-    """Requeue attempts whose owner has not heartbeated within the timeout (or
-    went offline without handing them back)."""
+def rescue_decision(cur, heartbeat_timeout: float) -> tuple[Any, list[str]]:
+    """The moment a rescue is decided, by the database clock, and the servers
+    alive then (not offline, heartbeat within the timeout). One statement, so
+    its NOW(3) is taken no later than the snapshot that judged the heartbeats."""
+    cur.execute(
+        "SELECT NOW(3) AS decided_at, alive.server_id FROM (SELECT 1 AS one) AS moment "
+        "LEFT JOIN servers AS alive ON alive.state <> 'offline' "
+        "AND alive.last_heartbeat >= NOW(3) - INTERVAL %(timeout)s MICROSECOND",
+        {"timeout": _us(heartbeat_timeout)},
+    )
+    rows = cur.fetchall()
+    return rows[0]["decided_at"], [row["server_id"] for row in rows if row["server_id"] is not None]
+
+
+def rescue_dead_servers_tasks(cur, table: QuotedTable, decided_at: Any, alive: Sequence[str]) -> int:
+    """Requeue attempts whose owner was not alive at `decided_at` (see
+    rescue_decision), counted as an attempt.
+
+    Only attempts claimed before that moment: this UPDATE can wait on row locks
+    (another server's open claim) for as long as they are held, and meanwhile
+    an owner judged dead may renew its heartbeat and claim again. A claim made
+    after the renewal starts after `decided_at` (the renewal was not in the
+    decision's snapshot, so it committed later), and its row is re-read under
+    the lock, so the bound on start_time keeps every such claim out. start_time
+    is NULL only in rows nobody claimed through geventq: those are orphans."""
+    alive_clause = "AND server_id NOT IN %(alive)s " if alive else ""
     cur.execute(
         f"UPDATE {_table(table)} SET "
         + _requeue_lost_attempt("CONCAT('server ', server_id, "
                                 "' stopped heartbeating while running this attempt')")
-        + " WHERE status = 1 AND server_id NOT IN (SELECT server_id FROM servers "
-        "WHERE state <> 'offline' AND last_heartbeat >= NOW(3) - INTERVAL %(timeout)s MICROSECOND)",
-        {"timeout": _us(heartbeat_timeout)},
+        + f" WHERE status = 1 {alive_clause}"
+        "AND (start_time IS NULL OR start_time < %(decided)s)",
+        {"alive": tuple(alive), "decided": decided_at},
     )
     return cur.rowcount
 
 
 def recover_own_orphans(cur, table: QuotedTable, server_id: str) -> int:
-    """On start-up: attempts a previous process under our server_id left running."""
+    """On start-up, before this process claims anything: attempts a previous
+    process under our server_id left running. Bounded by this statement's own
+    start, like a rescue: should that previous process still be alive after
+    all and claim while this waits on a lock, its new claims are left alone."""
     cur.execute(
-        f"UPDATE {_table(table)} SET {_requeue_lost_attempt()} WHERE status = 1 AND server_id = %(sid)s",
+        f"UPDATE {_table(table)} SET {_requeue_lost_attempt()} WHERE status = 1 AND server_id = %(sid)s "
+        "AND (start_time IS NULL OR start_time < NOW(3))",
         {"err": f"server {server_id} restarted while running this attempt", "sid": server_id},
     )
     return cur.rowcount
@@ -285,13 +312,16 @@ def find_own_claims(cur, table: QuotedTable, server_id: str, older_than: float) 
 
 
 def requeue_unattended_claim(cur, table: QuotedTable, server_id: str, task_id: int,
-                             retry_count: int) -> int:
-    """A claim whose COMMIT landed but whose reply was lost: nobody runs it."""
+                             retry_count: int, older_than: float) -> int:
+    """A claim whose COMMIT landed but whose reply was lost: nobody runs it.
+    Fenced like an outcome, and again on the claim's age: a shutdown hand-back
+    keeps retry_count, so only start_time tells a newer claim of the same
+    attempt apart from the one that was found unattended."""
     cur.execute(
         f"UPDATE {_table(table)} SET {_requeue_lost_attempt()} "
-        + FENCED_ONE,
+        + FENCED_ONE + " AND start_time < NOW(3) - INTERVAL %(age)s MICROSECOND",
         {"err": f"claim by {server_id} was lost before it started", "id": task_id,
-         "sid": server_id, "rc": retry_count},
+         "sid": server_id, "rc": retry_count, "age": _us(older_than)},
     )
     return cur.rowcount
 

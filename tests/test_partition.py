@@ -118,16 +118,13 @@ def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, prox
     assert (db.task("q_tasks", task_id)["server_id"], db.task("q_tasks", task_id)["status"]) == ("B", DONE)
 
 
-class _LapsedLease:
-    """Lapsed for its first `seconds`, then valid again (as if a heartbeat got through)."""
+def _lapsed_lease(ttl: float = 1.0):
+    """A real Lease whose last renewal is older than its ttl."""
+    from geventq.runtime import Lease
 
-    ttl = 1.0
-
-    def __init__(self, seconds: float):
-        self.until = time.monotonic() + seconds
-
-    def valid(self) -> bool:
-        return time.monotonic() >= self.until
+    lease = Lease(ttl)
+    lease.renew(time.monotonic() - 2 * ttl)
+    return lease
 
 
 class _NoDatabase:
@@ -148,8 +145,11 @@ def test_a_wake_while_the_lease_is_lapsed_does_not_block_the_hub():
 
     from geventq.queues import QueueRunner
 
-    # Given a queue runner whose server's lease is lapsed for 1 s, and a wake pending
-    runtime = types.SimpleNamespace(lease=_LapsedLease(1.0), task_types=("chaos",), db=_NoDatabase(),
+    # Given a queue runner whose server's lease is lapsed (renewed after 1 s,
+    # and still invalid then: no lease watch runs here to settle the lapse), and a wake pending
+    lease = _lapsed_lease()
+    gevent.spawn_later(1.0, lease.renew, time.monotonic())
+    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), db=_NoDatabase(),
                                     metrics=None)
     row = {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2}
     runner = QueueRunner(runtime, row, claim=lambda *args: [])
@@ -187,12 +187,12 @@ def test_handlers_started_after_the_lapse_was_seen_are_stopped_too():
 
     from geventq.servers import Maintenance
 
-    lease, runner = _LapsedLease(10.0), _Runner()
+    lease, runner = _lapsed_lease(), _Runner()
     runtime = types.SimpleNamespace(lease=lease, all_runners=lambda: [runner],
                                     running_count=lambda: runner.running,
                                     config=types.SimpleNamespace(executor=types.SimpleNamespace(
                                         heartbeat_interval=0.5)))
-    watch = gevent.spawn(Maintenance(runtime, types.SimpleNamespace(lapses=0))._lease_watch_loop)
+    watch = gevent.spawn(Maintenance(runtime, types.SimpleNamespace())._lease_watch_loop)
     # Given the watch has seen the lapse
     gevent.sleep(0.3)
     # When handlers start anyway
@@ -203,21 +203,72 @@ def test_handlers_started_after_the_lapse_was_seen_are_stopped_too():
     assert runner.stopped == 2 and runner.running == 0
 
 
-def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
+def _runner_with_claim(lease, claim):
     import types
 
     from geventq.queues import QueueRunner
 
-    lease = _LapsedLease(0.0)
-    lease.until = time.monotonic() - 1  # valid when the claim starts
-
-    def claim(runtime, table, limit):
-        lease.until = time.monotonic() + 10  # ... and lapsed by the time it returns
-        return [{"id": 1, "task_type": "chaos", "task_params": "{}", "retry_count": 0, "max_retries": 3,
-                 "schedule_time": None}]
-
     runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), attempts={}, metrics=None)
     runner = QueueRunner(runtime, {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1,
                                    "max_workers": 2}, claim=claim)
+    return runtime, runner
+
+
+CLAIMED_ROW = {"id": 1, "task_type": "chaos", "task_params": "{}", "retry_count": 0, "max_retries": 3,
+               "schedule_time": None}
+
+
+def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
+    from geventq.runtime import Lease
+
+    lease = Lease(1.0)
+    lease.renew(time.monotonic())  # valid when the claim starts
+
+    def claim(runtime, table, limit):
+        lease.renew(time.monotonic() - 2)  # ... and lapsed by the time it returns
+        return [dict(CLAIMED_ROW)]
+
+    runtime, runner = _runner_with_claim(lease, claim)
     runner._claim_batch(2)
     assert len(runner.pool) == 0 and not runtime.attempts
+
+
+def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
+    """Valid when sent, lapsed, renewed and settled again by the time the reply
+    comes: another server may have rescued and reclaimed these rows meanwhile."""
+    from geventq.runtime import Lease
+
+    lease = Lease(1.0)
+    lease.renew(time.monotonic())
+
+    def claim(runtime, table, limit):
+        lease.renewed_at = time.monotonic() - 2   # the lease runs out during the claim,
+        lease.renew(time.monotonic())             # a heartbeat renews it,
+        lease.end_lapse()                         # and the watch settles the lapse
+        assert lease.valid()
+        return [dict(CLAIMED_ROW)]
+
+    runtime, runner = _runner_with_claim(lease, claim)
+    runner._claim_batch(2)
+    assert len(runner.pool) == 0 and not runtime.attempts
+
+
+def test_a_renewal_after_a_lapse_allows_no_claim_until_the_handlers_are_stopped():
+    """The hub may sleep through a whole lapse (a handler that never yields):
+    when it wakes the lease is fresh again, but the old handlers still run and
+    their tasks may already be rescued. The lease stays invalid until the
+    watch has stopped them."""
+    import types
+
+    from geventq.servers import Maintenance
+
+    lease, runner = _lapsed_lease(), _Runner()
+    runner.running = 3
+    lease.renew(time.monotonic())  # the heartbeat thread got through; the watch has not run
+    assert not lease.valid()
+    runtime = types.SimpleNamespace(lease=lease, all_runners=lambda: [runner],
+                                    running_count=lambda: runner.running,
+                                    config=types.SimpleNamespace(executor=types.SimpleNamespace(
+                                        heartbeat_interval=0.5)))
+    Maintenance(runtime, types.SimpleNamespace()).watch_lease_once()
+    assert runner.stopped == 3 and lease.valid()

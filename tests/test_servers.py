@@ -2,6 +2,7 @@
 servers, pinned and moved queues, concurrency caps, crash rescue, drain."""
 
 import collections
+import json
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,13 +28,24 @@ def executions(db, task_type_table="q_tasks"):
                     "WHERE table_name = %s", (task_type_table,))
 
 
+def running_queue_on(db, server_ids, queue_name: str) -> bool:
+    """Every one of the servers reports the queue among those it runs."""
+    rows = db.query("SELECT server_id, queues FROM servers")
+    queues = {row["server_id"]: json.loads(row["queues"] or "[]") for row in rows}
+    return all(queue_name in queues.get(server, []) for server in server_ids)
+
+
 def test_three_servers_run_every_task_exactly_once(db, executors):
-    # Given 2,000 due tasks on one open queue
+    # Given three servers running one open queue (all of them, before any task
+    # exists: a server still starting must not find the work already done)
     db.add_queue("q", "q_tasks", max_workers=20)
-    ids = db.insert_tasks("q_tasks", "record", 2000)
-    # When three servers run it together
-    for server in ("s1", "s2", "s3"):
+    servers = ("s1", "s2", "s3")
+    for server in servers:
         executors.start(server)
+    wait_for(lambda: running_queue_on(db, servers, "q"), message="the queue running on all three")
+    # When 2,000 due tasks of 0.2 s arrive: two servers alone need 10 s for them,
+    # so the third, which scans at least every second, must take its share
+    ids = db.insert_tasks("q_tasks", "record", 2000, params={"seconds": 0.2})
     wait_for(lambda: db.status_counts("q_tasks") == {DONE: 2000}, timeout=90, message="all done")
     # Then every task ran exactly once, and the work was shared
     runs = executions(db)
@@ -41,7 +53,7 @@ def test_three_servers_run_every_task_exactly_once(db, executors):
     assert sorted(per_task) == ids
     assert set(per_task.values()) == {1}
     per_server = collections.Counter(run["server_id"] for run in runs)
-    assert set(per_server) == {"s1", "s2", "s3"}
+    assert set(per_server) == set(servers)
     # and the task rows name the server that ran them
     owners = {row["id"]: row["server_id"] for row in db.query("SELECT id, server_id FROM q_tasks")}
     assert all(owners[run["task_id"]] == run["server_id"] for run in runs)
