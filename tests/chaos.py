@@ -2,7 +2,7 @@
 thousands of tasks of mixed kinds, and a seeded schedule of faults; then an
 invariant checker reads what happened.
 
-    python -m tests.chaos --minutes 1 [--seed N] [--keep]
+    python -m tests.chaos --minutes 1 [--seed N] [--keep] [--cpu-hog N] [--own-mariadb]
 
 It makes its own database (geventq_chaos_<hex>) on MariaDB at
 127.0.0.1:3306 and puts a fault proxy (tests/faultproxy.py) between each
@@ -19,7 +19,16 @@ applies faults, one every few seconds, picked by the seed:
 - move: pin the pinned queue to another server, or an open queue to one;
 - resize: a queue's max_workers to 1..60 for 3 to 8 s;
 - disable: a queue off for 1 to 5 s, then on again;
-- cancel: cancel up to 20 pending tasks, as the admin API would.
+- cancel: cancel up to 20 pending tasks, as the admin API would;
+- dbcrash (with --own-mariadb only): SIGKILL the database server itself and
+  restart it on the same datadir 0.5 to 5 s later.
+
+`--cpu-hog N` runs N busy loops (`python -c 'while 1: pass'`, at the same
+priority as everything else) for the whole soak, so every timing assumption
+is tried on a machine with no idle core. `--own-mariadb` puts the task tables
+on a private MariaDB (tests/ownmariadb.py) that the soak may crash; the
+ground truth (the runs and the fault log) stays on the machine's MariaDB,
+in a database of the same name.
 
 Then every fault is healed, every queue row restored, every server up; it
 waits (bounded) until no task is pending or running, stops the servers with
@@ -45,8 +54,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pymysql
+
 from tests.faultproxy import FaultProxy
 from tests.invariants import check, log_fault, prepare
+from tests.ownmariadb import OwnMariaDB
 from tests.support import ExecutorProcess, TestDatabase, write_config
 
 SERVERS = ("s1", "s2", "s3")
@@ -61,6 +73,11 @@ HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
 SHUTDOWN_TIMEOUT = 3
 FAULT_WEIGHTS = {"sigkill": 3, "sigterm": 2, "blackhole": 3, "drop": 2, "refuse": 2,
                  "move": 2, "resize": 2, "disable": 2, "cancel": 1}
+# Only when the soak has a database server of its own to crash.
+DBCRASH_WEIGHT = 2
+# The soak's own statements while its database is being crashed: tried again this much later.
+RETRY_WHILE_DATABASE_DOWN = 0.5
+DATABASE_DOWN = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
 PROGRESS_EVERY = 5.0
 
 
@@ -106,7 +123,7 @@ class Server:
     def __init__(self, server_id: str, db: TestDatabase, workdir: Path):
         self.server_id = server_id
         self.db = db
-        self.proxy = FaultProxy().start()
+        self.proxy = FaultProxy(upstream=("127.0.0.1", db.port)).start()
         self.config = write_config(workdir / server_id, db, database={
             "host": "127.0.0.1", "port": self.proxy.port, "read_timeout": 3, "connect_timeout": 2,
             "pool_size": 10,
@@ -137,13 +154,19 @@ class Server:
 # --- the run ---------------------------------------------------------------------
 
 class Chaos:
-    def __init__(self, minutes: float, seed: int, workdir: Path, tasks: int):
+    def __init__(self, minutes: float, seed: int, workdir: Path, tasks: int,
+                 own_mariadb: OwnMariaDB | None = None):
         self.minutes = minutes
         self.tasks = tasks
         self.seed = seed
         self.rng = random.Random(seed)
         self.workdir = workdir
-        self.db = TestDatabase(f"geventq_chaos_{random.Random().getrandbits(40):010x}")
+        name = f"geventq_chaos_{random.Random().getrandbits(40):010x}"
+        self.own_mariadb = own_mariadb
+        # The task tables; and the runs and faults, which survive a crash of the former.
+        self.db = TestDatabase(name, port=own_mariadb.port) if own_mariadb else TestDatabase(name)
+        self.records = TestDatabase(name) if own_mariadb else self.db
+        self.fault_weights = dict(FAULT_WEIGHTS, **({"dbcrash": DBCRASH_WEIGHT} if own_mariadb else {}))
         self.servers: dict[str, Server] = {}
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -158,14 +181,31 @@ class Chaos:
 
     def run_events_until(self, deadline: float, done: Callable[[], bool] = lambda: False) -> bool:
         while time.monotonic() < deadline:
-            if done():
+            if self.unless_crashed(done):
                 return True
             if self.events and self.events[0][0] <= time.monotonic():
                 _, _, action = heapq.heappop(self.events)
-                action()
+                try:
+                    action()
+                except DATABASE_DOWN:
+                    if not self.database_crashed():
+                        raise
+                    self.at(RETRY_WHILE_DATABASE_DOWN, action)  # once the database is back
             else:
                 time.sleep(0.05)
-        return done()
+        return bool(self.unless_crashed(done))
+
+    def unless_crashed(self, check: Callable[[], bool]) -> bool:
+        """check(), or False while the database server is crashed on purpose."""
+        try:
+            return check()
+        except DATABASE_DOWN:
+            if not self.database_crashed():
+                raise
+            return False
+
+    def database_crashed(self) -> bool:
+        return self.own_mariadb is not None and not self.own_mariadb.alive()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -176,14 +216,17 @@ class Chaos:
     def fault(self, kind: str, server: Server | None = None, detail: str = "",
               pid: int | None = None) -> None:
         self.faults[kind] += 1
-        with self.db.connect() as conn, conn.cursor() as cur:
+        with self.records.connect() as conn, conn.cursor() as cur:
             log_fault(cur, kind, server.server_id if server else "", pid, detail)
 
     # -- set-up --
     def setup(self) -> None:
         self.db.create()
-        with self.db.connect() as conn, conn.cursor() as cur:
+        if self.records is not self.db:
+            self.records.create()
+        with self.records.connect() as conn, conn.cursor() as cur:
             prepare(cur)
+        with self.db.connect() as conn, conn.cursor() as cur:
             cur.execute("DELETE FROM queue_configs")  # the sample queues: nothing to do here
         for name, (table, server_id, workers, timeout) in QUEUES.items():
             self.db.add_queue(name, table, server_id=server_id, max_workers=workers, scan_interval=1,
@@ -225,7 +268,7 @@ class Chaos:
         for table, *_ in QUEUES.values():
             for status, n in self.db.status_counts(table).items():
                 counts[status] += n
-        runs = self.db.scalar("SELECT COUNT(*) FROM executions")
+        runs = self.records.scalar("SELECT COUNT(*) FROM executions")
         names = ("pending", "running", "done", "failed", "cancelled")
         faults = ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items())) or "none"
         self.say(f"tasks {self.inserted}: " + ", ".join(f"{names[s]} {counts[s]}" for s in range(5))
@@ -237,7 +280,7 @@ class Chaos:
     def next_fault(self) -> None:
         if self.stopping_faults:
             return
-        kinds, weights = zip(*FAULT_WEIGHTS.items(), strict=True)
+        kinds, weights = zip(*self.fault_weights.items(), strict=True)
         kind = self.rng.choices(kinds, weights)[0]
         getattr(self, f"fault_{kind}")()
         self.at(self.rng.uniform(1.5, 4.0), self.next_fault)
@@ -314,6 +357,23 @@ class Chaos:
         self.say(f"{mode} {server.server_id}'s database traffic for {seconds:.1f}s")
         self.at(seconds, lambda: server.proxy.set_mode("pass"))
 
+    def fault_dbcrash(self) -> None:
+        """kill -9 the database server under every executor, restart it on the same datadir."""
+        downtime = self.rng.uniform(0.5, 5.0)
+        server = self.own_mariadb
+        pid = server.process.pid
+        server.kill()
+        for each in self.servers.values():
+            each.busy_until = max(each.busy_until, time.monotonic() + downtime + 3)
+        self.fault("dbcrash", detail=f"mariadbd pid {pid} down for {downtime:.1f}s")
+        self.say(f"SIGKILL mariadbd (pid {pid}); restart in {downtime:.1f}s")
+        self.at(downtime, self.restart_database)
+
+    def restart_database(self) -> None:
+        if not self.own_mariadb.alive():
+            self.own_mariadb.start()
+            self.say(f"mariadbd restarted (crash recovery done, start {self.own_mariadb.starts})")
+
     def fault_drop(self) -> None:
         server = self.pick_server()
         if server is not None:
@@ -360,6 +420,8 @@ class Chaos:
     def heal_and_drain(self) -> bool:
         self.stopping_faults = True
         self.say("faults stop: healing every proxy, restoring queues, restarting servers")
+        if self.own_mariadb is not None:
+            self.restart_database()  # first: the heals below write to it
         # Pending heals and restarts run now rather than later.
         while self.events:
             _, _, action = heapq.heappop(self.events)
@@ -407,6 +469,17 @@ class Chaos:
             server.proxy.stop()
 
 
+def start_cpu_hogs(count: int) -> list[subprocess.Popen]:
+    """Busy loops at the same priority as the executors and the database."""
+    return [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(count)]
+
+
+def stop_cpu_hogs(hogs: list[subprocess.Popen]) -> None:
+    for hog in hogs:
+        hog.kill()
+        hog.wait(10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="length of the fault phase (default 1)")
@@ -415,23 +488,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=None,
                         help="tasks to insert (default: 20,000 for up to a minute, 15,000 a minute beyond)")
     parser.add_argument("--keep", action="store_true", help="keep the database and logs even on success")
+    parser.add_argument("--cpu-hog", type=int, default=0, metavar="N",
+                        help="run N busy-loop processes for the whole soak (a loaded machine)")
+    parser.add_argument("--own-mariadb", action="store_true",
+                        help="task tables on a private MariaDB that the dbcrash fault kills and restarts")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
     workdir = Path(tempfile.mkdtemp(prefix="geventq-chaos-"))
     tasks = args.tasks or max(20_000, int(15_000 * args.minutes))
-    chaos = Chaos(args.minutes, seed, workdir, tasks)
     began = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    hogs = start_cpu_hogs(args.cpu_hog)
+    own = OwnMariaDB(workdir / "mariadb").install().start() if args.own_mariadb else None
+    chaos = Chaos(args.minutes, seed, workdir, tasks, own)
     ok = False
     try:
         chaos.setup()
         drained = chaos.run()
         codes = chaos.stop_servers()
-        with chaos.db.connect() as conn:
-            report = check(conn, [table for table, *_ in QUEUES.values()])
+        with chaos.db.connect() as conn, chaos.records.connect() as records:
+            report = check(conn, [table for table, *_ in QUEUES.values()], records)
         sigterm_codes = Counter(code for server in chaos.servers.values() for code in server.exit_codes)
         print()
-        print(f"chaos soak: {args.minutes:g} min of faults, seed {seed}, "
+        print(f"chaos soak: {args.minutes:g} min of faults, seed {seed}, cpu hogs {args.cpu_hog}, "
+              f"own mariadb: {'yes' if own else 'no'}, "
               f"{time.monotonic() - began:.0f}s in all, drained: {'yes' if drained else 'NO'}")
         print(report.text())
         print(f"exit codes after SIGTERM during the run: {dict(sigterm_codes) or 'none'}; "
@@ -444,12 +524,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- last lines of {server.server_id}:\n{server.output_tail()}")
         return 0 if ok else 1
     finally:
+        stop_cpu_hogs(hogs)
         chaos.cleanup()
         if ok and not args.keep:
             chaos.db.drop()
+            if chaos.records is not chaos.db:
+                chaos.records.drop()
+            if own is not None:
+                own.remove()
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(f"kept: database {chaos.db.name}, logs in {workdir}")
+            if own is not None:
+                own.stop()
+            print(f"kept: database {chaos.db.name}, logs in {workdir}"
+                  + (f" (task tables in {own.datadir}, port {own.port})" if own else ""))
 
 
 if __name__ == "__main__":

@@ -133,9 +133,11 @@ class Report:
 STATUS = {0: "pending", 1: "running", 2: "done", 3: "failed", 4: "cancelled"}
 
 
-def check(conn, tables: list[str]) -> Report:
-    """Read everything once, check every invariant, count by fault."""
-    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+def check(conn, tables: list[str], records=None) -> Report:
+    """Read everything once, check every invariant, count by fault. The runs
+    and faults are read from `records` when given (a soak whose task tables
+    live on a database server it crashes keeps them on another)."""
+    with (records or conn).cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute("SELECT kind, pid, at FROM chaos_faults")
         faults = list(cur.fetchall())
         cur.execute("SELECT table_name, task_id, retry_count, server_id, pid, started_at, finished_at, "
@@ -144,6 +146,7 @@ def check(conn, tables: list[str]) -> Report:
         all_runs = list(cur.fetchall())
         for run in all_runs:
             runs_by_task[(run["table_name"], run["task_id"])].append(run)
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
         tasks = []
         for table in tables:
             cur.execute(f"SELECT id, task_type, task_params, status, retry_count, max_retries, error_msg "

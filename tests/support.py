@@ -57,15 +57,17 @@ def free_port() -> int:
 
 
 class TestDatabase:
-    """One MariaDB database for one test, with init.sql applied."""
+    """One MariaDB database for one test, with init.sql applied; on the
+    machine's MariaDB unless `port` names another (tests.ownmariadb)."""
 
     __test__ = False
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, port: int = DB_PORT):
         self.name = name or f"geventq_test_{uuid.uuid4().hex[:12]}"
+        self.port = port
 
     def connect(self, database: str | None = "") -> pymysql.connections.Connection:
-        return pymysql.connect(host=DB_HOST, port=DB_PORT, user=DB_USER, password="",
+        return pymysql.connect(host=DB_HOST, port=self.port, user=DB_USER, password="",
                                database=self.name if database == "" else database,
                                autocommit=True, cursorclass=pymysql.cursors.DictCursor)
 
@@ -134,7 +136,7 @@ def write_config(directory: Path, db: TestDatabase, **sections: dict) -> Path:
     """A config for tests: fast intervals, test handlers, logs under `directory`."""
     config = {
         # Small pools: the suite runs several executors at once on one MariaDB.
-        "database": {"database": db.name, "read_timeout": 10, "pool_size": 8},
+        "database": {"port": db.port, "database": db.name, "read_timeout": 10, "pool_size": 8},
         "executor": {"server_id": "server-001", "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
                      "shutdown_timeout": 10},
         "queue": {"config_sync_interval": 0.5, "retry_backoff_base": 0.2, "retry_backoff_max": 2},
