@@ -63,10 +63,10 @@ VALUES ('email_queue', 'email_tasks', '', 10, 5, 1),
 -- this file twice does not duplicate them. The sample e-mails are dry runs:
 -- they render the message into the job log instead of needing an SMTP server.
 INSERT INTO email_tasks (task_type, task_params)
-SELECT 'email', '{"to": ["alice@example.com"], "subject": "Welcome to geventq", "body": "Hello Alice!", "type": "text", "dry_run": true}'
+SELECT 'email', '{"to": ["alice@example.com"], "subject": "Welcome to geventq", "content": "Hello Alice!", "type": "text", "dry_run": true}'
 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM email_tasks);
 INSERT INTO email_tasks (task_type, task_params)
-SELECT 'email', '{"to": ["bob@example.com"], "subject": "Your weekly digest", "body": "<h1>Digest</h1><p>All quiet.</p>", "type": "html", "dry_run": true}'
+SELECT 'email', '{"to": ["bob@example.com"], "subject": "Your weekly digest", "content": "<h1>Digest</h1><p>All quiet.</p>", "type": "html", "dry_run": true}'
 FROM DUAL WHERE (SELECT COUNT(*) FROM email_tasks) = 1;
 
 INSERT INTO data_sync_tasks (task_type, task_params)

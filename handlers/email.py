@@ -6,7 +6,9 @@ task_params:
     cc, bcc   optional, same shape as `to`; Bcc recipients get the message
               but no header names them
     subject   non-empty str (required)
-    body      str (required): plain text, or HTML when type is "html"
+    content   str (required): the message body, plain text, or HTML when
+              type is "html" (the original system's name for it)
+    body      accepted instead of `content`; giving both is an error
     type      "text" (default) or "html"
     reply_to  optional, same shape as `to`
     dry_run   optional bool: render the message into the job log, send nothing
@@ -34,7 +36,7 @@ from geventq.errors import PermanentFailure
 from geventq.handlers import JobContext, task_handler
 from geventq.params import json_type, require_object
 
-KNOWN_PARAMS = ("to", "cc", "bcc", "subject", "body", "type", "reply_to", "dry_run")
+KNOWN_PARAMS = ("to", "cc", "bcc", "subject", "content", "body", "type", "reply_to", "dry_run")
 BODY_TYPES = ("text", "html")
 # CR/LF in a header value would let task params inject headers (a Bcc, say).
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -70,7 +72,7 @@ def parse_email_params(params: Any) -> EmailRequest:
         bcc=_addresses(params, "bcc"),
         reply_to=_addresses(params, "reply_to"),
         subject=_subject(params.get("subject")),
-        body=_body(params.get("body")),
+        body=_body(params),
         body_type=_body_type(params.get("type", "text")),
         dry_run=_flag(params, "dry_run"),
     )
@@ -120,9 +122,14 @@ def _subject(value: Any) -> str:
     return value
 
 
-def _body(value: Any) -> str:
+def _body(params: dict[str, Any]) -> str:
+    """The seed's `content`, or its alias `body`: exactly one of them."""
+    if "content" in params and "body" in params:
+        raise PermanentFailure("content, body: give one of them (body is an alias of content), not both")
+    field = "body" if "body" in params else "content"
+    value = params.get(field)
     if not isinstance(value, str):
-        raise PermanentFailure(f"body: required, a string, got {json_type(value)}")
+        raise PermanentFailure(f"{field}: required, a string, got {json_type(value)}")
     return value
 
 

@@ -63,6 +63,7 @@ EXPECTED_ERRORS = {"error": "RuntimeError", "timeout": "timed out"}
 
 EXECUTIONS_COLUMNS = (
     "ALTER TABLE executions ADD COLUMN IF NOT EXISTS ended VARCHAR(40) NULL, "
+    "ADD COLUMN IF NOT EXISTS finish_order TINYINT NOT NULL DEFAULT 0, "
     "ADD COLUMN IF NOT EXISTS run_id CHAR(32) NULL, ADD UNIQUE INDEX IF NOT EXISTS ux_run_id (run_id)"
 )
 FAULTS_DDL = """CREATE TABLE IF NOT EXISTS chaos_faults (

@@ -257,6 +257,17 @@ def test_text_email_arrives_with_headers_and_bcc_only_in_the_envelope(run, offli
     assert result["sent"] is True and result["reply"] == "250 2.0.0 Ok: queued as TEST123"
 
 
+def test_the_seed_documents_email_task_arrives_with_its_content(run, offline_config, inbox):
+    """The original system's README enqueues e-mail with `content`, not `body`."""
+    params = {"to": ["user@example.com"], "subject": "测试邮件", "content": "这是一封测试邮件",
+              "type": "html"}
+    run(offline_config, "email", params)
+    [delivery] = inbox.deliveries
+    assert delivery.rcpt_tos == ["user@example.com"]
+    assert delivery.message["Subject"] == "测试邮件"
+    assert delivery.message.get_body(("html",)).get_content().strip() == "这是一封测试邮件"
+
+
 def test_html_email_is_multipart_with_a_text_fallback(run, offline_config, inbox):
     html = "<h1>Digest</h1><p>Tom &amp; Jerry</p><style>p {color: red}</style>"
     run(offline_config, "email", {"to": "bob@example.com", "subject": "Digest", "body": html, "type": "html"})
@@ -307,8 +318,10 @@ def test_sample_dry_run_tasks_render_into_the_log_and_send_nothing(run, config, 
     ({"to": "a@example.com", "subject": 5, "body": "b"}, "subject"),
     ({"to": "a@example.com", "subject": "  ", "body": "b"}, "subject"),
     ({"to": "a@example.com", "subject": "one\nBcc: spy@example.com", "body": "b"}, "subject"),
-    ({"to": "a@example.com", "subject": "s"}, "body"),
+    ({"to": "a@example.com", "subject": "s"}, "content"),
+    ({"to": "a@example.com", "subject": "s", "content": ["b"]}, "content"),
     ({"to": "a@example.com", "subject": "s", "body": ["b"]}, "body"),
+    ({"to": "a@example.com", "subject": "s", "content": "c", "body": "b"}, "content, body"),
     ({"to": "a@example.com", "subject": "s", "body": "b", "type": "markdown"}, "type"),
     ({"to": "a@example.com", "subject": "s", "body": "b", "dry_run": "yes"}, "dry_run"),
     ({"to": "a@example.com", "subjet": "s", "body": "b"}, "subjet"),

@@ -86,9 +86,18 @@ def _ended(error: BaseException | None) -> str:
 # its handler had not begun.
 START = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at) "
          "VALUES (%s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE started_at = started_at")
+# A second stop landing while the first finish is being written (shutdown
+# after a timeout) is written again on a fresh connection, and the server may
+# still execute the interrupted first write after it. finish_order keeps the
+# later stop: it is how the run really ended. (It is assigned last: MariaDB
+# evaluates these assignments in order, so the IFs read the old value.)
 FINISH = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at, "
-          "finished_at, ended) VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s) "
-          "ON DUPLICATE KEY UPDATE finished_at = VALUES(finished_at), ended = VALUES(ended)")
+          "finished_at, ended, finish_order) VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s, %s) "
+          "ON DUPLICATE KEY UPDATE "
+          "finished_at = IF(VALUES(finish_order) >= finish_order, VALUES(finished_at), finished_at), "
+          "ended = IF(VALUES(finish_order) >= finish_order, VALUES(ended), ended), "
+          "finish_order = GREATEST(finish_order, VALUES(finish_order))")
+FIRST_STOP, LATE_STOP = 1, 2
 
 
 @task_handler("chaos")
@@ -104,11 +113,11 @@ def chaos(ctx):
         raise
     finally:
         try:
-            _record_finish(database, (*run, _ended(error)))
+            _record_finish(database, (*run, _ended(error), FIRST_STOP))
         except BaseException as late:
             # A second stop (shutdown after task_timeout, say) landed while the
             # first was being recorded: that one is how the run really ended.
-            _record_finish(database, (*run, _ended(late)))
+            _record_finish(database, (*run, _ended(late), LATE_STOP))
             raise
 
 
