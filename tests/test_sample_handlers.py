@@ -4,8 +4,6 @@ real MariaDB and a real SMTP server (aiosmtpd) on a free local port."""
 from __future__ import annotations
 
 import csv
-import email
-import email.policy
 import json
 import os
 import re
@@ -14,15 +12,13 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pymysql
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from loguru import logger
 
 from geventq import config as geventq_config
@@ -30,6 +26,7 @@ from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import PermanentFailure
 from geventq.handlers import JobContext, load_handlers
+from tests.smtpinbox import Inbox, running_inbox
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO_ROOT / "handlers"
@@ -106,53 +103,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@dataclass
-class Delivery:
-    mail_from: str
-    rcpt_tos: list[str]
-    message: email.message.EmailMessage
-
-
-@dataclass
-class Inbox:
-    """An aiosmtpd handler that keeps what it receives. RCPT to nobody@ gets a
-    permanent 550, to busy@ a temporary 451."""
-
-    deliveries: list[Delivery] = field(default_factory=list)
-    logins: list[tuple[str, str]] = field(default_factory=list)
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
-        if address.startswith("nobody@"):
-            return "550 5.1.1 no such user"
-        if address.startswith("busy@"):
-            return "451 4.2.1 mailbox busy, try later"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.deliveries.append(Delivery(envelope.mail_from, list(envelope.rcpt_tos), message))
-        return "250 2.0.0 Ok: queued as TEST123"
-
-    def authenticate(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
-        if isinstance(auth_data, LoginPassword):
-            self.logins.append((auth_data.login.decode(), auth_data.password.decode()))
-            return AuthResult(success=True)
-        return AuthResult(success=False, handled=False)
-
-
 @pytest.fixture(scope="module")
 def smtp_server() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    port = free_port()
-    # AUTH without TLS: a local test server only, so login() can be exercised.
-    controller = Controller(inbox, hostname="127.0.0.1", port=port,
-                            auth_require_tls=False, authenticator=inbox.authenticate)
-    controller.start()
-    try:
-        yield inbox, port
-    finally:
-        controller.stop()
+    with running_inbox() as server:
+        yield server
 
 
 @pytest.fixture
