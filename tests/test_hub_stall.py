@@ -59,15 +59,17 @@ def test_cpu_work_in_run_in_thread_leaves_the_hub_free(chaos_db, executors):
     db = chaos_db
     db.add_queue("q", "q_tasks", max_workers=10)
     s1 = executors.start("s1", executor={"block_threshold": 0.5})
-    # Given a handler spinning the CPU for 3 s in gevent's threadpool
-    [slow] = db.insert_tasks("q_tasks", "chaos", params={"kind": "cpu_thread", "seconds": 3})
+    # Given a handler spinning the CPU for 10 s in gevent's threadpool (long
+    # enough that a loaded machine's scheduling cannot decide the outcome:
+    # only a blocked hub could keep 20 quick tasks from ending meanwhile)
+    [slow] = db.insert_tasks("q_tasks", "chaos", params={"kind": "cpu_thread", "seconds": 10})
     wait_for(lambda: db.scalar("SELECT COUNT(*) FROM executions"), timeout=10)
     # When quick tasks arrive meanwhile
     quick = db.insert_tasks("q_tasks", "chaos", 20, params={"kind": "fast"})
-    wait_for(lambda: db.status_counts("q_tasks") == {DONE: 21}, timeout=20)
+    wait_for(lambda: db.status_counts("q_tasks") == {DONE: 21}, timeout=30)
     # Then they all finished while the CPU work was still running
     runs = {run["task_id"]: run for run in db.query("SELECT * FROM executions")}
     assert all(runs[task_id]["finished_at"] < runs[slow]["finished_at"] for task_id in quick)
-    assert (runs[slow]["finished_at"] - runs[slow]["started_at"]).total_seconds() >= 3
+    assert (runs[slow]["finished_at"] - runs[slow]["started_at"]).total_seconds() >= 10
     # and nothing was reported as blocking
     assert "blocked the event loop" not in s1.output
