@@ -250,24 +250,34 @@ class Maintenance:
         return rescued
 
     def reconcile_unattended_claims(self) -> int:
+        """Requeue our own status-1 rows that nothing here runs. Every
+        registered table, not only the queues we run now: a lapse stops the
+        handlers of a queue that may then move to another server, and their
+        rows stay ours (we are alive, so nobody rescues them) until we look."""
         runtime = self.runtime
+        runners = {runner.table_name: runner for runner in runtime.all_runners()}
         requeued = 0
-        for runner in runtime.all_runners():
+        for table_name, table in list(runtime.registered_tables.items()):
+            runner = runners.get(table_name)
             # A claim in flight may be the very one whose rows look unattended
             # (its reply is slow, not lost): its rows would start once it
             # returns. Rows claimed after this check are too young to match.
-            if runner.claim_in_flight:
+            if runner is not None and runner.claim_in_flight:
                 continue
-            rows = runtime.db.call(store.find_own_claims, runner.table, runtime.server_id,
-                                   UNATTENDED_CLAIM_AGE)
-            for row in rows:
-                if (runner.table_name, row["id"]) in runtime.attempts:
-                    continue
-                requeued += runtime.db.call(store.requeue_unattended_claim, runner.table,
-                                            runtime.server_id, row["id"], row["retry_count"],
-                                            UNATTENDED_CLAIM_AGE)
-                logger.warning("task {}-{} was claimed by us but never started; requeued",
-                               runner.table_name, row["id"])
+            requeued += self._requeue_unattended(table_name, table)
+        return requeued
+
+    def _requeue_unattended(self, table_name: str, table) -> int:
+        runtime = self.runtime
+        requeued = 0
+        rows = runtime.db.call(store.find_own_claims, table, runtime.server_id, UNATTENDED_CLAIM_AGE)
+        for row in rows:
+            if (table_name, row["id"]) in runtime.attempts:
+                continue
+            requeued += runtime.db.call(store.requeue_unattended_claim, table, runtime.server_id,
+                                        row["id"], row["retry_count"], UNATTENDED_CLAIM_AGE)
+            logger.warning("task {}-{} was claimed by us but is not running here; requeued",
+                           table_name, row["id"])
         return requeued
 
     def apply_retention(self) -> None:

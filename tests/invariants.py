@@ -34,7 +34,9 @@ The invariants:
 - attempt_once: no attempt (task, retry_count) ran twice, except after a
   shutdown handed it back (the earlier run ended `shutdown`).
 - no_overlap: the runs of one task, by start, never overlap: each ended
-  before the next began. A run without finished_at ended when its process
+  before the next began. A run whose start record never landed (stopped
+  while its handler waited to write it, before doing anything) is left out
+  of this and in_order. A run without finished_at ended when its process
   was seen dead (a fault row with its pid); with neither, it counts as never
   ended, so any later run of the task is an overlap.
 - in_order: runs of one task start in retry_count order: a stale attempt
@@ -64,6 +66,7 @@ EXPECTED_ERRORS = {"error": "RuntimeError", "timeout": "timed out"}
 EXECUTIONS_COLUMNS = (
     "ALTER TABLE executions ADD COLUMN IF NOT EXISTS ended VARCHAR(40) NULL, "
     "ADD COLUMN IF NOT EXISTS finish_order TINYINT NOT NULL DEFAULT 0, "
+    "ADD COLUMN IF NOT EXISTS began TINYINT NOT NULL DEFAULT 1, "
     "ADD COLUMN IF NOT EXISTS run_id CHAR(32) NULL, ADD UNIQUE INDEX IF NOT EXISTS ux_run_id (run_id)"
 )
 FAULTS_DDL = """CREATE TABLE IF NOT EXISTS chaos_faults (
@@ -142,7 +145,7 @@ def check(conn, tables: list[str], records=None) -> Report:
         cur.execute("SELECT kind, pid, at FROM chaos_faults")
         faults = list(cur.fetchall())
         cur.execute("SELECT table_name, task_id, retry_count, server_id, pid, started_at, finished_at, "
-                    "ended FROM executions ORDER BY started_at, id")
+                    "ended, began FROM executions ORDER BY started_at, id")
         runs_by_task: dict[tuple[str, int], list[dict]] = defaultdict(list)
         all_runs = list(cur.fetchall())
         for run in all_runs:
@@ -203,6 +206,10 @@ class _Checker:
             self.check_retry_count(task, runs)
 
     def check_overlap_and_order(self, task: dict, runs: list[dict]) -> None:
+        # A run whose start never reached the table was stopped before its
+        # handler did anything (the chaos handler behaves only after its start
+        # is written); its recorded start is only when its finish landed.
+        runs = [run for run in runs if run.get("began", 1)]
         # `longest`: of the runs started so far, the one that ended last.
         longest = None
         for earlier, later in itertools.pairwise(runs):
@@ -280,7 +287,7 @@ class _Checker:
 
 
 def _brief(run: dict) -> dict:
-    keys = ("retry_count", "server_id", "pid", "started_at", "finished_at", "ended")
+    keys = ("retry_count", "server_id", "pid", "started_at", "finished_at", "ended", "began")
     return {key: run[key] for key in keys}
 
 

@@ -184,3 +184,36 @@ def test_orphan_recovery_leaves_claims_made_while_it_waited(db, connect):
     assert [db.task(TABLE, task)["status"] for task in (orphan, blocker)] == [0, 0]
     row = db.task(TABLE, fresh)
     assert (row["status"], row["retry_count"]) == (1, 0)
+
+
+def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_path):
+    """Seen in the soak under two CPU hogs: s2's lease lapsed while it ran
+    tasks of a queue moved to it; the lapse stopped them, the queue moved
+    back to s1, and the rows stayed `running` under s2, alive, forever:
+    reconcile looked only at the queues s2 still ran, and nobody rescues the
+    rows of a live server."""
+    import types
+
+    from geventq import config as geventq_config
+    from geventq.db import Database
+    from geventq.servers import Maintenance
+    from tests.support import write_config
+
+    # Given A alive, holding a 30 s old status-1 row of a table whose queue A does not run
+    add_server(db, "A", 0)
+    stopped = add_task(db, age=60, status=1, server_id="A", started_age=30)
+    database = Database(geventq_config.load(write_config(tmp_path, db), environ={}).database, size=2)
+    runtime = types.SimpleNamespace(
+        server_id="A", db=database, attempts={}, all_runners=lambda: [],
+        registered_tables={TABLE: quote_table(TABLE, None)},
+        config=types.SimpleNamespace(executor=types.SimpleNamespace(heartbeat_interval=0.5)))
+    try:
+        # When A reconciles
+        requeued = Maintenance(runtime, types.SimpleNamespace()).reconcile_unattended_claims()
+    finally:
+        database.close()
+    # Then the row is pending again, counted as a lost attempt
+    row = db.task(TABLE, stopped)
+    assert requeued == 1
+    assert (row["status"], row["retry_count"]) == (0, 1)
+    assert "was lost before it started" in row["error_msg"]

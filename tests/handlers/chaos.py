@@ -91,8 +91,11 @@ START = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, p
 # still execute the interrupted first write after it. finish_order keeps the
 # later stop: it is how the run really ended. (It is assigned last: MariaDB
 # evaluates these assignments in order, so the IFs read the old value.)
+# A finish that finds no start row inserts one with began = 0: the handler
+# was stopped before its start was written, so it never behaved.
 FINISH = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at, "
-          "finished_at, ended, finish_order) VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s, %s) "
+          "finished_at, ended, finish_order, began) "
+          "VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s, %s, 0) "
           "ON DUPLICATE KEY UPDATE "
           "finished_at = IF(VALUES(finish_order) >= finish_order, VALUES(finished_at), finished_at), "
           "ended = IF(VALUES(finish_order) >= finish_order, VALUES(ended), ended), "
