@@ -13,6 +13,7 @@ from gevent.pywsgi import WSGIServer
 from loguru import logger
 
 from geventq import admin, logs, monitor, schema, servers, store
+from geventq.attempts import Attempt
 from geventq.config import Config
 from geventq.db import Database, wait_until_reachable
 from geventq.errors import GeventqError
@@ -20,7 +21,7 @@ from geventq.handlers import load_handlers
 from geventq.metrics import Metrics
 from geventq.outcomes import OutcomeRecorder
 from geventq.queues import choose_claim
-from geventq.runtime import Attempt, Lease, Runtime
+from geventq.runtime import Lease, Runtime
 from geventq.sync import QueueSync
 
 # "A database that cannot be reached at start-up stops it within 15 s."
@@ -59,6 +60,7 @@ class Executor:
             skip_locked=_use_skip_locked(cfg.database.claim_mode, version),
         )
         runtime.metrics = Metrics(runtime)
+        runtime.listeners.add(runtime.metrics)
         servers.check_server_id_free(db, runtime.server_id, cfg.executor.heartbeat_timeout)
         self._serve_admin()
         self._claim_orphans_and_register()
@@ -159,14 +161,14 @@ class Executor:
         attempt (retry_count unchanged)."""
         runtime = self.runtime
         unfinished: dict[tuple, list[Attempt]] = {}
-        for attempt in list(runtime.attempts.values()):
+        for attempt in runtime.claimed.unfinished():
             unfinished.setdefault((attempt.table, attempt.retry_count), []).append(attempt)
         for (table, retry_count), attempts in unfinished.items():
             ids = [attempt.id for attempt in attempts]
             released = runtime.db.retrying(store.release_tasks, table, runtime.server_id, retry_count,
                                            ids, what="returning unfinished tasks", attempts=20)
             logger.info("returned {} unfinished tasks of {} to pending", released,
-                        attempts[0].runner.table_name)
+                        attempts[0].table_name)
 
 
 def _version() -> str:

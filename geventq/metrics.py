@@ -40,14 +40,13 @@ from prometheus_client.registry import Collector
 from geventq import store
 from geventq.admin import require_bearer
 from geventq.api_schema import Endpoint
+from geventq.attempts import Attempt, Outcome, OutcomeKind
 from geventq.errors import DatabaseError
 from geventq.logs import Throttle
 from geventq.runtime import Runtime
 
 if TYPE_CHECKING:
-    from geventq.outcomes import Outcome
     from geventq.queues import QueueRunner
-    from geventq.runtime import Attempt
 
 # Seconds from a handler's start to its end.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -116,7 +115,6 @@ class Metrics:
         self.runtime = runtime
         self.server_id = runtime.server_id
         self.queues: dict[str, QueueStats] = {}  # by queue name: counters survive a runner's restart
-        self._by_runner: dict[Any, QueueStats] = {}  # the hooks' O(1) look-up
         self.table_queues: dict[str, str] = {}  # table_name -> queue_name, refreshed by scrapes
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HotPathCollector(self))
@@ -124,25 +122,24 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
-    # --- hooks (the hub runs ~7,000 tasks/s: each must stay O(1) and cheap) ---
+    # --- the life cycle's listener (the hub runs ~7,000 tasks/s: each call O(1) and cheap) ---
 
-    def claimed(self, runner: QueueRunner, rows: list[dict[str, Any]]) -> None:
-        stats = self._by_runner.get(runner) or self.stats_for(runner)
-        stats.claimed += len(rows)
+    def claimed(self, queue_name: str, attempts: list[Attempt]) -> None:
+        stats = self.queue_stats(queue_name)
+        stats.claimed += len(attempts)
         pickup = stats.pickup
-        for row in rows:
-            claimed_at = row["claimed_at"]
-            if claimed_at is not None:
-                pickup.observe(max(0.0, (claimed_at - row["schedule_time"]).total_seconds()))
+        for attempt in attempts:
+            if attempt.claimed_at is not None:
+                pickup.observe(max(0.0, (attempt.claimed_at - attempt.schedule_time).total_seconds()))
 
-    def finished(self, runner: QueueRunner, attempt: Attempt, outcome: Outcome, seconds: float) -> None:
-        stats = self._by_runner.get(runner) or self.stats_for(runner)
+    def finished(self, attempt: Attempt, outcome: Outcome, seconds: float) -> None:
+        stats = self.queue_stats(attempt.queue_name)
         kind = outcome.kind
-        if kind == "done":
+        if kind is OutcomeKind.DONE:
             stats.succeeded += 1
-        elif kind == "retry":
+        elif kind is OutcomeKind.RETRY:
             stats.retried += 1
-        elif kind == "failed":
+        elif kind is OutcomeKind.FAILED:
             stats.failed += 1
         if outcome.timed_out:
             stats.timed_out += 1
@@ -165,21 +162,11 @@ class Metrics:
                 logger.warning("metrics: queue of table {} unknown: {}", table_name, error)
         return self.table_queues.get(table_name, table_name)
 
-    def stats_for(self, runner: QueueRunner) -> QueueStats:
-        stats = self._by_runner[runner] = self.queue_stats(runner.queue_name)
-        return stats
-
     def queue_stats(self, queue_name: str) -> QueueStats:
         stats = self.queues.get(queue_name)
         if stats is None:
             stats = self.queues[queue_name] = QueueStats()
         return stats
-
-    def forget_stopped_runners(self) -> None:
-        """Drop look-ups of runners that are gone (their counts stay, by queue name)."""
-        live = set(self.runtime.all_runners())
-        for runner in [runner for runner in self._by_runner if runner not in live]:
-            del self._by_runner[runner]
 
     # --- HTTP ---------------------------------------------------------------
 
@@ -221,8 +208,7 @@ class HotPathCollector(Collector):
         metrics, server = self.metrics, self.metrics.server_id
         runners = metrics.runtime.all_runners()
         for runner in runners:  # a queue that ran nothing yet still shows its zeros
-            metrics.stats_for(runner)
-        metrics.forget_stopped_runners()
+            metrics.queue_stats(runner.queue_name)
         queues = sorted(metrics.queues.items())
         for name, slot, documentation in COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=QUEUE_SERVER)

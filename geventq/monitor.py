@@ -38,8 +38,8 @@ import gevent
 from gevent import events
 from loguru import logger
 
+from geventq.attempts import Attempt
 from geventq.config import ExecutorConfig
-from geventq.runtime import Attempt
 
 REPORT_EVERY = 0.25
 

@@ -13,37 +13,17 @@ On a crash, outcomes still waiting in this buffer are lost; their tasks stay
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
-from typing import NamedTuple
 
 import gevent
 from gevent.event import Event
 from loguru import logger
 
 from geventq import store
+from geventq.attempts import DONE, Attempt, Outcome, OutcomeKind
 from geventq.db import Database
 from geventq.errors import DatabaseError, DatabaseUnavailable
 from geventq.logs import Throttle
-from geventq.runtime import Attempt, Runtime
-
-
-class Outcome(NamedTuple):
-    kind: str               # done | retry | failed | release
-    error: str | None = None
-    delay: float = 0.0
-    timed_out: bool = False
-
-    @classmethod
-    def retry(cls, error: str, delay: float, *, timed_out: bool = False) -> Outcome:
-        return cls("retry", error, delay, timed_out)
-
-    @classmethod
-    def failed(cls, error: str, *, timed_out: bool = False) -> Outcome:
-        return cls("failed", error, 0.0, timed_out)
-
-
-Outcome.DONE = Outcome("done")
-Outcome.RELEASE = Outcome("release")
+from geventq.runtime import Runtime
 
 
 class OutcomeRecorder:
@@ -51,13 +31,13 @@ class OutcomeRecorder:
         self.runtime = runtime
         self.db: Database = runtime.db
         self.server_id = runtime.server_id
+        self.claimed = runtime.claimed
         self.flush_interval = flush_interval
         self._pending: list[tuple[Attempt, Outcome]] = []
         self._has_pending = Event()
         self._flusher: gevent.Greenlet | None = None
         self._stopping = False
         self._errors = Throttle(10)
-        self.on_written: Callable[[Attempt, Outcome, bool], None] | None = None
 
     def start(self) -> None:
         self._flusher = gevent.spawn(self._flush_loop)
@@ -99,24 +79,23 @@ class OutcomeRecorder:
                 backoff = 0.05
 
     def _write(self, batch: list[tuple[Attempt, Outcome]]) -> list[tuple[Attempt, Outcome]]:
-        """Write a batch; returns what could not be written for now."""
+        """Write a batch; returns what could not be written for now. Successes
+        of one table and retry_count share one UPDATE; failures go one by one."""
         groups: dict[tuple, list[Attempt]] = defaultdict(list)
         singles: list[tuple[Attempt, Outcome]] = []
         for attempt, outcome in batch:
-            if outcome.kind in ("done", "release"):
-                groups[(outcome.kind, attempt.table, attempt.retry_count)].append(attempt)
+            if outcome.kind is OutcomeKind.DONE:
+                groups[(attempt.table, attempt.retry_count)].append(attempt)
             else:
                 singles.append((attempt, outcome))
         unwritten: list[tuple[Attempt, Outcome]] = []
-        for (kind, table, retry_count), attempts in groups.items():
-            outcome = Outcome.DONE if kind == "done" else Outcome.RELEASE
-            write = store.finish_tasks if kind == "done" else store.release_tasks
+        for (table, retry_count), attempts in groups.items():
             ids = [attempt.id for attempt in attempts]
-            written = self._execute(write, table, self.server_id, retry_count, ids)
+            written = self._execute(store.finish_tasks, table, self.server_id, retry_count, ids)
             if written is None:
-                unwritten.extend((attempt, outcome) for attempt in attempts)
+                unwritten.extend((attempt, DONE) for attempt in attempts)
             else:
-                self._settle(attempts, outcome, written)
+                self._settle(attempts, DONE, written)
         for attempt, outcome in singles:
             written = self._execute(self._write_failure, attempt, outcome)
             if written is None:
@@ -126,7 +105,7 @@ class OutcomeRecorder:
         return unwritten
 
     def _write_failure(self, cur, attempt: Attempt, outcome: Outcome) -> int:
-        if outcome.kind == "retry":
+        if outcome.kind is OutcomeKind.RETRY:
             return store.retry_task_later(cur, attempt.table, self.server_id, attempt.id,
                                           attempt.retry_count, outcome.error, outcome.delay)
         return store.fail_task(cur, attempt.table, self.server_id, attempt.id,
@@ -146,17 +125,13 @@ class OutcomeRecorder:
             return -1
 
     def _settle(self, attempts: list[Attempt], outcome: Outcome, written: int) -> None:
-        attempts_in_flight = self.runtime.attempts
         for attempt in attempts:
-            attempts_in_flight.pop(attempt.key, None)
+            self.claimed.settle(attempt)
         if 0 <= written < len(attempts):
             logger.warning(
                 "{} of {} {} outcomes on {} were fenced out: those attempts were rescued "
                 "or reconciled meanwhile ({})", len(attempts) - written, len(attempts), outcome.kind,
-                attempts[0].runner.table_name, [attempt.id for attempt in attempts][:20])
-        if self.on_written is not None:
-            for attempt in attempts:
-                self.on_written(attempt, outcome, written == len(attempts))
+                attempts[0].table_name, [attempt.id for attempt in attempts][:20])
 
     def _log_error(self, error: Exception) -> None:
         if self._errors.ready():

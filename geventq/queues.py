@@ -14,12 +14,12 @@ from gevent.pool import Group, Pool
 from loguru import logger
 
 from geventq import store
+from geventq.attempts import DONE, Attempt, Outcome
 from geventq.db import QuotedTable, quote_table
 from geventq.errors import DatabaseError, DatabaseUnavailable, LeaseLost, PermanentFailure
 from geventq.handlers import JobContext
 from geventq.logs import Throttle
-from geventq.outcomes import Outcome
-from geventq.runtime import Attempt, Runtime
+from geventq.runtime import Runtime
 
 # After a claim that filled every free slot and a slot freed, sleep this long
 # (0: just yield once) so the other tasks finishing in this loop iteration
@@ -187,14 +187,13 @@ class QueueRunner:
 
     def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()
-        for row in rows:
-            attempt = Attempt(self, row)
-            attempt.started = now
-            self.runtime.attempts[attempt.key] = attempt
+        attempts = [Attempt.from_row(self.queue_name, self.table_name, self.table, row, now) for row in rows]
+        self.runtime.claimed.add(attempts)
+        for attempt in attempts:
             self.pool.spawn(self._run, attempt)
-        if rows and self.runtime.metrics is not None:
-            self.runtime.metrics.claimed(self, rows)
-        return len(rows)
+        if attempts:
+            self.runtime.listeners.claimed(self.queue_name, attempts)
+        return len(attempts)
 
     def _log_claim_error(self, error: DatabaseError) -> None:
         if self._claim_errors.ready():
@@ -213,7 +212,7 @@ class QueueRunner:
         except LeaseLost:
             job_logs.line(log_id, "WARNING", "stopped: this server's heartbeat lease lapsed; "
                           "another server may run this task again")
-            runtime.attempts.pop(attempt.key, None)
+            runtime.claimed.drop(attempt)
             raise
         except BaseException:
             # Shutdown killed the handler: the executor hands the task back.
@@ -222,8 +221,7 @@ class QueueRunner:
         finally:
             job_logs.end(log_id)
         runtime.recorder.record(attempt, outcome)
-        if runtime.metrics is not None:
-            runtime.metrics.finished(self, attempt, outcome, time.monotonic() - attempt.started)
+        runtime.listeners.finished(attempt, outcome, attempt.seconds_running())
 
     def _execute(self, attempt: Attempt) -> Outcome:
         """Run the handler; the outcome to record (always writes the last job log line)."""
@@ -244,8 +242,8 @@ class QueueRunner:
         finally:
             if timeout is not None:
                 timeout.close()
-        job_logs.line(log_id, "INFO", f"done in {time.monotonic() - attempt.started:.3f}s")
-        return Outcome.DONE
+        job_logs.line(log_id, "INFO", f"done in {attempt.seconds_running():.3f}s")
+        return DONE
 
     def _call_handler(self, attempt: Attempt) -> None:
         runtime = self.runtime

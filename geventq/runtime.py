@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geventq.attempts import ClaimedAttempts, Listeners
 from geventq.config import Config
 from geventq.db import Database, QuotedTable
 from geventq.logs import JobLogs
@@ -60,45 +61,6 @@ class Lease:
         return self.valid() and self.epoch == epoch
 
 
-class Attempt:
-    """One claimed attempt of one task, from claim until its outcome is written."""
-
-    __slots__ = (
-        "claimed_at",
-        "created_at",
-        "id",
-        "max_retries",
-        "retry_count",
-        "runner",
-        "schedule_time",
-        "started",
-        "table",
-        "task_params",
-        "task_type",
-    )
-
-    def __init__(self, runner: QueueRunner, row: dict[str, Any]):
-        self.runner = runner
-        self.table: QuotedTable = runner.table
-        self.id: int = row["id"]
-        self.task_type: str = row["task_type"]
-        self.task_params: str | None = row["task_params"]
-        self.retry_count: int = row["retry_count"]
-        self.max_retries: int = row["max_retries"]
-        self.schedule_time = row["schedule_time"]
-        self.created_at = row.get("created_at")
-        self.claimed_at = row.get("claimed_at")
-        self.started = time.monotonic()
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.runner.table_name, self.id)
-
-    @property
-    def log_id(self) -> str:
-        return f"{self.runner.table_name}-{self.id}"
-
-
 @dataclass
 class Runtime:
     config: Config
@@ -117,8 +79,8 @@ class Runtime:
     retention_days: dict[str, int] = field(default_factory=dict)
     runners: dict[str, QueueRunner] = field(default_factory=dict)
     draining: set = field(default_factory=set)
-    # (table_name, id) -> Attempt, from claim until the outcome is written
-    attempts: dict[tuple[str, int], Attempt] = field(default_factory=dict)
+    claimed: ClaimedAttempts = field(default_factory=ClaimedAttempts)
+    listeners: Listeners = field(default_factory=Listeners)
     state: str = "starting"
     recorder: Any = None
     sync: Any = None

@@ -245,8 +245,7 @@ class Maintenance:
                 logger.warning("rescued {} tasks in {} from servers whose heartbeat expired "
                                "(claimed before {})", count, table_name, decided_at)
                 rescued += count
-                if runtime.metrics is not None:
-                    runtime.metrics.rescued(table_name, count)
+                runtime.listeners.rescued(table_name, count)
         return rescued
 
     def reconcile_unattended_claims(self) -> int:
@@ -272,7 +271,7 @@ class Maintenance:
         requeued = 0
         rows = runtime.db.call(store.find_own_claims, table, runtime.server_id, UNATTENDED_CLAIM_AGE)
         for row in rows:
-            if (table_name, row["id"]) in runtime.attempts:
+            if runtime.claimed.holds(table_name, row["id"]):
                 continue
             requeued += runtime.db.call(store.requeue_unattended_claim, table, runtime.server_id,
                                         row["id"], row["retry_count"], UNATTENDED_CLAIM_AGE)

@@ -149,8 +149,7 @@ def test_a_wake_while_the_lease_is_lapsed_does_not_block_the_hub():
     # and still invalid then: no lease watch runs here to settle the lapse), and a wake pending
     lease = _lapsed_lease()
     gevent.spawn_later(1.0, lease.renew, time.monotonic())
-    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), db=_NoDatabase(),
-                                    metrics=None)
+    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), db=_NoDatabase())
     row = {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2}
     runner = QueueRunner(runtime, row, claim=lambda *args: [])
     runner.wake()
@@ -208,7 +207,10 @@ def _runner_with_claim(lease, claim):
 
     from geventq.queues import QueueRunner
 
-    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), attempts={}, metrics=None)
+    from geventq.attempts import ClaimedAttempts, Listeners
+
+    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), claimed=ClaimedAttempts(),
+                                    listeners=Listeners())
     runner = QueueRunner(runtime, {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1,
                                    "max_workers": 2}, claim=claim)
     return runtime, runner
@@ -230,7 +232,7 @@ def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
 
     runtime, runner = _runner_with_claim(lease, claim)
     runner._claim_batch(2)
-    assert len(runner.pool) == 0 and not runtime.attempts
+    assert len(runner.pool) == 0 and not len(runtime.claimed)
 
 
 def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
@@ -250,7 +252,7 @@ def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
 
     runtime, runner = _runner_with_claim(lease, claim)
     runner._claim_batch(2)
-    assert len(runner.pool) == 0 and not runtime.attempts
+    assert len(runner.pool) == 0 and not len(runtime.claimed)
 
 
 def test_a_renewal_after_a_lapse_allows_no_claim_until_the_handlers_are_stopped():

@@ -1,0 +1,155 @@
+"""Attempts: what one claim of one task is, the one owner of "claimed, outcome
+not written yet", and the listeners that observe the life cycle.
+
+An attempt is frozen data, built from the claimed row: it names its queue and
+table but holds no runner and no runtime, so anything may keep one without
+keeping the machinery alive. `ClaimedAttempts` is the only place that knows
+which attempts this server holds; the scanner adds, the outcome recorder
+settles, the lease watch drops, reconciliation and shutdown ask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple, Protocol
+
+from loguru import logger
+
+from geventq.db import QuotedTable
+
+
+class Attempt(NamedTuple):
+    """One claimed attempt of one task. A NamedTuple: immutable, and cheap to
+    build at thousands a second on the hub."""
+
+    queue_name: str
+    table_name: str
+    table: QuotedTable
+    id: int
+    task_type: str
+    task_params: str | None
+    retry_count: int
+    max_retries: int
+    schedule_time: datetime | None
+    created_at: datetime | None
+    claimed_at: datetime | None  # the database clock, at the claim
+    started: float               # this process's monotonic clock, when it was handed to the pool
+
+    @classmethod
+    def from_row(cls, queue_name: str, table_name: str, table: QuotedTable, row: dict[str, Any],
+                 started: float) -> Attempt:
+        return cls(queue_name, table_name, table, row["id"], row["task_type"], row["task_params"],
+                   row["retry_count"], row["max_retries"], row["schedule_time"], row.get("created_at"),
+                   row.get("claimed_at"), started)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.table_name, self.id)
+
+    @property
+    def log_id(self) -> str:
+        return f"{self.table_name}-{self.id}"
+
+    def seconds_running(self) -> float:
+        return time.monotonic() - self.started
+
+
+class OutcomeKind(StrEnum):
+    DONE = "done"
+    RETRY = "retry"      # failed, pending again after a backoff
+    FAILED = "failed"    # failed for good
+
+
+class Outcome(NamedTuple):
+    """How one attempt ended, as the outcome recorder writes it."""
+
+    kind: OutcomeKind
+    error: str | None = None
+    delay: float = 0.0
+    timed_out: bool = False
+
+    @classmethod
+    def retry(cls, error: str, delay: float, *, timed_out: bool = False) -> Outcome:
+        return cls(OutcomeKind.RETRY, error, delay, timed_out)
+
+    @classmethod
+    def failed(cls, error: str, *, timed_out: bool = False) -> Outcome:
+        return cls(OutcomeKind.FAILED, error, 0.0, timed_out)
+
+
+DONE = Outcome(OutcomeKind.DONE)
+
+
+class ClaimedAttempts:
+    """The attempts this server claimed whose outcome is not written yet."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, int], Attempt] = {}
+
+    def add(self, attempts: Iterable[Attempt]) -> None:
+        for attempt in attempts:
+            self._held[attempt.key] = attempt
+
+    def settle(self, attempt: Attempt) -> None:
+        """Its outcome was written (or fenced out): it is no longer ours."""
+        self._held.pop(attempt.key, None)
+
+    def drop(self, attempt: Attempt) -> None:
+        """The lease lapsed under it: another server may rescue it, nothing here writes it."""
+        self._held.pop(attempt.key, None)
+
+    def holds(self, table_name: str, task_id: int) -> bool:
+        return (table_name, task_id) in self._held
+
+    def unfinished(self) -> list[Attempt]:
+        """What shutdown hands back: claimed here, no outcome written."""
+        return list(self._held.values())
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+
+class LifecycleListener(Protocol):
+    """What observers (metrics now; schedules and limits later) are told.
+    Each call runs on the hub, on the hot path: keep it O(1) and cheap."""
+
+    def claimed(self, queue_name: str, attempts: Sequence[Attempt]) -> None: ...
+
+    def finished(self, attempt: Attempt, outcome: Outcome, seconds: float) -> None: ...
+
+    def rescued(self, table_name: str, count: int) -> None: ...
+
+
+class Listeners:
+    """Fans each event out to every listener. A listener that raises is
+    logged and skipped: observing a claim or an outcome never breaks it."""
+
+    def __init__(self, listeners: Iterable[LifecycleListener] = ()):
+        self._listeners = list(listeners)
+
+    def add(self, listener: LifecycleListener) -> None:
+        self._listeners.append(listener)
+
+    def claimed(self, queue_name: str, attempts: Sequence[Attempt]) -> None:
+        for listener in self._listeners:
+            try:
+                listener.claimed(queue_name, attempts)
+            except Exception:  # noqa: BLE001 - an observer must not break the claim
+                logger.exception("listener {} failed on a claim", type(listener).__name__)
+
+    def finished(self, attempt: Attempt, outcome: Outcome, seconds: float) -> None:
+        for listener in self._listeners:
+            try:
+                listener.finished(attempt, outcome, seconds)
+            except Exception:  # noqa: BLE001 - an observer must not break the outcome
+                logger.exception("listener {} failed on an outcome", type(listener).__name__)
+
+    def rescued(self, table_name: str, count: int) -> None:
+        for listener in self._listeners:
+            try:
+                listener.rescued(table_name, count)
+            except Exception:  # noqa: BLE001 - an observer must not break the rescue
+                logger.exception("listener {} failed on a rescue", type(listener).__name__)
