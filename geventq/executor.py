@@ -18,10 +18,12 @@ from geventq.config import Config
 from geventq.db import Database, wait_until_reachable
 from geventq.errors import GeventqError
 from geventq.handlers import load_handlers
+from geventq.housekeeping import Housekeeping
+from geventq.lease import Heartbeat, Lease, LeaseWatch
 from geventq.metrics import Metrics
 from geventq.outcomes import OutcomeRecorder
 from geventq.queues import choose_claim
-from geventq.runtime import Lease, Runtime
+from geventq.runtime import Runtime
 from geventq.sync import QueueSync
 
 # "A database that cannot be reached at start-up stops it within 15 s."
@@ -100,9 +102,16 @@ class Executor:
         runtime = self.runtime
         runtime.recorder = OutcomeRecorder(runtime, self.config.queue.completion_flush_interval)
         runtime.recorder.start()
-        self.heartbeat = servers.Heartbeat(runtime, lambda: servers.status_snapshot(runtime))
+        cfg = self.config
+        self.heartbeat = Heartbeat(runtime.lease, runtime.db, runtime.server_id,
+                                   cfg.executor.heartbeat_interval, servers.write_registration(runtime),
+                                   lambda: servers.status_snapshot(runtime))
         self.heartbeat.start()
-        self.maintenance = servers.Maintenance(runtime, self.heartbeat)
+        self.lease_watch = LeaseWatch(runtime.lease, runtime.stop_all_handlers, runtime.running_count)
+        self.lease_watch.start()
+        housekeeping = Housekeeping(runtime.db, runtime.job_logs, cfg.log.retention_days,
+                                    lambda: runtime.retention_days, lambda: runtime.registered_tables)
+        self.maintenance = servers.Maintenance(runtime, self.heartbeat, housekeeping)
         self.maintenance.start()
         self.sync = runtime.sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
         self.sync.start()
@@ -137,6 +146,7 @@ class Executor:
         runtime.recorder.stop(timeout=10)
         self._release_unfinished()
         self.maintenance.stop()
+        self.lease_watch.stop()
         self.heartbeat.stop(timeout=self.config.database.read_timeout)
         servers.mark_offline(runtime)
         self._http.stop(timeout=1)

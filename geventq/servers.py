@@ -1,13 +1,7 @@
-"""Liveness: the heartbeat that keeps this server's lease, the rescue of
-tasks left `running` by dead servers, and the reconciliation of our own
-claims that nobody runs.
-
-The heartbeat runs in a native thread with its own connection, not in a
-greenlet: a handler that blocks the hub (a CPU loop that never yields) must
-not make a busy server look dead. The thread touches no gevent primitive and
-logs nothing itself (loguru's lock is a greenlet lock once patched); it leaves
-its last error for the maintenance greenlet to report.
-"""
+"""Servers: registration in the `servers` table, the rescue of tasks left
+`running` by dead servers, the reconciliation of our own claims that nobody
+runs, and the maintenance pass that runs them every heartbeat_interval.
+The lease and the heartbeat thread are in lease.py."""
 
 from __future__ import annotations
 
@@ -15,27 +9,23 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 import ujson
-from gevent import monkey
 from loguru import logger
 
 from geventq import store
 from geventq.db import Database
-from geventq.errors import DatabaseError, DatabaseUnavailable, GeventqError, LeaseLost
+from geventq.errors import DatabaseError, DatabaseUnavailable, GeventqError
+from geventq.housekeeping import Housekeeping
+from geventq.lease import Heartbeat
 from geventq.logs import Throttle
 from geventq.runtime import Runtime
-
-native_sleep = monkey.get_original("time", "sleep")
-start_native_thread = monkey.get_original("_thread", "start_new_thread")
 
 # Our own claims older than this that nobody here runs are reconciled: the
 # claim's COMMIT reached the database but its reply never reached us.
 UNATTENDED_CLAIM_AGE = 10.0
-RETENTION_EVERY = 60.0
-RETENTION_BATCH = 1000
-LOG_PRUNE_EVERY = 3600.0
 
 
 class ServerAlreadyRunning(GeventqError):
@@ -72,88 +62,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class Heartbeat:
-    """Renews `servers.last_heartbeat` every heartbeat_interval from a native
-    thread, and with it the runtime's lease."""
-
-    def __init__(self, runtime: Runtime, snapshot: Callable[[], tuple[str, str, int]]):
-        self.runtime = runtime
-        self.interval = runtime.config.executor.heartbeat_interval
-        self.snapshot = snapshot
-        self.last_error: str | None = None
-        self._status = ("online", "[]", 0)
-        self._stop = False
-        self._exited = False
-        self._conn = None
-
-    def refresh_status(self) -> None:
-        """Called on the hub: the thread reads this tuple, never live dicts."""
-        self._status = self.snapshot()
-
-    def start(self) -> None:
-        self.refresh_status()
-        start_native_thread(self._thread_main, ())
-
-    def stop(self, timeout: float) -> None:
-        self._stop = True
-        deadline = time.monotonic() + timeout
-        while not self._exited and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-
-    def _thread_main(self) -> None:
-        try:
-            while not self._stop:
-                self._beat_once()
-                self._sleep_interval()
-        finally:
-            self._close()
-            self._exited = True
-
-    def _beat_once(self) -> None:
-        sent_at = time.monotonic()
-        state, queues, running = self._status
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-            with self._conn.cursor() as cur:
-                if store.beat(cur, self.runtime.server_id, state, queues, running) == 0:
-                    self._register(cur)
-            self.runtime.lease.renew(sent_at)
-            self.last_error = None
-        except Exception as error:  # noqa: BLE001 - the thread must outlive any failure
-            self.last_error = f"{type(error).__name__}: {error}"
-            # Whatever failed, a fresh connection next time is the safe bet.
-            self._close()
-
-    def _register(self, cur) -> None:
-        runtime = self.runtime
-        store.register_server(cur, runtime.server_id, this_host(), os.getpid(),
-                              runtime.admin_address, _version())
-
-    def _connect(self):
-        # A black-holed heartbeat must fail fast: the lease is lapsing meanwhile.
-        return self.runtime.db.connect(read_timeout=max(1.0, self.interval))
-
-    def _sleep_interval(self) -> None:
-        deadline = time.monotonic() + self.interval
-        while not self._stop and time.monotonic() < deadline:
-            native_sleep(min(0.1, self.interval))
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - closing a dead socket may raise anything
-                pass
-
-
 def register(runtime: Runtime) -> None:
     """Write our row before anything runs; starts the lease."""
     sent_at = time.monotonic()
-    runtime.db.call(store.register_server, runtime.server_id, this_host(), os.getpid(),
-                    runtime.admin_address, _version())
+    runtime.db.call(write_registration(runtime))
     runtime.lease.renew(sent_at)
+
+
+def write_registration(runtime: Runtime) -> Callable[[Any], None]:
+    """register_server(cur) for this process: also what the heartbeat runs
+    when our row was deleted under us."""
+    def write(cur) -> None:
+        store.register_server(cur, runtime.server_id, this_host(), os.getpid(),
+                              runtime.admin_address, _version())
+    return write
 
 
 def recover_own_orphans(runtime: Runtime) -> int:
@@ -176,26 +98,24 @@ def mark_offline(runtime: Runtime) -> None:
 
 
 class Maintenance:
-    """The hub side of liveness, every heartbeat_interval: report the thread's
-    errors, rescue dead servers' tasks, reconcile our own unattended claims,
-    apply retention; and, every quarter second, stop our handlers when the
-    lease lapses."""
+    """The hub side of liveness, every heartbeat_interval: report the
+    heartbeat thread's errors, rescue dead servers' tasks, reconcile our own
+    unattended claims, and run the housekeeping that is due."""
 
-    def __init__(self, runtime: Runtime, heartbeat: Heartbeat):
+    def __init__(self, runtime: Runtime, heartbeat: Heartbeat, housekeeping: Housekeeping):
         self.runtime = runtime
         self.heartbeat = heartbeat
+        self.housekeeping = housekeeping
         self.interval = runtime.config.executor.heartbeat_interval
-        self._greenlets: list[gevent.Greenlet] = []
-        self._lease_was_valid = True
-        self._last_retention = 0.0
-        self._last_log_prune = 0.0
+        self._greenlet: gevent.Greenlet | None = None
         self._outages = Throttle(max(10.0, self.interval))
 
     def start(self) -> None:
-        self._greenlets = [gevent.spawn(self._maintain_loop), gevent.spawn(self._lease_watch_loop)]
+        self._greenlet = gevent.spawn(self._maintain_loop)
 
     def stop(self) -> None:
-        gevent.killall(self._greenlets, block=True, timeout=5)
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=5)
 
     def _maintain_loop(self) -> None:
         while True:
@@ -218,12 +138,7 @@ class Maintenance:
             return
         self.rescue_dead_servers()
         self.reconcile_unattended_claims()
-        if time.monotonic() - self._last_retention > RETENTION_EVERY:
-            self._last_retention = time.monotonic()
-            self.apply_retention()
-        if time.monotonic() - self._last_log_prune > LOG_PRUNE_EVERY:
-            self._last_log_prune = time.monotonic()
-            self.runtime.job_logs.prune(self.runtime.config.log.retention_days)
+        self.housekeeping.run_due()
 
     def rescue_dead_servers(self) -> int:
         """Requeue the attempts of servers that were dead when we looked. The
@@ -278,70 +193,6 @@ class Maintenance:
             logger.warning("task {}-{} was claimed by us but is not running here; requeued",
                            table_name, row["id"])
         return requeued
-
-    def apply_retention(self) -> None:
-        """Delete finished tasks past each queue's retention_days, in small
-        batches, on one server at a time (a named lock decides which)."""
-        runtime = self.runtime
-        keep_days = {name: days for name, days in runtime.retention_days.items() if days > 0}
-        if not keep_days:
-            return
-        with runtime.db.connection() as conn, conn.cursor() as cur:
-            if not store.try_lock(cur, "geventq_retention"):
-                return
-            try:
-                for table_name, days in keep_days.items():
-                    table = runtime.registered_tables.get(table_name)
-                    if table is not None:
-                        self._delete_expired(cur, table_name, table, days)
-            finally:
-                store.release_lock(cur, "geventq_retention")
-
-    def _delete_expired(self, cur, table_name: str, table, days: int) -> None:
-        deleted = 0
-        while True:
-            count = store.delete_finished_tasks(cur, table, days, RETENTION_BATCH)
-            deleted += count
-            if count < RETENTION_BATCH:
-                break
-            gevent.sleep(0.05)  # let claims in between: short locks, never a long one
-        if deleted:
-            logger.info("retention: deleted {} finished tasks older than {} days from {}",
-                        deleted, days, table_name)
-
-    def _lease_watch_loop(self) -> None:
-        while True:
-            self.watch_lease_once()
-            gevent.sleep(0.25)
-
-    def watch_lease_once(self) -> None:
-        lease, runtime = self.runtime.lease, self.runtime
-        if lease.expired():
-            # Stop the handlers at the lapse, and any started since (a claim
-            # whose reply came late): another server may rescue their tasks.
-            if self._lease_was_valid:
-                self._on_lease_lapsed("")
-            elif runtime.running_count() > 0:
-                self._on_lease_lapsed(", and handlers started since")
-            self._lease_was_valid = False
-            return
-        if lease.lapse_unsettled():
-            # Renewed after a lapse. If the hub was blocked through all of it,
-            # this is the first we see of it: the handlers still run, and the
-            # lease stays invalid (no claim) until they are stopped.
-            if self._lease_was_valid:
-                self._on_lease_lapsed(" while the event loop was blocked")
-            elif runtime.running_count() > 0:
-                self._on_lease_lapsed(", and handlers started since")
-            lease.end_lapse()
-            logger.warning("heartbeat lease renewed: claiming again")
-        self._lease_was_valid = True
-
-    def _on_lease_lapsed(self, how: str) -> None:
-        stopped = sum(runner.stop_handlers(LeaseLost) for runner in self.runtime.all_runners())
-        logger.error("heartbeat lease lapsed{} (no heartbeat reached the database for {:g}s): "
-                     "stopped {} running handlers and paused claiming, so another server can "
-                     "rescue their tasks safely", how, self.runtime.lease.ttl, stopped)
 
     def _log_outage(self, error) -> None:
         if self._outages.ready():

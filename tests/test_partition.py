@@ -120,7 +120,7 @@ def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, prox
 
 def _lapsed_lease(ttl: float = 1.0):
     """A real Lease whose last renewal is older than its ttl."""
-    from geventq.runtime import Lease
+    from geventq.lease import Lease
 
     lease = Lease(ttl)
     lease.renew(time.monotonic() - 2 * ttl)
@@ -180,24 +180,20 @@ def test_handlers_started_after_the_lapse_was_seen_are_stopped_too():
     the watch has already stopped everything once. Seen in a 10-minute soak:
     s3 started attempt 0 of a task so, s2 rescued it, and s3 ran attempt 1 of
     it beside attempt 0."""
-    import types
 
     import gevent
 
-    from geventq.servers import Maintenance
+    from geventq.lease import LeaseWatch
 
     lease, runner = _lapsed_lease(), _Runner()
-    runtime = types.SimpleNamespace(lease=lease, all_runners=lambda: [runner],
-                                    running_count=lambda: runner.running,
-                                    config=types.SimpleNamespace(executor=types.SimpleNamespace(
-                                        heartbeat_interval=0.5)))
-    watch = gevent.spawn(Maintenance(runtime, types.SimpleNamespace())._lease_watch_loop)
+    watch = LeaseWatch(lease, runner.stop_handlers, lambda: runner.running)
+    watch.start()
     # Given the watch has seen the lapse
     gevent.sleep(0.3)
     # When handlers start anyway
     runner.running = 2
     gevent.sleep(0.6)
-    watch.kill()
+    watch.stop()
     # Then they are stopped within a tick
     assert runner.stopped == 2 and runner.running == 0
 
@@ -205,9 +201,8 @@ def test_handlers_started_after_the_lapse_was_seen_are_stopped_too():
 def _runner_with_claim(lease, claim):
     import types
 
-    from geventq.queues import QueueRunner
-
     from geventq.attempts import ClaimedAttempts, Listeners
+    from geventq.queues import QueueRunner
 
     runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), claimed=ClaimedAttempts(),
                                     listeners=Listeners())
@@ -221,7 +216,7 @@ CLAIMED_ROW = {"id": 1, "task_type": "chaos", "task_params": "{}", "retry_count"
 
 
 def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
-    from geventq.runtime import Lease
+    from geventq.lease import Lease
 
     lease = Lease(1.0)
     lease.renew(time.monotonic())  # valid when the claim starts
@@ -238,7 +233,7 @@ def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
 def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
     """Valid when sent, lapsed, renewed and settled again by the time the reply
     comes: another server may have rescued and reclaimed these rows meanwhile."""
-    from geventq.runtime import Lease
+    from geventq.lease import Lease
 
     lease = Lease(1.0)
     lease.renew(time.monotonic())
@@ -260,17 +255,12 @@ def test_a_renewal_after_a_lapse_allows_no_claim_until_the_handlers_are_stopped(
     when it wakes the lease is fresh again, but the old handlers still run and
     their tasks may already be rescued. The lease stays invalid until the
     watch has stopped them."""
-    import types
 
-    from geventq.servers import Maintenance
+    from geventq.lease import LeaseWatch
 
     lease, runner = _lapsed_lease(), _Runner()
     runner.running = 3
     lease.renew(time.monotonic())  # the heartbeat thread got through; the watch has not run
     assert not lease.valid()
-    runtime = types.SimpleNamespace(lease=lease, all_runners=lambda: [runner],
-                                    running_count=lambda: runner.running,
-                                    config=types.SimpleNamespace(executor=types.SimpleNamespace(
-                                        heartbeat_interval=0.5)))
-    Maintenance(runtime, types.SimpleNamespace()).watch_lease_once()
+    LeaseWatch(lease, runner.stop_handlers, lambda: runner.running).watch_once()
     assert runner.stopped == 3 and lease.valid()

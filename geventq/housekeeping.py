@@ -1,0 +1,71 @@
+"""Housekeeping: deleting finished tasks past each queue's retention_days,
+and pruning old job logs. Neither is on the task's path; both run from the
+maintenance pass (servers.Maintenance) while the lease is valid."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import gevent
+from loguru import logger
+
+from geventq import store
+from geventq.db import Database, QuotedTable
+from geventq.logs import JobLogs
+
+RETENTION_EVERY = 60.0
+RETENTION_BATCH = 1000
+LOG_PRUNE_EVERY = 3600.0
+
+
+class Housekeeping:
+    def __init__(self, db: Database, job_logs: JobLogs, log_retention_days: int,
+                 retention_days: Callable[[], Mapping[str, int]],
+                 registered_tables: Callable[[], Mapping[str, QuotedTable]]):
+        self.db = db
+        self.job_logs = job_logs
+        self.log_retention_days = log_retention_days
+        self.retention_days = retention_days
+        self.registered_tables = registered_tables
+        self._last_retention = 0.0
+        self._last_log_prune = 0.0
+
+    def run_due(self) -> None:
+        """Whatever is due: retention every minute, job-log pruning every hour."""
+        if time.monotonic() - self._last_retention > RETENTION_EVERY:
+            self._last_retention = time.monotonic()
+            self.apply_retention()
+        if time.monotonic() - self._last_log_prune > LOG_PRUNE_EVERY:
+            self._last_log_prune = time.monotonic()
+            self.job_logs.prune(self.log_retention_days)
+
+    def apply_retention(self) -> None:
+        """Delete finished tasks past each queue's retention_days, in small
+        batches, on one server at a time (a named lock decides which)."""
+        keep_days = {name: days for name, days in self.retention_days().items() if days > 0}
+        if not keep_days:
+            return
+        tables = self.registered_tables()
+        with self.db.connection() as conn, conn.cursor() as cur:
+            if not store.try_lock(cur, "geventq_retention"):
+                return
+            try:
+                for table_name, days in keep_days.items():
+                    table = tables.get(table_name)
+                    if table is not None:
+                        self._delete_expired(cur, table_name, table, days)
+            finally:
+                store.release_lock(cur, "geventq_retention")
+
+    def _delete_expired(self, cur, table_name: str, table: QuotedTable, days: int) -> None:
+        deleted = 0
+        while True:
+            count = store.delete_finished_tasks(cur, table, days, RETENTION_BATCH)
+            deleted += count
+            if count < RETENTION_BATCH:
+                break
+            gevent.sleep(0.05)  # let claims in between: short locks, never a long one
+        if deleted:
+            logger.info("retention: deleted {} finished tasks older than {} days from {}",
+                        deleted, days, table_name)
