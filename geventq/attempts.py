@@ -13,12 +13,26 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from loguru import logger
 
 from geventq.db import QuotedTable
+
+
+class Status(IntEnum):
+    """A task row's `status`: the values the seed's tables define."""
+
+    PENDING = 0
+    RUNNING = 1
+    DONE = 2
+    FAILED = 3
+    CANCELLED = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 class Attempt(NamedTuple):

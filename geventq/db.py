@@ -100,10 +100,6 @@ def translate(error: Exception) -> DatabaseError:
     return DatabaseError(f"({code}) {reason}" if code else str(error))
 
 
-def is_connection_loss(error: Exception) -> bool:
-    return isinstance(translate(error), DatabaseUnavailable)
-
-
 DRIVER_ERRORS = (pymysql.err.Error, OSError)
 
 

@@ -21,10 +21,6 @@ from geventq.handlers import JobContext
 from geventq.logs import Throttle
 from geventq.runtime import Runtime
 
-# After a claim that filled every free slot and a slot freed, sleep this long
-# (0: just yield once) so the other tasks finishing in this loop iteration
-# free their slots too, and one claim takes them all.
-GATHER_SLOTS = 0
 # A retry's wake-up comes this long after its schedule_time: the outcome's
 # write (grouped every few milliseconds) must have landed first.
 RETRY_WAKE_MARGIN = 0.05
@@ -148,7 +144,9 @@ class QueueRunner:
             elif self.pool.full():
                 # Every slot was filled: claim again as soon as slots free up.
                 self.pool.wait_available(timeout=self.scan_interval)
-                gevent.sleep(GATHER_SLOTS)
+                # Yield once, so the other tasks finishing in this loop
+                # iteration free their slots too and one claim takes them all.
+                gevent.sleep(0)
 
     def _idle_wait(self) -> float:
         """Nothing more is due: sleep until the next task falls due, at most

@@ -15,11 +15,11 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from geventq.attempts import Status
 from geventq.db import QuotedTable, quote_database
 
-PENDING, RUNNING, DONE, FAILED, CANCELLED = 0, 1, 2, 3, 4
-STATUS_NAMES = {PENDING: "pending", RUNNING: "running", DONE: "done",
-                FAILED: "failed", CANCELLED: "cancelled"}
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
+STATUS_NAMES = {status: status.label for status in Status}
 
 # Columns a claim hands to the runner: everything JobContext needs, so running
 # a task costs no query of its own.
@@ -423,12 +423,6 @@ def server_settings(cur) -> dict[str, Any]:
     cur.execute("SELECT VERSION() AS version, @@max_allowed_packet AS max_allowed_packet, "
                 "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset")
     return cur.fetchone()
-
-
-def database_utc_offset(cur) -> int:
-    """Seconds the database's NOW() is ahead of UTC (its session time zone)."""
-    cur.execute("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS o")
-    return int(cur.fetchone()["o"])
 
 
 def supports_insert_returning(version: str) -> bool:

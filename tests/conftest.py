@@ -9,6 +9,8 @@ import os
 import pymysql
 import pytest
 
+from tests.faultproxy import FaultProxy
+from tests.invariants import prepare
 from tests.support import DB_HOST, DB_PORT, DB_USER, ExecutorProcess, TestDatabase, write_config
 
 
@@ -48,3 +50,18 @@ def executors(db, tmp_path):
     yield Launcher()
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def chaos_db(db) -> TestDatabase:
+    """A test database ready for the `chaos` handler and the invariant checker."""
+    with db.connect() as conn, conn.cursor() as cur:
+        prepare(cur)
+    return db
+
+
+@pytest.fixture
+def proxy():
+    """A fault proxy in front of the machine's MariaDB."""
+    with FaultProxy().start() as started:
+        yield started

@@ -59,6 +59,8 @@ from typing import Any
 
 import pymysql
 
+from geventq.attempts import Status
+
 NEVER = datetime.max
 LOST_MESSAGES = ("stopped heartbeating", "restarted while running", "was lost before it started")
 EXPECTED_ERRORS = {"error": "RuntimeError", "timeout": "timed out"}
@@ -134,7 +136,7 @@ class Report:
         return "\n".join(lines)
 
 
-STATUS = {0: "pending", 1: "running", 2: "done", 3: "failed", 4: "cancelled"}
+STATUS = {status: status.label for status in Status}
 
 
 def check(conn, tables: list[str], records=None) -> Report:

@@ -4,19 +4,10 @@ the task that blocked. CPU-bound work belongs in ctx.run_in_thread."""
 
 import time
 
-import pytest
-
-from tests.invariants import check, prepare
+from tests.invariants import check
 from tests.support import wait_for
 
 DONE = 2
-
-
-@pytest.fixture
-def chaos_db(db):
-    with db.connect() as conn, conn.cursor() as cur:
-        prepare(cur)
-    return db
 
 
 def heartbeat_age(db, server_id: str) -> float:

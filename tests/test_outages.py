@@ -12,8 +12,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.faultproxy import FaultProxy
-from tests.invariants import check, log_fault, prepare
+from tests.invariants import check, log_fault
 from tests.support import wait_for
 
 DONE = 2
@@ -27,17 +26,9 @@ OUTAGE_LOG_INTERVAL = 10.0
 
 
 @pytest.fixture
-def chaos_db(db):
-    with db.connect() as conn, conn.cursor() as cur:
-        prepare(cur)
-        cur.execute("DELETE FROM queue_configs")  # the sample queues would only add log lines
-    return db
-
-
-@pytest.fixture
-def proxy():
-    with FaultProxy().start() as started:
-        yield started
+def chaos_db(chaos_db):
+    chaos_db.execute("DELETE FROM queue_configs")  # the sample queues would only add log lines
+    return chaos_db
 
 
 def log_time(line: str) -> datetime | None:

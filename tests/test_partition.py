@@ -4,27 +4,11 @@ land over the newer attempt."""
 
 import time
 
-import pytest
-
-from tests.faultproxy import FaultProxy
-from tests.invariants import check, prepare
+from tests.invariants import check
 from tests.support import wait_for
 
 DONE = 2
 HEARTBEAT = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4}  # lease: 2 s
-
-
-@pytest.fixture
-def chaos_db(db):
-    with db.connect() as conn, conn.cursor() as cur:
-        prepare(cur)
-    return db
-
-
-@pytest.fixture
-def proxy():
-    with FaultProxy().start() as started:
-        yield started
 
 
 def runs_of(db, task_id: int) -> list[dict]:

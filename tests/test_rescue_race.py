@@ -195,6 +195,7 @@ def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_pa
     import types
 
     from geventq import config as geventq_config
+    from geventq.attempts import ClaimedAttempts
     from geventq.db import Database
     from geventq.servers import Maintenance
     from tests.support import write_config
@@ -204,7 +205,7 @@ def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_pa
     stopped = add_task(db, age=60, status=1, server_id="A", started_age=30)
     database = Database(geventq_config.load(write_config(tmp_path, db), environ={}).database, size=2)
     runtime = types.SimpleNamespace(
-        server_id="A", db=database, attempts={}, all_runners=lambda: [],
+        server_id="A", db=database, claimed=ClaimedAttempts(), all_runners=lambda: [],
         registered_tables={TABLE: quote_table(TABLE, None)},
         config=types.SimpleNamespace(executor=types.SimpleNamespace(heartbeat_interval=0.5)))
     try:
