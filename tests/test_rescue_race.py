@@ -210,7 +210,8 @@ def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_pa
         config=types.SimpleNamespace(executor=types.SimpleNamespace(heartbeat_interval=0.5)))
     try:
         # When A reconciles
-        requeued = Maintenance(runtime, types.SimpleNamespace()).reconcile_unattended_claims()
+        maintenance = Maintenance(runtime, heartbeat=None, housekeeping=None)
+        requeued = maintenance.reconcile_unattended_claims()
     finally:
         database.close()
     # Then the row is pending again, counted as a lost attempt
