@@ -33,6 +33,8 @@ from geventq.errors import (
     DatabaseUnavailable,
     DuplicateKey,
     InvalidIdentifier,
+    NoSuchColumn,
+    NoSuchTable,
     RetryableConflict,
 )
 from geventq.peers import Peers, PeerUnreachable, parse_queue_list
@@ -434,10 +436,9 @@ def database_error(error: DatabaseError) -> ApiError | None:
         return ApiError(409, message if re.match(r"^\w+: ", message) else f"duplicate: {message}")
     if isinstance(error, (DatabaseUnavailable, RetryableConflict)):
         return ApiError(503, f"database unavailable or busy, try again: {error}")
-    code = store.mysql_error_code(error)
-    if code in (1146, 1049):
+    if isinstance(error, NoSuchTable):
         return ApiError(404, f"table: the task table does not exist ({error})")
-    if code == 1054:
+    if isinstance(error, NoSuchColumn):
         return ApiError(409, f"table: the task table lacks a base column ({error})")
     return None
 

@@ -28,11 +28,15 @@ from pymysql.constants import CLIENT
 
 from geventq.config import DatabaseConfig
 from geventq.errors import (
+    AccessDenied,
     DatabaseError,
     DatabaseUnavailable,
     DuplicateKey,
     InvalidIdentifier,
+    NoSuchColumn,
+    NoSuchTable,
     RetryableConflict,
+    TableProblem,
 )
 from geventq.logs import Throttle
 
@@ -42,6 +46,9 @@ T = TypeVar("T")
 CONNECTION_ERRORS = {1040, 1053, 1077, 1152, 1158, 1159, 1160, 1161, 1927, 2003,
                      2006, 2013, 2014, 2026, 2055, 4031}
 CONFLICT_ERRORS = {1205, 1213}  # lock wait timeout, deadlock: safe to rerun
+# What a task table can be wrong about: each its own named error.
+TABLE_PROBLEMS = {1146: NoSuchTable, 1049: NoSuchTable, 1054: NoSuchColumn,
+                  1142: AccessDenied, 1044: AccessDenied}
 CONFLICT_RETRIES = 3
 DUPLICATE_KEY = 1062
 
@@ -95,6 +102,8 @@ def translate(error: Exception) -> DatabaseError:
         return RetryableConflict(f"({code}) {reason}")
     if code == DUPLICATE_KEY:
         return DuplicateKey(str(reason))
+    if code in TABLE_PROBLEMS:
+        return TABLE_PROBLEMS[code](f"({code}) {reason}")
     if code in CONNECTION_ERRORS or isinstance(error, (pymysql.err.InterfaceError, OSError)):
         return DatabaseUnavailable(f"({code}) {reason}" if code else str(reason or error))
     return DatabaseError(f"({code}) {reason}" if code else str(error))
@@ -298,3 +307,9 @@ def _close_quietly(conn: pymysql.connections.Connection) -> None:
         conn.close()
     except DRIVER_ERRORS:
         pass
+
+
+def table_problem(error: BaseException) -> TableProblem | None:
+    """The named table problem a driver error (or its translation) is, if any."""
+    translated = error if isinstance(error, DatabaseError) else translate(error)
+    return translated if isinstance(translated, TableProblem) else None

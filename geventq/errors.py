@@ -31,6 +31,22 @@ class DuplicateKey(DatabaseError):
     """An insert or update broke a unique key."""
 
 
+class TableProblem(DatabaseError):
+    """A (task) table that a statement named cannot be used as it is."""
+
+
+class NoSuchTable(TableProblem):
+    """The table, or the database it is in, does not exist."""
+
+
+class NoSuchColumn(TableProblem):
+    """The table lacks a column the statement names."""
+
+
+class AccessDenied(TableProblem):
+    """The configured user may not read or write that table or database."""
+
+
 class InvalidIdentifier(GeventqError):
     """A table name failed the identifier pattern or is not a registered queue."""
 

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 from geventq import store
 from geventq.config import Config
 from geventq.db import Database
-from geventq.errors import DatabaseError
+from geventq.errors import DatabaseError, NoSuchTable
 from geventq.peers import parse_queue_list
 
 QUEUE_COLUMNS = ("QUEUE", "TABLE", "SERVER", "WORKERS", "SCAN", "ENABLED", "PENDING", "RUNNING",
@@ -22,8 +22,6 @@ QUEUE_NUMBERS = frozenset({"WORKERS", "SCAN", "PENDING", "RUNNING", "DONE", "FAI
                            "OLDEST DUE"})
 SERVER_NUMBERS = frozenset({"PID", "HEARTBEAT", "RUNNING"})
 COUNTS = ("pending", "running", "done", "failed", "cancelled")
-# Error numbers that mean "there is no geventq schema here yet".
-NO_SCHEMA = frozenset({1049, 1146})
 
 
 def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -33,7 +31,7 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
         now, queues, servers = db.call(read_status, config.executor.heartbeat_timeout)
     except DatabaseError as error:
         hint = ""
-        if store.mysql_error_code(error) in NO_SCHEMA:
+        if isinstance(error, NoSuchTable):  # no geventq schema here yet
             hint = " (start an executor once: it creates the database and applies init.sql)"
         print(f"geventq status: database {config.database.database} at {db.address}: {error}{hint}",
               file=err)

@@ -366,7 +366,7 @@ from collections.abc import Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
 from datetime import timedelta  # noqa: E402
 
-from geventq.db import check_table_name, quote_table  # noqa: E402
+from geventq.db import DRIVER_ERRORS, check_table_name, quote_table, table_problem  # noqa: E402
 from geventq.errors import DuplicateKey, GeventqError, InvalidIdentifier, RetryableConflict  # noqa: E402
 
 QUEUE_ADMIN_LOCK = "geventq_queue_admin"
@@ -377,10 +377,6 @@ TASK_BASE_COLUMNS = frozenset({"id", "task_type", "task_params", "status", "sche
                                "start_time", "end_time", "retry_count", "max_retries", "error_msg",
                                "server_id", "created_at", "updated_at"})
 SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
-# A task table queries may find missing or malformed: reported per queue,
-# never failing the whole listing. 1146 no such table, 1054 no such column,
-# 1049 no such database, 1142 / 1044 no privilege.
-TABLE_ERRORS = frozenset({1146, 1054, 1049, 1142, 1044})
 
 # init.sql's email_tasks, the base columns of every task table.
 TASK_TABLE_DDL = """CREATE TABLE IF NOT EXISTS {table} (
@@ -406,16 +402,6 @@ TASK_VALUES = "(%s, %s, COALESCE(%s, NOW(3)), %s)"
 
 class StatementTooLarge(GeventqError):
     """A batch insert would exceed the server's max_allowed_packet."""
-
-
-def mysql_error_code(error: BaseException) -> int | None:
-    """The server's error number of a driver error, or of what a geventq
-    DatabaseError was translated from."""
-    for candidate in (error, error.__cause__):
-        args = getattr(candidate, "args", ())
-        if args and isinstance(args[0], int):
-            return args[0]
-    return None
 
 
 def server_settings(cur) -> dict[str, Any]:
@@ -567,8 +553,10 @@ def queue_overview(cur) -> list[dict[str, Any]]:
             queue["counts"], queue["oldest_pending_age"] = _table_stats(cur, table)
         except InvalidIdentifier as error:
             queue["table_error"] = str(error)
-        except Exception as error:
-            if mysql_error_code(error) not in TABLE_ERRORS:
+        except DRIVER_ERRORS as error:
+            # A missing or malformed task table is reported per queue, never
+            # failing the whole listing.
+            if table_problem(error) is None:
                 raise
             queue["table_error"] = str(error.args[-1])
     return queues
@@ -616,8 +604,8 @@ def finished_per_minute(cur, minutes: int) -> dict[str, Any]:
                 f"FROM {_table(table)} WHERE status IN (2, 3) AND end_time >= %s GROUP BY minute",
                 (start,))
             counted = {row["minute"]: (int(row["done"]), int(row["failed"])) for row in cur.fetchall()}
-        except Exception as error:
-            if mysql_error_code(error) not in TABLE_ERRORS:
+        except DRIVER_ERRORS as error:
+            if table_problem(error) is None:
                 raise
         series[queue_name] = [{"minute": key, "done": counted.get(key, (0, 0))[0],
                                "failed": counted.get(key, (0, 0))[1]} for key in keys]
@@ -760,8 +748,8 @@ def due_pending_by_queue(cur, queues: list[dict[str, Any]]) -> dict[str, tuple[i
             due[queue["queue_name"]] = _due_pending(cur, table)
         except InvalidIdentifier:
             continue
-        except Exception as error:
-            if mysql_error_code(error) not in TABLE_ERRORS:
+        except DRIVER_ERRORS as error:
+            if table_problem(error) is None:
                 raise
     return due
 
