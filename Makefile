@@ -18,7 +18,7 @@ test:  ## install everything the suite needs (Python packages, headless Chromium
 
 bench:  ## the performance benchmark (about 4 minutes; see README, Performance)
 	$(PYTHON) -m pip install -q -r requirements-bench.txt
-	$(PYTHON) -m geventq.bench
+	$(PYTHON) -m tests.bench
 
 chaos:  ## the 1-minute chaos soak (see README, Reliability)
 	$(PYTHON) -m tests.chaos --minutes 1

@@ -1,4 +1,4 @@
-"""The benchmark command runs end to end: `python -m geventq.bench --quick
+"""The benchmark command runs end to end: `python -m tests.bench --quick
 --only W1` against real executor processes. This asserts correctness (every
 task ran, the figures are there), never speed."""
 
@@ -18,7 +18,7 @@ def test_quick_w1_writes_a_positive_throughput(mariadb, tmp_path):
     try:
         # When the quick benchmark runs W1 only
         completed = subprocess.run(
-            [sys.executable, "-m", "geventq.bench", "--quick", "--only", "W1", "--out", str(tmp_path),
+            [sys.executable, "-m", "tests.bench", "--quick", "--only", "W1", "--out", str(tmp_path),
              "--database", database.name],
             cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     finally:

@@ -11,7 +11,7 @@ the handler (a no-op, or a sleep) for each row. Completion has two variants:
 - per-task: each task's greenlet marks its own row done with its own UPDATE
             before it frees its slot.
 
-Run as `python -m geventq.bench.ceiling …` (monkey-patched first, like the
+Run as `python -m tests.bench.ceiling …` (monkey-patched first, like the
 executor); it prints one JSON line. The parent reads the figures from the
 database, like every other workload.
 """
@@ -33,7 +33,7 @@ TASK_TYPES = ("bench_noop", "bench_sleep")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m geventq.bench.ceiling")
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.ceiling")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3306)
     parser.add_argument("--user", default="root")

@@ -13,8 +13,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from geventq.bench import profile
-from geventq.bench.benchdb import BenchDB
+from tests.bench import profile
+from tests.bench.benchdb import BenchDB
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BENCH_HANDLERS = Path(__file__).resolve().parent / "handlers"

@@ -1,4 +1,4 @@
-"""`python -m geventq.bench`: the benchmark of issue #4.
+"""`python -m tests.bench`: the benchmark of issue #4.
 
 It creates its own database, runs each workload against real `python -m
 geventq` processes, reads every figure from the database clock, and runs a

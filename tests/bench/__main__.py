@@ -1,4 +1,4 @@
-"""`python -m geventq.bench [--quick] [--only W1,W3] [--out DIR]`
+"""`python -m tests.bench [--quick] [--only W1,W3] [--out DIR]`
 
 Runs the ceiling loop and W1..W6 against real executor processes in a
 database of its own (dropped and recreated), prints one table, and writes
@@ -17,14 +17,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from geventq.bench import profile, report
-from geventq.bench.benchdb import BenchDB, Server
-from geventq.bench.procs import Unavailable, remove_job_logs
-from geventq.bench.workloads import WORKLOADS, Context, Sizes
+from tests.bench import profile, report
+from tests.bench.benchdb import BenchDB, Server
+from tests.bench.procs import Unavailable, remove_job_logs
+from tests.bench.workloads import WORKLOADS, Context, Sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m geventq.bench", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--quick", action="store_true",
                         help="smaller counts for a smoke run (W1 2,000 tasks, W5 10,000, ...)")
     parser.add_argument("--only", metavar="LIST",
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"recreating database {args.database}")
     db.recreate()
     sizes = Sizes.quick() if args.quick else Sizes()
-    results: dict[str, Any] = {"command": "python -m geventq.bench " + " ".join(argv or sys.argv[1:]),
+    results: dict[str, Any] = {"command": "python -m tests.bench " + " ".join(argv or sys.argv[1:]),
                                "started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick,
                                "sizes": sizes.__dict__, "machine": machine(db)}
     profile_dir = None

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geventq.bench import profile
-from geventq.bench.benchdb import BenchDB, ident
-from geventq.bench.procs import (
+from tests.bench import profile
+from tests.bench.benchdb import BenchDB, ident
+from tests.bench.procs import (
     REPO,
     Executor,
     Unavailable,
@@ -27,7 +27,7 @@ from geventq.bench.procs import (
     database_server_pid,
     executors,
 )
-from geventq.bench.sqlcount import CountingProxy
+from tests.bench.sqlcount import CountingProxy
 
 # Statements that do a task's work; their sum over the tasks run is the
 # "statements per task" figure. Questions (every statement a client sent,
@@ -559,7 +559,7 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
     db.sent.clear()
     label = f"{mode}{'-sleep' if sleep else ''}"
     loop_process = subprocess.Popen(
-        [sys.executable, "-m", "geventq.bench.ceiling", "--host", "127.0.0.1" if proxy else server.host,
+        [sys.executable, "-m", "tests.bench.ceiling", "--host", "127.0.0.1" if proxy else server.host,
          "--port", str(proxy.port if proxy else server.port),
          "--user", server.user, "--password", server.password, "--database", db.database,
          "--table", table, "--tasks", str(tasks), "--concurrency", str(concurrency), "--mode", mode,

@@ -330,7 +330,7 @@ def _efficiency_panel(ax, results: dict) -> None:
 
 
 def _statements_panel(ax, results: dict) -> None:
-    from geventq.bench.workloads import WORK_COUNTERS
+    from tests.bench.workloads import WORK_COUNTERS
     sources = [("ceiling batched", get(results, "ceiling", "batched", "sql_isolated")),
                ("W1 geventq", get(results, "W1", "sql_isolated"))]
     bottoms = [0.0] * len(sources)
