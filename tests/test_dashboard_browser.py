@@ -73,12 +73,25 @@ def find(driver, css: str, timeout: float = 10, visible: bool = True):
     def found():
         elements = driver.find_elements(By.CSS_SELECTOR, css)
         return next((element for element in elements if not visible or element.is_displayed()), None)
-    return wait_for(found, timeout, message=f"element {css!r}")
+    return wait_for(lambda: stable(found), timeout, message=f"element {css!r}")
+
+
+def stable(read, timeout: float = 10):
+    """read() over elements it finds afresh, run again when the page's refresh
+    (every 3 s, re-rendering its tables) replaced one under it."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt():
+        try:
+            return (read(),)
+        except StaleElementReferenceException:
+            return None
+    return wait_for(attempt, timeout, message="the page to settle")[0]
 
 
 def text_of(driver, css: str) -> str:
     from selenium.webdriver.common.by import By
-    return driver.find_element(By.CSS_SELECTOR, css).text
+    return stable(lambda: driver.find_element(By.CSS_SELECTOR, css).text)
 
 
 def wait_text(driver, css: str, expected: str, timeout: float = 10) -> str:
@@ -111,20 +124,24 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
     # When the dashboard is opened
     driver = open_dashboard(browser, base)
 
-    # Then it shows the queue (as created) and the server
-    row = find(driver, 'tr[data-queue="billing"]')
-    assert row_cell(row, "table_name").text == "billing_tasks"
-    assert row_cell(row, "server_id").find_element("css selector", "input").get_attribute("value") == ""
-    wait_for(lambda: row_cell(row, "failed").text == "1" and row_cell(row, "done").text == "12",
+    # Then it shows the queue (as created) and the server. (Elements are found
+    # afresh each time: the page re-renders its tables every 3 s.)
+    def queue_cell(field: str):
+        return row_cell(find(driver, 'tr[data-queue="billing"]'), field)
+
+    assert stable(lambda: queue_cell("table_name").text) == "billing_tasks"
+    assert stable(lambda: queue_cell("server_id").find_element("css selector", "input")
+                  .get_attribute("value")) == ""
+    wait_for(lambda: stable(lambda: (queue_cell("failed").text, queue_cell("done").text)) == ("1", "12"),
              message="the queue's counts")
     # (a server row lists its queues from its next heartbeat on; the page refreshes every 3 s)
-    wait_for(lambda: "billing" in find(driver, 'tr[data-server="server-001"]').text, timeout=10,
-             message="the server row lists the new queue")
-    assert "alive" in find(driver, 'tr[data-server="server-001"]').text
+    wait_for(lambda: "billing" in stable(lambda: find(driver, 'tr[data-server="server-001"]').text),
+             timeout=10, message="the server row lists the new queue")
+    assert "alive" in stable(lambda: find(driver, 'tr[data-server="server-001"]').text)
 
     # When the queue and then the failed task are selected
-    row_cell(row, "queue_name").click()
-    find(driver, f'#tasks-table tbody tr[data-task-id="{task_id}"]').click()
+    stable(lambda: queue_cell("queue_name").click())
+    stable(lambda: find(driver, f'#tasks-table tbody tr[data-task-id="{task_id}"]').click())
 
     # Then its error, params and job log are shown, with a Retry button
     wait_text(driver, "#task-error", "RuntimeError: card declined: insufficient funds")
@@ -132,19 +149,23 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
     log = wait_text(driver, "#task-log", "failed for good")
     assert "start fail attempt 1/1" in log
     assert text_of(driver, "#detail-status") == "failed"
-    retry = find(driver, "#btn-retry")
+    find(driver, "#btn-retry")
     save_full_page_screenshot(driver, ARTIFACTS / "dashboard.png")
 
     # When the queue is switched off in the page (so nothing runs the task
     # again), and Retry is clicked
-    toggle = row.find_element("css selector", 'button[data-action="toggle-status"]')
-    toggle.click()
+    def toggle():
+        return find(driver, 'tr[data-queue="billing"]').find_element(
+            "css selector", 'button[data-action="toggle-status"]')
+
+    stable(lambda: toggle().click())
     wait_for(lambda: db.scalar("SELECT status FROM queue_configs WHERE id = %s", (queue_id,)) == 0,
              message="the queue disabled")
     wait_for(lambda: "billing" not in (db.scalar("SELECT queues FROM servers") or ""),
              message="the server stopped running billing")
-    assert toggle.get_attribute("aria-checked") == "false"
-    retry.click()
+    wait_for(lambda: stable(lambda: toggle().get_attribute("aria-checked")) == "false",
+             message="the toggle shows the queue off")
+    stable(lambda: find(driver, "#btn-retry").click())
 
     # Then the task is pending again in the database, with a fresh retry budget
     task = wait_for(lambda: (row := db.task("billing_tasks", task_id))["status"] == 0 and row,
