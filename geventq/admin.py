@@ -24,10 +24,11 @@ import gevent
 import ujson
 from loguru import logger
 
+from geventq import admin_store, openapi, store
 from geventq import api_schema as spec
-from geventq import openapi, store
 from geventq.api_schema import Endpoint, Invalid, array_of, ref
-from geventq.db import QuotedTable, quote_table
+from geventq.catalog import QueueCatalog
+from geventq.db import Database, QuotedTable, quote_table
 from geventq.errors import (
     DatabaseError,
     DatabaseUnavailable,
@@ -37,8 +38,9 @@ from geventq.errors import (
     NoSuchTable,
     RetryableConflict,
 )
+from geventq.logs import JobLogs
 from geventq.peers import Peers, PeerUnreachable, parse_queue_list
-from geventq.runtime import Runtime
+from geventq.queues import RunningQueues
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BATCH_BODY_LIMIT = 16 * spec.MIB
@@ -77,11 +79,22 @@ class Call:
 
 # --- the shared state of the routes ------------------------------------------------
 
+Route = tuple[Endpoint, Callable[["Admin", Call], Any]]
+
+
 class Admin:
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
-        self.db = runtime.db
-        self.peers = Peers(runtime)
+    def __init__(self, *, db: Database, server_id: str, heartbeat_timeout: float, catalog: QueueCatalog,
+                 queues: RunningQueues, job_logs: JobLogs, peers: Peers,
+                 queues_changed: Callable[[], None]):
+        self.db = db
+        self.server_id = server_id
+        self.heartbeat_timeout = heartbeat_timeout
+        self.catalog = catalog
+        self.queues = queues
+        self.job_logs = job_logs
+        self.peers = peers
+        self.queues_changed = queues_changed  # applies a queue change here at once, not at the next sync
+        self.endpoints: list[Endpoint] = []   # every route's, for the OpenAPI document
         self._settings: dict[str, Any] | None = None
         self._settings_at = 0.0
         self._document: dict[str, Any] | None = None
@@ -89,14 +102,14 @@ class Admin:
     def settings(self) -> dict[str, Any]:
         """The database's version, UTC offset and max_allowed_packet, cached."""
         if self._settings is None or time.monotonic() - self._settings_at > SETTINGS_MAX_AGE:
-            settings = self.db.call(store.server_settings)
-            settings["returning"] = store.supports_insert_returning(settings["version"])
+            settings = self.db.call(admin_store.server_settings)
+            settings["returning"] = admin_store.supports_insert_returning(settings["version"])
             self._settings, self._settings_at = settings, time.monotonic()
         return self._settings
 
     def task_table(self, name: str) -> QuotedTable:
         """The quoted table of a registered queue; 404 for any other name."""
-        table = self.runtime.registered_tables.get(name)
+        table = self.catalog.table(name)
         if table is None:
             # Registered since the last config sync?
             rows = self.db.call(store.list_queue_configs)
@@ -116,26 +129,21 @@ class Admin:
 
     def tasks_added(self, table_name: str) -> None:
         """Due work was just committed: scan now, here and on the servers running it."""
-        runner = self.runtime.runner_for_table(table_name)
+        runner = self.queues.for_table(table_name)
         if runner is not None:
             runner.wake()
         self.peers.wake(table_name)
 
-    def queues_changed(self) -> None:
-        """Apply a queue change on this server at once, not at the next sync."""
-        if self.runtime.sync is not None:
-            self.runtime.sync.wake()
-
     def document(self) -> dict[str, Any]:
         if self._document is None:
             from geventq import __version__
-            self._document = openapi.document(endpoints(self.runtime), __version__)
+            self._document = openapi.document(self.endpoints, __version__)
         return self._document
 
 
 # --- routes -------------------------------------------------------------------------
 
-ROUTES: list[tuple[Endpoint, Callable[[Admin, Call], Any]]] = []
+ROUTES: list[Route] = []
 
 NOT_FOUND_TABLE = (404, "`table` is not the table_name of any queue, or the task does not exist")
 
@@ -159,7 +167,7 @@ def healthz(admin: Admin, call: Call) -> dict[str, Any]:
             admin.db.call(store.database_now)
     except DatabaseError as error:
         raise ApiError(503, f"database unavailable: {error}") from None
-    return {"server_id": admin.runtime.server_id,
+    return {"server_id": admin.server_id,
             "db_rtt_ms": round((time.monotonic() - started) * 1000, 3)}
 
 
@@ -167,7 +175,7 @@ def healthz(admin: Admin, call: Call) -> dict[str, Any]:
                 ref("QueueRow"), tag="queues", body=spec.QUEUE_CREATE, status=201,
                 errors=((409, "a queue with that queue_name or table_name exists"),)))
 def queue_create(admin: Admin, call: Call) -> Created:
-    row = admin.db.call(store.create_queue, call.body)
+    row = admin.db.call(admin_store.create_queue, call.body)
     admin.queues_changed()
     return Created(row)
 
@@ -175,7 +183,7 @@ def queue_create(admin: Admin, call: Call) -> Created:
 @route(Endpoint("GET", "/admin/queue/list", "Every queue with its task counts by status",
                 array_of("Queue"), tag="queues"))
 def queue_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
-    return admin.db.call(store.queue_overview)
+    return admin.db.call(admin_store.queue_overview)
 
 
 @route(Endpoint("PUT", "/admin/queue/update", "Change some fields of a queue",
@@ -183,7 +191,7 @@ def queue_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
                 errors=((404, "no queue has that id"),
                         (409, "another queue has that queue_name or table_name"))))
 def queue_update(admin: Admin, call: Call) -> dict[str, Any]:
-    row = admin.db.call(store.update_queue, call.query["id"], call.body)
+    row = admin.db.call(admin_store.update_queue, call.query["id"], call.body)
     if row is None:
         raise ApiError(404, f"id: no queue has id {call.query['id']}")
     admin.queues_changed()
@@ -194,7 +202,7 @@ def queue_update(admin: Admin, call: Call) -> dict[str, Any]:
                 ref("QueueRow"), tag="queues", query=spec.QUEUE_ID_QUERY,
                 errors=((404, "no queue has that id"),)))
 def queue_delete(admin: Admin, call: Call) -> dict[str, Any]:
-    row = admin.db.call(store.delete_queue, call.query["id"])
+    row = admin.db.call(admin_store.delete_queue, call.query["id"])
     if row is None:
         raise ApiError(404, f"id: no queue has id {call.query['id']}")
     admin.queues_changed()
@@ -204,7 +212,7 @@ def queue_delete(admin: Admin, call: Call) -> dict[str, Any]:
 @route(Endpoint("POST", "/admin/queue/wake", "Scan the queue of this table now (sent by other servers)",
                 ref("Woken"), tag="queues", query=spec.TABLE_QUERY, errors=(NOT_FOUND_TABLE,)))
 def queue_wake(admin: Admin, call: Call) -> dict[str, Any]:
-    runner = admin.runtime.runner_for_table(call.table_name)
+    runner = admin.queues.for_table(call.table_name)
     if runner is not None:
         runner.wake()
     return {"table": call.table_name, "woken": runner is not None}
@@ -213,13 +221,13 @@ def queue_wake(admin: Admin, call: Call) -> dict[str, Any]:
 @route(Endpoint("GET", "/admin/queue/throughput", "Tasks done and failed per minute, per queue",
                 ref("Throughput"), tag="queues", query=spec.THROUGHPUT_QUERY))
 def queue_throughput(admin: Admin, call: Call) -> dict[str, Any]:
-    return admin.db.call(store.finished_per_minute, call.query["minutes"])
+    return admin.db.call(admin_store.finished_per_minute, call.query["minutes"])
 
 
 @route(Endpoint("GET", "/admin/server/list", "Every server with its heartbeat, liveness and queues",
                 array_of("Server"), tag="servers"))
 def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
-    rows = admin.db.call(store.list_servers, admin.runtime.config.executor.heartbeat_timeout)
+    rows = admin.db.call(admin_store.list_servers, admin.heartbeat_timeout)
     for row in rows:
         row["alive"] = bool(row["alive"])
         row["queues"] = parse_queue_list(row.get("queues"))
@@ -230,7 +238,7 @@ def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
                 query=spec.TABLE_QUERY, body=spec.TASK_CREATE, status=201, errors=(NOT_FOUND_TABLE,)))
 def task_create(admin: Admin, call: Call) -> Created:
     admin.database_time([call.body])
-    task_id = admin.db.call(store.insert_task, call.table, call.body)
+    task_id = admin.db.call(admin_store.insert_task, call.table, call.body)
     admin.tasks_added(call.table_name)
     return Created({"id": task_id})
 
@@ -242,8 +250,8 @@ def task_create(admin: Admin, call: Call) -> Created:
 def task_batch_create(admin: Admin, call: Call) -> Created:
     admin.database_time(call.body)
     settings = admin.settings()
-    ids = admin.db.call(store.insert_tasks, call.table, call.body, settings["returning"],
-                        int(settings["max_allowed_packet"]) - 1024)
+    ids = admin.db.call(admin_store.insert_tasks, call.table, call.body, settings["returning"],
+                        int(settings["max_allowed_packet"]) - 1024, snapshot=not settings["returning"])
     admin.tasks_added(call.table_name)
     return Created({"ids": ids, "count": len(ids)})
 
@@ -252,7 +260,7 @@ def task_batch_create(admin: Admin, call: Call) -> Created:
                 ref("TaskPage"), tag="tasks", query=spec.TASK_LIST_QUERY, errors=(NOT_FOUND_TABLE,)))
 def task_list(admin: Admin, call: Call) -> dict[str, Any]:
     query = call.query
-    rows = admin.db.call(store.list_tasks, call.table, query.get("status"), query.get("task_type"),
+    rows = admin.db.call(admin_store.list_tasks, call.table, query.get("status"), query.get("task_type"),
                          query["limit"], query["offset"])
     more = len(rows) > query["limit"]
     return {"items": [task_json(row) for row in rows[:query["limit"]]],
@@ -262,14 +270,14 @@ def task_list(admin: Admin, call: Call) -> dict[str, Any]:
 @route(Endpoint("GET", "/admin/task/get", "One task", ref("Task"), tag="tasks",
                 query=spec.TASK_QUERY, errors=(NOT_FOUND_TABLE,)))
 def task_get(admin: Admin, call: Call) -> dict[str, Any]:
-    return task_json(found(admin.db.call(store.get_task, call.table, call.query["id"]), call))
+    return task_json(found(admin.db.call(admin_store.get_task, call.table, call.query["id"]), call))
 
 
 @route(Endpoint("POST", "/admin/task/retry", "A failed or cancelled task back to pending, retries reset",
                 ref("Task"), tag="tasks", query=spec.TASK_QUERY,
                 errors=(NOT_FOUND_TABLE, (409, "the task is not failed or cancelled"))))
 def task_retry(admin: Admin, call: Call) -> dict[str, Any]:
-    changed, row = admin.db.call(store.retry_task, call.table, call.query["id"], transaction=True)
+    changed, row = admin.db.call(admin_store.retry_task, call.table, call.query["id"], transaction=True)
     row = found(row, call)
     if not changed:
         raise ApiError(409, f"id: task {row['id']} is {status_name(row)}; only failed or cancelled "
@@ -281,7 +289,7 @@ def task_retry(admin: Admin, call: Call) -> dict[str, Any]:
 @route(Endpoint("POST", "/admin/task/cancel", "A pending task to cancelled", ref("Task"), tag="tasks",
                 query=spec.TASK_QUERY, errors=(NOT_FOUND_TABLE, (409, "the task is not pending"))))
 def task_cancel(admin: Admin, call: Call) -> dict[str, Any]:
-    changed, row = admin.db.call(store.cancel_task, call.table, call.query["id"], transaction=True)
+    changed, row = admin.db.call(admin_store.cancel_task, call.table, call.query["id"], transaction=True)
     row = found(row, call)
     if not changed:
         raise ApiError(409, f"id: task {row['id']} is {status_name(row)}; only pending tasks can be "
@@ -293,14 +301,13 @@ def task_cancel(admin: Admin, call: Call) -> dict[str, Any]:
                 ref("TaskLog"), tag="tasks", query=spec.TASK_LOG_QUERY,
                 errors=(NOT_FOUND_TABLE, (502, "the server that ran the task did not answer"))))
 def task_log(admin: Admin, call: Call) -> dict[str, Any]:
-    runtime = admin.runtime
-    row = found(admin.db.call(store.get_task, call.table, call.query["id"]), call)
+    row = found(admin.db.call(admin_store.get_task, call.table, call.query["id"]), call)
     log_id, ran_on = f"{call.table_name}-{row['id']}", row["server_id"] or ""
     peer = None
-    if not call.query["local"] and ran_on not in ("", runtime.server_id):
-        peer = admin.db.call(store.is_server_alive, ran_on, runtime.config.executor.heartbeat_timeout)
+    if not call.query["local"] and ran_on not in ("", admin.server_id):
+        peer = admin.db.call(admin_store.is_server_alive, ran_on, admin.heartbeat_timeout)
     if peer is None:
-        text, source = runtime.job_logs.read(log_id), "local"
+        text, source = admin.job_logs.read(log_id), "local"
     else:
         authorization = bottle.request.get_header("Authorization")
         try:
@@ -334,12 +341,6 @@ def dashboard(admin: Admin, call: Call) -> Any:
 def static(admin: Admin, call: Call) -> Any:
     # bottle.static_file refuses any path that leaves its root.
     return bottle.static_file(call.query["filename"], root=str(STATIC_DIR))
-
-
-def endpoints(runtime: Runtime) -> list[Endpoint]:
-    declared = [endpoint for endpoint, _ in ROUTES]
-    extra = getattr(runtime.metrics, "endpoints", None)
-    return declared + list(extra() if callable(extra) else [])
 
 
 # --- JSON for rows ---------------------------------------------------------------------
@@ -490,7 +491,7 @@ class EnvelopePlugin:
             return error_response(error.status, error.message)
         if isinstance(error, InvalidIdentifier):
             return error_response(400, str(error))
-        if isinstance(error, store.StatementTooLarge):
+        if isinstance(error, admin_store.StatementTooLarge):
             return error_response(413, f"body: {error}")
         if isinstance(error, DatabaseError):
             mapped = database_error(error)
@@ -536,17 +537,17 @@ def bottle_error(error: bottle.HTTPError) -> str:
     return error_response(status, message)
 
 
-def create_app(runtime: Runtime) -> bottle.Bottle:
+def create_app(admin: Admin, token: str, extra_routes: list[Route]) -> bottle.Bottle:
+    """The admin's routes plus `extra_routes` (metrics), all validated,
+    enveloped and documented the same way."""
     app = bottle.Bottle()
     app.uninstall("json")  # our plugin writes every JSON answer
-    admin = Admin(runtime)
     app.install(EnvelopePlugin(admin))
-    token = runtime.config.admin.token
     app.add_hook("before_request", lambda: check_token(token))
-    for endpoint, handler in ROUTES:
+    routes = [*ROUTES, *extra_routes]
+    for endpoint, handler in routes:
         path = endpoint.path.replace("{filename}", "<filename:path>")
         app.route(path, endpoint.method, handler, endpoint=endpoint)
+    admin.endpoints = [endpoint for endpoint, _ in routes]
     app.default_error_handler = bottle_error
-    if runtime.metrics is not None:
-        runtime.metrics.install_routes(app)
     return app

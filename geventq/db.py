@@ -110,6 +110,7 @@ def translate(error: Exception) -> DatabaseError:
 
 
 DRIVER_ERRORS = (pymysql.err.Error, OSError)
+Connection = pymysql.connections.Connection
 
 
 class Database:
@@ -190,10 +191,17 @@ class Database:
             yield cur
 
     @contextmanager
-    def transaction(self) -> Iterator[pymysql.cursors.DictCursor]:
-        """BEGIN, yield a cursor, COMMIT; ROLLBACK if the block raises."""
+    def transaction(self, snapshot: bool = False) -> Iterator[pymysql.cursors.DictCursor]:
+        """BEGIN, yield a cursor, COMMIT; ROLLBACK if the block raises.
+
+        `snapshot`: a REPEATABLE READ transaction whose snapshot is taken at
+        its start rather than at its first read (autocommit pools only)."""
         with self.connection() as conn:
-            if self.autocommit:
+            if snapshot:
+                with conn.cursor() as cur:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            elif self.autocommit:
                 conn.begin()
             try:
                 with conn.cursor() as cur:
@@ -203,14 +211,20 @@ class Database:
                 _rollback_quietly(conn)
                 raise
 
-    def call(self, fn: Callable[..., T], *args: Any, transaction: bool = False) -> T:
-        """Run fn(cursor, *args) once, in a transaction or in autocommit.
+    def call(self, fn: Callable[..., T], *args: Any, transaction: bool = False,
+             snapshot: bool = False) -> T:
+        """Run fn(cursor, *args) once, in a transaction (a snapshot one with
+        `snapshot`, see transaction()) or in autocommit.
 
         If a pooled connection turns out dead (server restart, KILL), it runs
         once more on a new connection: a dead idle connection is not an outage.
         A deadlock or lock wait timeout is retried up to CONFLICT_RETRIES times.
         """
-        scope = self.transaction if transaction else self.cursor
+        def scope() -> Any:
+            if snapshot:
+                return self.transaction(snapshot=True)
+            return self.transaction() if transaction else self.cursor()
+
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 with scope() as cur:
@@ -309,7 +323,7 @@ def _close_quietly(conn: pymysql.connections.Connection) -> None:
         pass
 
 
-def table_problem(error: BaseException) -> TableProblem | None:
+def table_problem(error: Exception) -> TableProblem | None:
     """The named table problem a driver error (or its translation) is, if any."""
     translated = error if isinstance(error, DatabaseError) else translate(error)
     return translated if isinstance(translated, TableProblem) else None

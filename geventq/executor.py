@@ -1,4 +1,7 @@
-"""Start-up and shutdown order of one executor process, and nothing else."""
+"""Start-up and shutdown order of one executor process, and nothing else.
+
+The parts are built in dependency order and each is handed only what it
+uses; the executor keeps them to start and stop them in the right order."""
 
 from __future__ import annotations
 
@@ -7,23 +10,29 @@ import time
 from typing import Any
 
 import gevent
+import ujson
 from gevent import GreenletExit
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from loguru import logger
 
 from geventq import admin, logs, monitor, schema, servers, store
-from geventq.attempts import Attempt
+from geventq.attempts import Attempt, ClaimedAttempts, Listeners
+from geventq.catalog import QueueCatalog
+from geventq.claims import Claimer, use_skip_locked
 from geventq.config import Config
 from geventq.db import Database, wait_until_reachable
 from geventq.errors import GeventqError
 from geventq.handlers import load_handlers
 from geventq.housekeeping import Housekeeping
+from geventq.identity import Identity
 from geventq.lease import Heartbeat, Lease, LeaseWatch
 from geventq.metrics import Metrics
 from geventq.outcomes import OutcomeRecorder
-from geventq.queues import choose_claim
-from geventq.runtime import Runtime
+from geventq.peers import Peers
+from geventq.queues import QueueRunner, RunningQueues
+from geventq.running import AttemptRunner
+from geventq.servers import Maintenance, Reconcile, Registration, Rescue
 from geventq.sync import QueueSync
 
 # "A database that cannot be reached at start-up stops it within 15 s."
@@ -33,10 +42,10 @@ STARTUP_DB_DEADLINE = 10.0
 class Executor:
     def __init__(self, config: Config):
         self.config = config
-        self.runtime: Runtime | None = None
+        self.state = "starting"
         self._stop_requested = Event()
+        self._started = False
         self._stopped = False
-        self._http: WSGIServer | None = None
 
     # --- start-up ---------------------------------------------------------------
 
@@ -46,41 +55,35 @@ class Executor:
         # started", drained like any other, instead of killing the process.
         gevent.signal_handler(signal.SIGTERM, self.request_stop)
         gevent.signal_handler(signal.SIGINT, self.request_stop)
-        job_logs = logs.configure(cfg.log)
+        self.job_logs = logs.configure(cfg.log)
         monitor.install(cfg.executor)
         handlers = load_handlers(cfg.handlers.paths)
         # Reach the server first, without the database: it may not exist yet.
         wait_until_reachable(Database(cfg.database, database=None, size=1), STARTUP_DB_DEADLINE)
         schema.ensure_schema(cfg)
-        db = Database(cfg.database, name="core")
-        version = db.call(store.server_version)
-        runtime = self.runtime = Runtime(
-            config=cfg, server_id=cfg.executor.server_id, db=db,
-            claim_db=Database(cfg.database, name="claims", autocommit=False),
-            handler_db=Database(cfg.database, name="handlers"), handlers=handlers,
-            job_logs=job_logs, lease=Lease(cfg.executor.heartbeat_timeout / 2),
-            skip_locked=_use_skip_locked(cfg.database.claim_mode, version),
-        )
-        runtime.metrics = Metrics(runtime)
-        runtime.listeners.add(runtime.metrics)
-        servers.check_server_id_free(db, runtime.server_id, cfg.executor.heartbeat_timeout)
-        self._serve_admin()
+        self.db = Database(cfg.database, name="core")
+        version = self.db.call(store.server_version)
+        servers.check_server_id_free(self.db, cfg.executor.server_id, cfg.executor.heartbeat_timeout)
+        self.identity = Identity(cfg.executor.server_id, cfg, self._bind_admin())
+        self._build(handlers, use_skip_locked(cfg.database.claim_mode, version))
+        self._http.start()
         self._claim_orphans_and_register()
         self._start_background()
-        runtime.state = "online"
+        self._started = True
+        self.state = "online"
         logger.info("geventq {} started: server_id={} database={}/{} ({}, claims with {}), "
                     "admin on http://{}, handlers: {}",
-                    _version(), runtime.server_id, db.address,
-                    cfg.database.database, version,
-                    "SKIP LOCKED" if runtime.skip_locked else "conditional UPDATE",
-                    runtime.admin_address, ", ".join(sorted(handlers)) or "none")
+                    _version(), self.identity.server_id, self.db.address, cfg.database.database,
+                    version, self.claimer.method, self.identity.admin_address,
+                    ", ".join(sorted(handlers)) or "none")
 
-    def _serve_admin(self) -> None:
+    def _bind_admin(self) -> str:
+        """Listen on the admin port now, so a port in use stops start-up
+        before anything registers; the address other servers call."""
         cfg = self.config.admin
-        self._http = WSGIServer((cfg.host, cfg.port), admin.create_app(self.runtime), log=None,
-                                error_log=None)
+        self._http = WSGIServer((cfg.host, cfg.port), None, log=None, error_log=None)
         try:
-            self._http.start()
+            self._http.init_socket()  # binds and listens; start() serves on it later
         except OSError as error:
             reason = error.strerror or error
             raise GeventqError(f"admin.port: cannot listen on {cfg.host}:{cfg.port}: {reason}") from error
@@ -88,33 +91,68 @@ class Executor:
         # Peers call this address: a wildcard bind is reachable by host name.
         if host in ("0.0.0.0", "::", ""):
             host = servers.this_host()
-        self.runtime.admin_address = f"{host}:{port}"
+        return f"{host}:{port}"
+
+    def _build(self, handlers: dict[str, Any], skip_locked: bool) -> None:
+        """Every part, in dependency order, each given only what it uses."""
+        cfg, db, server_id = self.config, self.db, self.identity.server_id
+        self.claim_db = Database(cfg.database, name="claims", autocommit=False)
+        self.handler_db = Database(cfg.database, name="handlers")
+        self.lease = Lease(cfg.executor.heartbeat_timeout / 2)
+        self.claimed = ClaimedAttempts()
+        self.listeners = Listeners()
+        self.catalog = QueueCatalog()
+        self.queues = RunningQueues()
+        self.recorder = OutcomeRecorder(db, server_id, self.claimed, cfg.queue.completion_flush_interval)
+        self.claimer = Claimer(db, self.claim_db, server_id, tuple(handlers), skip_locked)
+        attempts = AttemptRunner(handlers=handlers, job_logs=self.job_logs, recorder=self.recorder,
+                                 claimed=self.claimed, listeners=self.listeners, server_id=server_id,
+                                 config=cfg, handler_db=self.handler_db)
+
+        def make_runner(row: dict[str, Any]) -> QueueRunner:
+            return QueueRunner(row, claimer=self.claimer, lease=self.lease, claimed=self.claimed,
+                               listeners=self.listeners, attempts=attempts)
+
+        self.sync = QueueSync(db, self.catalog, self.queues, server_id=server_id,
+                              interval=cfg.queue.config_sync_interval, run_queues=cfg.queue.enable,
+                              make_runner=make_runner)
+        metrics = Metrics(server_id=server_id, db=db, catalog=self.catalog, running=self.queues,
+                          lease=self.lease, outcome_backlog=lambda: self.recorder.backlog,
+                          token=cfg.admin.token if cfg.admin.metrics_auth else "")
+        self.listeners.add(metrics)
+        peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
+        routes = admin.Admin(db=db, server_id=server_id, heartbeat_timeout=cfg.executor.heartbeat_timeout,
+                             catalog=self.catalog, queues=self.queues, job_logs=self.job_logs, peers=peers,
+                             queues_changed=self.sync.wake)
+        self._http.application = admin.create_app(routes, cfg.admin.token, metrics.routes())
+        self.registration = Registration(server_id, self.identity.admin_address)
 
     def _claim_orphans_and_register(self) -> None:
-        runtime = self.runtime
-        sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
-        sync.run_queues = False  # only learn the registered tables: nothing may claim yet
-        sync.sync_once()
-        servers.recover_own_orphans(runtime)
-        servers.register(runtime)
+        # Only learn the registered tables: nothing may claim yet.
+        self.sync.read_catalog()
+        servers.recover_own_orphans(self.db, self.identity.server_id, self.catalog.tables)
+        self.registration.register(self.db, self.lease)
 
     def _start_background(self) -> None:
-        runtime = self.runtime
-        runtime.recorder = OutcomeRecorder(runtime, self.config.queue.completion_flush_interval)
-        runtime.recorder.start()
-        cfg = self.config
-        self.heartbeat = Heartbeat(runtime.lease, runtime.db, runtime.server_id,
-                                   cfg.executor.heartbeat_interval, servers.write_registration(runtime),
-                                   lambda: servers.status_snapshot(runtime))
+        cfg, db = self.config, self.db
+        self.recorder.start()
+        self.heartbeat = Heartbeat(self.lease, db, self.identity.server_id, cfg.executor.heartbeat_interval,
+                                   self.registration.write, self.status_snapshot)
         self.heartbeat.start()
-        self.lease_watch = LeaseWatch(runtime.lease, runtime.stop_all_handlers, runtime.running_count)
+        self.lease_watch = LeaseWatch(self.lease, self.queues.stop_handlers, self.queues.running_count)
         self.lease_watch.start()
-        housekeeping = Housekeeping(runtime.db, runtime.job_logs, cfg.log.retention_days,
-                                    lambda: runtime.retention_days, lambda: runtime.registered_tables)
-        self.maintenance = servers.Maintenance(runtime, self.heartbeat, housekeeping)
+        self.maintenance = Maintenance(
+            heartbeat=self.heartbeat, lease=self.lease, job_logs=self.job_logs,
+            rescue=Rescue(db, self.catalog, self.listeners, cfg.executor.heartbeat_timeout),
+            reconcile=Reconcile(db, self.identity.server_id, self.catalog, self.queues, self.claimed),
+            housekeeping=Housekeeping(db, self.job_logs, cfg.log.retention_days, self.catalog),
+            interval=cfg.executor.heartbeat_interval, db_address=db.address)
         self.maintenance.start()
-        self.sync = runtime.sync = QueueSync(runtime, choose_claim(runtime.skip_locked))
         self.sync.start()
+
+    def status_snapshot(self) -> tuple[str, str, int]:
+        """What our `servers` row says: state, the queues we run, running handlers."""
+        return (self.state, ujson.dumps(self.queues.names()), self.queues.running_count())
 
     # --- running ---------------------------------------------------------------
 
@@ -133,31 +171,30 @@ class Executor:
     def shutdown(self) -> None:
         """Stop claiming, drain, hand back what did not finish, go offline.
         Heartbeats continue until the end so nobody rescues our draining tasks."""
-        if self._stopped or self.runtime is None:
+        if self._stopped or not self._started:
             return
         self._stopped = True
-        runtime = self.runtime
-        runtime.state = "draining"
+        self.state = "draining"
         self.heartbeat.refresh_status()
         logger.info("shutting down: draining {} running tasks (up to {:g}s)",
-                    runtime.running_count(), self.config.executor.shutdown_timeout)
+                    self.queues.running_count(), self.config.executor.shutdown_timeout)
         self.sync.stop()
         self._drain_runners()
-        runtime.recorder.stop(timeout=10)
+        self.recorder.stop(timeout=10)
         self._release_unfinished()
         self.maintenance.stop()
         self.lease_watch.stop()
         self.heartbeat.stop(timeout=self.config.database.read_timeout)
-        servers.mark_offline(runtime)
+        self.registration.mark_offline(self.db)
         self._http.stop(timeout=1)
-        runtime.job_logs.stop()
-        for pool in (runtime.db, runtime.claim_db, runtime.handler_db):
+        self.job_logs.stop()
+        for pool in (self.db, self.claim_db, self.handler_db):
             pool.close()
-        logger.info("server {} stopped", runtime.server_id)
+        logger.info("server {} stopped", self.identity.server_id)
 
     def _drain_runners(self) -> None:
         deadline = time.monotonic() + self.config.executor.shutdown_timeout
-        runners = self.runtime.all_runners()
+        runners = list(self.queues)
         for runner in runners:
             runner.stop_claiming()
         for runner in runners:
@@ -169,14 +206,13 @@ class Executor:
     def _release_unfinished(self) -> None:
         """Attempts that never finished go back to pending, not counted as an
         attempt (retry_count unchanged)."""
-        runtime = self.runtime
         unfinished: dict[tuple, list[Attempt]] = {}
-        for attempt in runtime.claimed.unfinished():
+        for attempt in self.claimed.unfinished():
             unfinished.setdefault((attempt.table, attempt.retry_count), []).append(attempt)
         for (table, retry_count), attempts in unfinished.items():
             ids = [attempt.id for attempt in attempts]
-            released = runtime.db.retrying(store.release_tasks, table, runtime.server_id, retry_count,
-                                           ids, what="returning unfinished tasks", attempts=20)
+            released = self.db.retrying(store.release_tasks, table, self.identity.server_id, retry_count,
+                                        ids, what="returning unfinished tasks", attempts=20)
             logger.info("returned {} unfinished tasks of {} to pending", released,
                         attempts[0].table_name)
 
@@ -184,9 +220,3 @@ class Executor:
 def _version() -> str:
     from geventq import __version__
     return __version__
-
-
-def _use_skip_locked(claim_mode: str, version: str) -> bool:
-    if claim_mode == "auto":
-        return store.supports_skip_locked(version)
-    return claim_mode == "skip_locked"

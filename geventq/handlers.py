@@ -11,6 +11,8 @@ from typing import Any
 
 import gevent
 
+from geventq.config import Config
+from geventq.db import Database
 from geventq.errors import HandlerError
 
 Handler = Callable[["JobContext"], Any]
@@ -60,6 +62,8 @@ def load_handlers(paths: tuple[str, ...] | list[str]) -> dict[str, Handler]:
 def _import_handler_module(file: Path) -> None:
     name = f"geventq_handlers.{file.parent.name}.{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None:
+        raise HandlerError(f"handler module {file} cannot be loaded as Python source")
     module = importlib.util.module_from_spec(spec)
     # Handler modules may import helpers that sit beside them; appended, so a
     # handler file named like a standard module (email.py) cannot shadow it.
@@ -112,7 +116,7 @@ class JobContext:
     def __init__(self, *, task_id: int, task_type: str, params: Any, job_param: str | None,
                  queue_name: str, table_name: str, retry_count: int, max_retries: int,
                  schedule_time: Any, server_id: str, log_id: str, log: Any,
-                 config: Any = None, db: Any = None, created_at: Any = None):
+                 config: Config | None = None, db: Database | None = None, created_at: Any = None):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
         self.task_type = task_type

@@ -5,12 +5,12 @@ maintenance pass (servers.Maintenance) while the lease is valid."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
 
 import gevent
 from loguru import logger
 
 from geventq import store
+from geventq.catalog import QueueCatalog
 from geventq.db import Database, QuotedTable
 from geventq.logs import JobLogs
 
@@ -20,14 +20,11 @@ LOG_PRUNE_EVERY = 3600.0
 
 
 class Housekeeping:
-    def __init__(self, db: Database, job_logs: JobLogs, log_retention_days: int,
-                 retention_days: Callable[[], Mapping[str, int]],
-                 registered_tables: Callable[[], Mapping[str, QuotedTable]]):
+    def __init__(self, db: Database, job_logs: JobLogs, log_retention_days: int, catalog: QueueCatalog):
         self.db = db
         self.job_logs = job_logs
         self.log_retention_days = log_retention_days
-        self.retention_days = retention_days
-        self.registered_tables = registered_tables
+        self.catalog = catalog  # each queue's table and retention_days
         self._last_retention = 0.0
         self._last_log_prune = 0.0
 
@@ -43,10 +40,10 @@ class Housekeeping:
     def apply_retention(self) -> None:
         """Delete finished tasks past each queue's retention_days, in small
         batches, on one server at a time (a named lock decides which)."""
-        keep_days = {name: days for name, days in self.retention_days().items() if days > 0}
+        keep_days = {name: days for name, days in self.catalog.retention_days.items() if days > 0}
         if not keep_days:
             return
-        tables = self.registered_tables()
+        tables = self.catalog.tables
         with self.db.connection() as conn, conn.cursor() as cur:
             if not store.try_lock(cur, "geventq_retention"):
                 return

@@ -20,7 +20,7 @@ from gevent import monkey
 from loguru import logger
 
 from geventq import store
-from geventq.db import Database
+from geventq.db import Connection, Database
 from geventq.errors import LeaseLost
 
 native_sleep = monkey.get_original("time", "sleep")
@@ -91,7 +91,7 @@ class Heartbeat:
         self._status = ("online", "[]", 0)
         self._stop = False
         self._exited = False
-        self._conn = None
+        self._conn: Connection | None = None
 
     def refresh_status(self) -> None:
         """Called on the hub: the thread reads this tuple, never live dicts."""

@@ -34,7 +34,7 @@ FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {message}"
 EXECUTOR_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <7} | {name}:{line} | {message}"
 
 
-def _not_job_record(record: dict) -> bool:
+def _not_job_record(record: Any) -> bool:
     return "log_id" not in record["extra"]
 
 
@@ -185,12 +185,13 @@ class Throttle:
 # Lines waiting for the writer thread before new runs wait for it (a few MB).
 MAX_BACKLOG = 50_000
 
-_second = [-1, ""]  # the formatted current second, reused for every line in it
+_second: tuple[int, str] = (-1, "")  # the formatted current second, reused for every line in it
 
 
 def _formatted_second(whole: int) -> str:
+    global _second
     if whole != _second[0]:
-        _second[:] = [whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole))]
+        _second = (whole, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(whole)))
     return _second[1]
 
 

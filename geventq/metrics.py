@@ -5,7 +5,7 @@ one), holding three collectors:
 
 - `HotPathCollector`: counters and histograms fed by the runners' hooks
   (`claimed`, `finished`) and the rescue (`rescued`), and the gauges that
-  are read off the runtime (running, pool size, recorder backlog, lease);
+  are read off the running queues, the recorder and the lease;
 - `DatabaseCollector`: the gauges read from the database at scrape time
   (due pending tasks and the age of the oldest), one query per queue table,
   within a time budget; a database error leaves them out, never the rest;
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import bottle
 import gevent
@@ -37,16 +37,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from geventq import store
+from geventq import admin_store, store
 from geventq.admin import require_bearer
 from geventq.api_schema import Endpoint
 from geventq.attempts import Attempt, Outcome, OutcomeKind
+from geventq.catalog import QueueCatalog
+from geventq.db import Database
 from geventq.errors import DatabaseError
+from geventq.lease import Lease
 from geventq.logs import Throttle
-from geventq.runtime import Runtime
-
-if TYPE_CHECKING:
-    from geventq.queues import QueueRunner
+from geventq.queues import QueueRunner, RunningQueues
 
 # Seconds from a handler's start to its end.
 RUN_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -111,11 +111,16 @@ class QueueStats:
 class Metrics:
     """The process's registry, its hot-path hooks and the /metrics route."""
 
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
-        self.server_id = runtime.server_id
+    def __init__(self, *, server_id: str, db: Database, catalog: QueueCatalog, running: RunningQueues,
+                 lease: Lease, outcome_backlog: Callable[[], int], token: str):
+        self.server_id = server_id
+        self.db = db
+        self.catalog = catalog
+        self.running = running
+        self.lease = lease
+        self.outcome_backlog = outcome_backlog
+        self.token = token  # the bearer token /metrics needs; "" = none
         self.queues: dict[str, QueueStats] = {}  # by queue name: counters survive a runner's restart
-        self.table_queues: dict[str, str] = {}  # table_name -> queue_name, refreshed by scrapes
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HotPathCollector(self))
         self.registry.register(DatabaseCollector(self))
@@ -124,12 +129,12 @@ class Metrics:
 
     # --- the life cycle's listener (the hub runs ~7,000 tasks/s: each call O(1) and cheap) ---
 
-    def claimed(self, queue_name: str, attempts: list[Attempt]) -> None:
+    def claimed(self, queue_name: str, attempts: Sequence[Attempt]) -> None:
         stats = self.queue_stats(queue_name)
         stats.claimed += len(attempts)
         pickup = stats.pickup
         for attempt in attempts:
-            if attempt.claimed_at is not None:
+            if attempt.claimed_at is not None and attempt.schedule_time is not None:
                 pickup.observe(max(0.0, (attempt.claimed_at - attempt.schedule_time).total_seconds()))
 
     def finished(self, attempt: Attempt, outcome: Outcome, seconds: float) -> None:
@@ -151,16 +156,7 @@ class Metrics:
 
     def queue_of_table(self, table_name: str) -> str:
         """The queue_name of a table; the table's own name when no queue has it now."""
-        runner = self.runtime.runner_for_table(table_name)
-        if runner is not None:
-            return runner.queue_name
-        if table_name not in self.table_queues:
-            try:
-                rows = self.runtime.db.call(store.list_queue_configs)
-                self.table_queues = {row["table_name"]: row["queue_name"] for row in rows}
-            except DatabaseError as error:
-                logger.warning("metrics: queue of table {} unknown: {}", table_name, error)
-        return self.table_queues.get(table_name, table_name)
+        return self.catalog.queue_of_table.get(table_name, table_name)
 
     def queue_stats(self, queue_name: str) -> QueueStats:
         stats = self.queues.get(queue_name)
@@ -170,22 +166,12 @@ class Metrics:
 
     # --- HTTP ---------------------------------------------------------------
 
-    @property
-    def token(self) -> str:
-        """The bearer token /metrics needs: admin.token when admin.metrics_auth is true."""
-        admin = self.runtime.config.admin
-        return admin.token if admin.metrics_auth else ""
-
-    def endpoints(self) -> list[Endpoint]:
-        """For the OpenAPI document (admin.endpoints) and install_routes."""
-        return [Endpoint("GET", "/metrics", "Prometheus metrics of this server (text format 0.0.4)",
-                         {"type": "string"}, tag="metrics", auth=bool(self.token), uses_database=False,
-                         raw="text/plain")]
-
-    def install_routes(self, app: bottle.Bottle) -> None:
-        """Called by admin.create_app; the admin's plugin turns errors into envelopes."""
-        for endpoint in self.endpoints():
-            app.route(endpoint.path, endpoint.method, self.serve, endpoint=endpoint)
+    def routes(self) -> list[tuple[Endpoint, Callable[[Any, Any], bytes]]]:
+        """For admin.create_app: served and documented like the admin's own routes."""
+        endpoint = Endpoint("GET", "/metrics", "Prometheus metrics of this server (text format 0.0.4)",
+                            {"type": "string"}, tag="metrics", auth=bool(self.token), uses_database=False,
+                            raw="text/plain")
+        return [(endpoint, self.serve)]
 
     def serve(self, admin: Any, call: Any) -> bytes:
         if self.token:
@@ -199,14 +185,14 @@ class Metrics:
 
 
 class HotPathCollector(Collector):
-    """The hooks' counts and histograms, and the gauges read off the runtime."""
+    """The hooks' counts and histograms, and the gauges read off this process."""
 
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
         metrics, server = self.metrics, self.metrics.server_id
-        runners = metrics.runtime.all_runners()
+        runners = list(metrics.running)
         for runner in runners:  # a queue that ran nothing yet still shows its zeros
             metrics.queue_stats(runner.queue_name)
         queues = sorted(metrics.queues.items())
@@ -220,7 +206,7 @@ class HotPathCollector(Collector):
         yield self._histogram("geventq_task_pickup_latency_seconds",
                               "Seconds from a task's schedule_time to its claim (database clock)",
                               queues, "pickup")
-        yield from self._runtime_gauges(runners)
+        yield from self._process_gauges(runners)
 
     def _histogram(self, name: str, documentation: str, queues: list[tuple[str, QueueStats]],
                    slot: str) -> HistogramMetricFamily:
@@ -230,8 +216,8 @@ class HotPathCollector(Collector):
             family.add_metric((queue, self.metrics.server_id), buckets.cumulative(), buckets.total)
         return family
 
-    def _runtime_gauges(self, runners: Iterable[QueueRunner]) -> Iterator[Metric]:
-        runtime, server = self.metrics.runtime, self.metrics.server_id
+    def _process_gauges(self, runners: Iterable[QueueRunner]) -> Iterator[Metric]:
+        metrics, server = self.metrics, self.metrics.server_id
         running: dict[str, int] = {}
         pool_size: dict[str, int] = {}
         for runner in runners:  # a queue may be draining while its new runner starts
@@ -247,16 +233,15 @@ class HotPathCollector(Collector):
         for queue in sorted(pool_size):
             family.add_metric((queue, server), pool_size[queue])
         yield family
-        recorder = runtime.recorder
         family = GaugeMetricFamily("geventq_outcomes_buffered",
                                    "Outcomes waiting to be written to the database (recorder backlog)",
                                    labels=("server",))
-        family.add_metric((server,), recorder.backlog if recorder is not None else 0)
+        family.add_metric((server,), metrics.outcome_backlog())
         yield family
         family = GaugeMetricFamily("geventq_lease_valid",
                                    "1 while this server's heartbeat lease is valid (it may claim), else 0",
                                    labels=("server",))
-        family.add_metric((server,), 1 if runtime.lease.valid() else 0)
+        family.add_metric((server,), 1 if metrics.lease.valid() else 0)
         yield family
 
 
@@ -293,12 +278,11 @@ class DatabaseCollector(Collector):
         yield ok
 
     def _read(self) -> None:
-        runtime = self.metrics.runtime
         found = None
         try:
             # On timeout the connection is closed mid-statement (db.connection discards it).
             with gevent.Timeout(SCRAPE_DB_BUDGET, False):
-                found = runtime.db.call(read_due_pending)
+                found = self.metrics.db.call(read_due_pending)
         except DatabaseError as error:
             self._log_error(str(error))
         else:
@@ -309,16 +293,14 @@ class DatabaseCollector(Collector):
         if found is None:
             self._due = {}
             return
-        queues, self._due = found
-        self.metrics.table_queues = {row["table_name"]: row["queue_name"] for row in queues}
+        self._due = found
 
     def _log_error(self, reason: str) -> None:
         if self._errors.ready():
             logger.warning("/metrics: database gauges left out: database {}: {}",
-                           self.metrics.runtime.db.address, reason)
+                           self.metrics.db.address, reason)
 
 
-def read_due_pending(cur) -> tuple[list[dict[str, Any]], dict[str, tuple[int, float | None]]]:
-    """The queue rows and their due pending tasks, on one connection."""
-    queues = store.list_queue_configs(cur)
-    return queues, store.due_pending_by_queue(cur, queues)
+def read_due_pending(cur) -> dict[str, tuple[int, float | None]]:
+    """Every queue's due pending tasks, on one connection."""
+    return admin_store.due_pending_by_queue(cur, store.list_queue_configs(cur))

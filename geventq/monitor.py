@@ -110,7 +110,7 @@ def _on_event(event) -> None:
 
 def _where(hub) -> str:
     """The innermost frame of the blocked thread: what the handler was doing."""
-    frame = sys._current_frames().get(getattr(hub, "thread_ident", None))
+    frame = sys._current_frames().get(getattr(hub, "thread_ident", -1))
     if frame is None:
         return "?"
     return f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}"

@@ -19,19 +19,17 @@ from gevent.event import Event
 from loguru import logger
 
 from geventq import store
-from geventq.attempts import DONE, Attempt, Outcome, OutcomeKind
-from geventq.db import Database
+from geventq.attempts import DONE, Attempt, ClaimedAttempts, Outcome, OutcomeKind
+from geventq.db import Database, QuotedTable
 from geventq.errors import DatabaseError, DatabaseUnavailable
 from geventq.logs import Throttle
-from geventq.runtime import Runtime
 
 
 class OutcomeRecorder:
-    def __init__(self, runtime: Runtime, flush_interval: float):
-        self.runtime = runtime
-        self.db: Database = runtime.db
-        self.server_id = runtime.server_id
-        self.claimed = runtime.claimed
+    def __init__(self, db: Database, server_id: str, claimed: ClaimedAttempts, flush_interval: float):
+        self.db = db
+        self.server_id = server_id
+        self.claimed = claimed  # settled here once an outcome is written (or fenced out)
         self.flush_interval = flush_interval
         self._pending: list[tuple[Attempt, Outcome]] = []
         self._has_pending = Event()
@@ -79,15 +77,8 @@ class OutcomeRecorder:
                 backoff = 0.05
 
     def _write(self, batch: list[tuple[Attempt, Outcome]]) -> list[tuple[Attempt, Outcome]]:
-        """Write a batch; returns what could not be written for now. Successes
-        of one table and retry_count share one UPDATE; failures go one by one."""
-        groups: dict[tuple, list[Attempt]] = defaultdict(list)
-        singles: list[tuple[Attempt, Outcome]] = []
-        for attempt, outcome in batch:
-            if outcome.kind is OutcomeKind.DONE:
-                groups[(attempt.table, attempt.retry_count)].append(attempt)
-            else:
-                singles.append((attempt, outcome))
+        """Write a batch; returns what could not be written for now."""
+        groups, singles = group_outcomes(batch)
         unwritten: list[tuple[Attempt, Outcome]] = []
         for (table, retry_count), attempts in groups.items():
             ids = [attempt.id for attempt in attempts]
@@ -107,9 +98,9 @@ class OutcomeRecorder:
     def _write_failure(self, cur, attempt: Attempt, outcome: Outcome) -> int:
         if outcome.kind is OutcomeKind.RETRY:
             return store.retry_task_later(cur, attempt.table, self.server_id, attempt.id,
-                                          attempt.retry_count, outcome.error, outcome.delay)
+                                          attempt.retry_count, outcome.error or "", outcome.delay)
         return store.fail_task(cur, attempt.table, self.server_id, attempt.id,
-                               attempt.retry_count, outcome.error)
+                               attempt.retry_count, outcome.error or "")
 
     def _execute(self, statement, *args) -> int | None:
         """Rows matched, or None when the database is away (try later)."""
@@ -137,3 +128,18 @@ class OutcomeRecorder:
         if self._errors.ready():
             logger.warning("outcomes waiting for the database ({} buffered): {}",
                            len(self._pending), error)
+
+
+def group_outcomes(batch: list[tuple[Attempt, Outcome]]
+                   ) -> tuple[dict[tuple[QuotedTable, int], list[Attempt]], list[tuple[Attempt, Outcome]]]:
+    """Successes of one table and retry_count share one fenced UPDATE (the
+    fence names one retry_count); failures carry their own error and delay,
+    so they go one by one. Order within each is kept."""
+    groups: dict[tuple[QuotedTable, int], list[Attempt]] = defaultdict(list)
+    singles: list[tuple[Attempt, Outcome]] = []
+    for attempt, outcome in batch:
+        if outcome.kind is OutcomeKind.DONE:
+            groups[(attempt.table, attempt.retry_count)].append(attempt)
+        else:
+            singles.append((attempt, outcome))
+    return dict(groups), singles

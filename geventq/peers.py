@@ -23,9 +23,9 @@ import ujson
 from gevent.lock import Semaphore
 from loguru import logger
 
-from geventq import store
+from geventq import admin_store, store
+from geventq.db import Database
 from geventq.errors import DatabaseError, GeventqError
-from geventq.runtime import Runtime
 
 DIRECTORY_MAX_AGE = 1.0
 WAKE_TIMEOUT = 1.0
@@ -49,8 +49,11 @@ def base_url(admin_address: str, host: str = "") -> str:
 
 
 class Peers:
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
+    def __init__(self, db: Database, server_id: str, heartbeat_timeout: float, token: str):
+        self.db = db
+        self.server_id = server_id
+        self.heartbeat_timeout = heartbeat_timeout
+        self.token = token  # admin.token: every server of a cluster shares it
         self._peers: list[dict[str, Any]] = []
         self._queue_of_table: dict[str, str] = {}
         self._fetched_at = float("-inf")
@@ -60,8 +63,7 @@ class Peers:
         self._connections = KeepAlive()
 
     def _auth_headers(self) -> dict[str, str]:
-        token = self.runtime.config.admin.token
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     # --- wakes ---------------------------------------------------------------
 
@@ -117,11 +119,9 @@ class Peers:
         with self._refresh_lock:
             if not force and time.monotonic() - self._fetched_at < DIRECTORY_MAX_AGE:
                 return False
-            runtime = self.runtime
             try:
-                rows = runtime.db.call(store.live_peers, runtime.config.executor.heartbeat_timeout,
-                                       runtime.server_id)
-                queues = runtime.db.call(store.list_queue_configs)
+                rows = self.db.call(admin_store.live_peers, self.heartbeat_timeout, self.server_id)
+                queues = self.db.call(store.list_queue_configs)
             except DatabaseError as error:
                 logger.debug("peer wakes: cannot read the servers table: {}", error)
                 return False
@@ -192,7 +192,7 @@ class KeepAlive:
     @staticmethod
     def _connect(url: str, timeout: float) -> http.client.HTTPConnection:
         parts = urllib.parse.urlsplit(url)
-        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        return http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
 
 
 def parse_queue_list(text: Any) -> list[str]:

@@ -1,27 +1,27 @@
 """Servers: registration in the `servers` table, the rescue of tasks left
-`running` by dead servers, the reconciliation of our own claims that nobody
-runs, and the maintenance pass that runs them every heartbeat_interval.
-The lease and the heartbeat thread are in lease.py."""
+`running` by dead servers (`Rescue`), the reconciliation of our own claims
+that nobody runs (`Reconcile`), and the maintenance pass that runs them every
+heartbeat_interval. The lease and the heartbeat thread are in lease.py."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Mapping
 
 import gevent
-import ujson
 from loguru import logger
 
 from geventq import store
-from geventq.db import Database
+from geventq.attempts import ClaimedAttempts, Listeners
+from geventq.catalog import QueueCatalog
+from geventq.db import Database, QuotedTable
 from geventq.errors import DatabaseError, DatabaseUnavailable, GeventqError
 from geventq.housekeeping import Housekeeping
-from geventq.lease import Heartbeat
-from geventq.logs import Throttle
-from geventq.runtime import Runtime
+from geventq.lease import Heartbeat, Lease
+from geventq.logs import JobLogs, Throttle
+from geventq.queues import RunningQueues
 
 # Our own claims older than this that nobody here runs are reconciled: the
 # claim's COMMIT reached the database but its reply never reached us.
@@ -62,39 +62,113 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def register(runtime: Runtime) -> None:
-    """Write our row before anything runs; starts the lease."""
-    sent_at = time.monotonic()
-    runtime.db.call(write_registration(runtime))
-    runtime.lease.renew(sent_at)
+class Registration:
+    """This process's row in `servers`."""
+
+    def __init__(self, server_id: str, admin_address: str):
+        self.server_id = server_id
+        self.admin_address = admin_address
+
+    def write(self, cur) -> None:
+        """Also what the heartbeat runs when our row was deleted under us."""
+        store.register_server(cur, self.server_id, this_host(), os.getpid(), self.admin_address,
+                              _version())
+
+    def register(self, db: Database, lease: Lease) -> None:
+        """Write our row before anything runs; starts the lease."""
+        sent_at = time.monotonic()
+        db.call(self.write)
+        lease.renew(sent_at)
+
+    def mark_offline(self, db: Database) -> None:
+        db.retrying(store.mark_server_offline, self.server_id, what="marking the server offline",
+                    attempts=20)
 
 
-def write_registration(runtime: Runtime) -> Callable[[Any], None]:
-    """register_server(cur) for this process: also what the heartbeat runs
-    when our row was deleted under us."""
-    def write(cur) -> None:
-        store.register_server(cur, runtime.server_id, this_host(), os.getpid(),
-                              runtime.admin_address, _version())
-    return write
-
-
-def recover_own_orphans(runtime: Runtime) -> int:
+def recover_own_orphans(db: Database, server_id: str, tables: Mapping[str, QuotedTable]) -> int:
     """A restart under the same server_id: whatever the previous process left
     running is requeued at once, counted as an attempt."""
     total = 0
-    for table_name, table in runtime.registered_tables.items():
+    for table_name, table in tables.items():
         try:
-            total += runtime.db.call(store.recover_own_orphans, table, runtime.server_id)
+            total += db.call(store.recover_own_orphans, table, server_id)
         except DatabaseError as error:
             logger.warning("recovering orphans in {}: {}", table_name, error)
     if total:
-        logger.warning("requeued {} tasks left running by a previous process of {}", total, runtime.server_id)
+        logger.warning("requeued {} tasks left running by a previous process of {}", total, server_id)
     return total
 
 
-def mark_offline(runtime: Runtime) -> None:
-    runtime.db.retrying(store.mark_server_offline, runtime.server_id,
-                        what="marking the server offline", attempts=20)
+class Rescue:
+    """Requeues (or fails) the attempts of servers whose heartbeat expired."""
+
+    def __init__(self, db: Database, catalog: QueueCatalog, listeners: Listeners, heartbeat_timeout: float):
+        self.db = db
+        self.catalog = catalog
+        self.listeners = listeners
+        self.heartbeat_timeout = heartbeat_timeout
+
+    def rescue_dead_servers(self) -> int:
+        """Requeue the attempts of servers that were dead when we looked. The
+        decision's moment bounds the rescue (see store.rescue_dead_servers_tasks),
+        so a server that renews its heartbeat meanwhile keeps its new claims."""
+        decided_at, alive = self.db.call(store.rescue_decision, self.heartbeat_timeout)
+        rescued = 0
+        for table_name, table in list(self.catalog.tables.items()):
+            try:
+                count = self.db.call(store.rescue_dead_servers_tasks, table, decided_at, alive)
+            except DatabaseUnavailable:
+                raise
+            except DatabaseError as error:
+                logger.warning("rescue in {} failed: {}", table_name, error)
+                continue
+            if count:
+                logger.warning("rescued {} tasks in {} from servers whose heartbeat expired "
+                               "(claimed before {})", count, table_name, decided_at)
+                rescued += count
+                self.listeners.rescued(table_name, count)
+        return rescued
+
+
+class Reconcile:
+    """Requeues our own status-1 rows that nothing here runs: a claim whose
+    COMMIT reached the database but whose reply never reached us."""
+
+    def __init__(self, db: Database, server_id: str, catalog: QueueCatalog, queues: RunningQueues,
+                 claimed: ClaimedAttempts):
+        self.db = db
+        self.server_id = server_id
+        self.catalog = catalog
+        self.queues = queues
+        self.claimed = claimed
+
+    def reconcile_unattended_claims(self) -> int:
+        """Every registered table, not only the queues we run now: a lapse
+        stops the handlers of a queue that may then move to another server,
+        and their rows stay ours (we are alive, so nobody rescues them) until
+        we look."""
+        claiming = {runner.table_name for runner in self.queues if runner.claim_in_flight}
+        requeued = 0
+        for table_name, table in list(self.catalog.tables.items()):
+            # A claim in flight may be the very one whose rows look unattended
+            # (its reply is slow, not lost): its rows would start once it
+            # returns. Rows claimed after this check are too young to match.
+            if table_name in claiming:
+                continue
+            requeued += self._requeue_unattended(table_name, table)
+        return requeued
+
+    def _requeue_unattended(self, table_name: str, table: QuotedTable) -> int:
+        requeued = 0
+        rows = self.db.call(store.find_own_claims, table, self.server_id, UNATTENDED_CLAIM_AGE)
+        for row in rows:
+            if self.claimed.holds(table_name, row["id"]):
+                continue
+            requeued += self.db.call(store.requeue_unattended_claim, table, self.server_id,
+                                     row["id"], row["retry_count"], UNATTENDED_CLAIM_AGE)
+            logger.warning("task {}-{} was claimed by us but is not running here; requeued",
+                           table_name, row["id"])
+        return requeued
 
 
 class Maintenance:
@@ -102,11 +176,16 @@ class Maintenance:
     heartbeat thread's errors, rescue dead servers' tasks, reconcile our own
     unattended claims, and run the housekeeping that is due."""
 
-    def __init__(self, runtime: Runtime, heartbeat: Heartbeat, housekeeping: Housekeeping):
-        self.runtime = runtime
+    def __init__(self, *, heartbeat: Heartbeat, lease: Lease, job_logs: JobLogs, rescue: Rescue,
+                 reconcile: Reconcile, housekeeping: Housekeeping, interval: float, db_address: str):
         self.heartbeat = heartbeat
+        self.lease = lease
+        self.job_logs = job_logs
+        self.rescue = rescue
+        self.reconcile = reconcile
         self.housekeeping = housekeeping
-        self.interval = runtime.config.executor.heartbeat_interval
+        self.interval = interval
+        self.db_address = db_address
         self._greenlet: gevent.Greenlet | None = None
         self._outages = Throttle(max(10.0, self.interval))
 
@@ -131,76 +210,18 @@ class Maintenance:
     def run_once(self) -> None:
         if self.heartbeat.last_error:
             self._log_outage(self.heartbeat.last_error)
-        job_log_error, self.runtime.job_logs.last_error = self.runtime.job_logs.last_error, None
+        job_log_error, self.job_logs.last_error = self.job_logs.last_error, None
         if job_log_error:
             logger.warning("could not write a job log: {}", job_log_error)
-        if not self.runtime.lease.valid():
+        if not self.lease.valid():
             return
-        self.rescue_dead_servers()
-        self.reconcile_unattended_claims()
+        self.rescue.rescue_dead_servers()
+        self.reconcile.reconcile_unattended_claims()
         self.housekeeping.run_due()
-
-    def rescue_dead_servers(self) -> int:
-        """Requeue the attempts of servers that were dead when we looked. The
-        decision's moment bounds the rescue (see store.rescue_dead_servers_tasks),
-        so a server that renews its heartbeat meanwhile keeps its new claims."""
-        runtime = self.runtime
-        decided_at, alive = runtime.db.call(store.rescue_decision,
-                                            runtime.config.executor.heartbeat_timeout)
-        rescued = 0
-        for table_name, table in list(runtime.registered_tables.items()):
-            try:
-                count = runtime.db.call(store.rescue_dead_servers_tasks, table, decided_at, alive)
-            except DatabaseUnavailable:
-                raise
-            except DatabaseError as error:
-                logger.warning("rescue in {} failed: {}", table_name, error)
-                continue
-            if count:
-                logger.warning("rescued {} tasks in {} from servers whose heartbeat expired "
-                               "(claimed before {})", count, table_name, decided_at)
-                rescued += count
-                runtime.listeners.rescued(table_name, count)
-        return rescued
-
-    def reconcile_unattended_claims(self) -> int:
-        """Requeue our own status-1 rows that nothing here runs. Every
-        registered table, not only the queues we run now: a lapse stops the
-        handlers of a queue that may then move to another server, and their
-        rows stay ours (we are alive, so nobody rescues them) until we look."""
-        runtime = self.runtime
-        runners = {runner.table_name: runner for runner in runtime.all_runners()}
-        requeued = 0
-        for table_name, table in list(runtime.registered_tables.items()):
-            runner = runners.get(table_name)
-            # A claim in flight may be the very one whose rows look unattended
-            # (its reply is slow, not lost): its rows would start once it
-            # returns. Rows claimed after this check are too young to match.
-            if runner is not None and runner.claim_in_flight:
-                continue
-            requeued += self._requeue_unattended(table_name, table)
-        return requeued
-
-    def _requeue_unattended(self, table_name: str, table) -> int:
-        runtime = self.runtime
-        requeued = 0
-        rows = runtime.db.call(store.find_own_claims, table, runtime.server_id, UNATTENDED_CLAIM_AGE)
-        for row in rows:
-            if runtime.claimed.holds(table_name, row["id"]):
-                continue
-            requeued += runtime.db.call(store.requeue_unattended_claim, table, runtime.server_id,
-                                        row["id"], row["retry_count"], UNATTENDED_CLAIM_AGE)
-            logger.warning("task {}-{} was claimed by us but is not running here; requeued",
-                           table_name, row["id"])
-        return requeued
 
     def _log_outage(self, error) -> None:
         if self._outages.ready():
-            logger.warning("database {} unreachable: {}", self.runtime.db.address, error)
-
-
-def status_snapshot(runtime: Runtime) -> tuple[str, str, int]:
-    return (runtime.state, ujson.dumps(sorted(runtime.runners)), runtime.running_count())
+            logger.warning("database {} unreachable: {}", self.db_address, error)
 
 
 def _version() -> str:

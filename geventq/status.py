@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from geventq import store
+from geventq import admin_store, store
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import DatabaseError, NoSuchTable
@@ -44,8 +44,8 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
 
 def read_status(cur, heartbeat_timeout: float) -> tuple[Any, list[dict], list[dict]]:
     """The database clock, every queue with its counts, every server; one connection."""
-    return (store.database_now(cur), store.queue_overview(cur),
-            store.list_servers(cur, heartbeat_timeout))
+    return (store.database_now(cur), admin_store.queue_overview(cur),
+            admin_store.list_servers(cur, heartbeat_timeout))
 
 
 def render(config: Config, address: str, now: Any, queues: list[dict], servers: list[dict]) -> str:

@@ -11,11 +11,11 @@ from gevent.event import Event
 from loguru import logger
 
 from geventq import store
-from geventq.db import QuotedTable, quote_table
-from geventq.errors import DatabaseError, InvalidIdentifier
+from geventq.catalog import QueueCatalog
+from geventq.db import Database
+from geventq.errors import DatabaseError
 from geventq.logs import Throttle
-from geventq.queues import QueueRunner
-from geventq.runtime import Runtime
+from geventq.queues import QueueRunner, RunningQueues
 
 OUTAGE_LOG_EVERY = 10.0
 
@@ -25,14 +25,21 @@ def wanted_here(row: dict[str, Any], server_id: str) -> bool:
 
 
 class QueueSync:
-    def __init__(self, runtime: Runtime, claim: Callable[..., list[dict]]):
-        self.runtime = runtime
-        self.claim = claim
-        self.interval = runtime.config.queue.config_sync_interval
-        self.run_queues = runtime.config.queue.enable
+    """Reads queue_configs into the catalog, and (with `queue.enable`) starts,
+    retires and re-sizes this server's queues to match it."""
+
+    def __init__(self, db: Database, catalog: QueueCatalog, queues: RunningQueues, *,
+                 server_id: str, interval: float, run_queues: bool,
+                 make_runner: Callable[[dict[str, Any]], QueueRunner]):
+        self.db = db
+        self.catalog = catalog
+        self.queues = queues
+        self.server_id = server_id
+        self.interval = interval
+        self.run_queues = run_queues
+        self.make_runner = make_runner
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
-        self._bad_tables: set[str] = set()
         self._errors = Throttle(OUTAGE_LOG_EVERY)
 
     def start(self) -> None:
@@ -58,55 +65,27 @@ class QueueSync:
 
     def _log_error(self, error: DatabaseError) -> None:
         if self._errors.ready():
-            logger.warning("config sync: database {}: {}", self.runtime.db.address, error)
+            logger.warning("config sync: database {}: {}", self.db.address, error)
+
+    def read_catalog(self) -> list[dict[str, Any]]:
+        """Only learn what is registered (start-up does this before anything may claim)."""
+        rows = self.db.call(store.list_queue_configs)
+        self.catalog.update(rows)
+        return rows
 
     def sync_once(self) -> None:
-        rows = self.runtime.db.call(store.list_queue_configs)
-        self.runtime.registered_tables = self._registered_tables(rows)
-        self.runtime.retention_days = {row["table_name"]: int(row.get("retention_days") or 0)
-                                       for row in rows}
+        rows = self.read_catalog()
         if not self.run_queues:
             return
         wanted = {row["queue_name"]: row for row in rows
-                  if wanted_here(row, self.runtime.server_id)
-                  and row["table_name"] in self.runtime.registered_tables}
-        for name in list(self.runtime.runners):
+                  if wanted_here(row, self.server_id) and row["table_name"] in self.catalog.tables}
+        for name, runner in list(self.queues.active.items()):
             row = wanted.get(name)
-            if row is None or row["table_name"] != self.runtime.runners[name].table_name:
-                self._retire(name)
+            if row is None or row["table_name"] != runner.table_name:
+                self.queues.retire(name)
         for name, row in wanted.items():
-            runner = self.runtime.runners.get(name)
-            if runner is None:
-                self._start(row)
+            running = self.queues.active.get(name)
+            if running is None:
+                self.queues.add(self.make_runner(row))
             else:
-                runner.apply(row)
-
-    def _registered_tables(self, rows: list[dict[str, Any]]) -> dict[str, QuotedTable]:
-        tables = {}
-        for row in rows:
-            name = row["table_name"]
-            try:
-                tables[name] = quote_table(name, None)
-            except InvalidIdentifier as error:
-                if name not in self._bad_tables:
-                    logger.error("queue {} is skipped: {}", row["queue_name"], error)
-                self._bad_tables.add(name)
-        return tables
-
-    def _start(self, row: dict[str, Any]) -> None:
-        runner = QueueRunner(self.runtime, row, self.claim)
-        self.runtime.runners[runner.queue_name] = runner
-        runner.start()
-
-    def _retire(self, name: str) -> None:
-        """Stop claiming for a queue that was disabled, deleted or moved away,
-        and let its running tasks finish in the background."""
-        runner = self.runtime.runners.pop(name)
-        self.runtime.draining.add(runner)
-        logger.info("queue {} no longer runs here: draining {} running tasks", name, runner.running)
-        gevent.spawn(self._drain, runner)
-
-    def _drain(self, runner: QueueRunner) -> None:
-        runner.drain(timeout=None)
-        self.runtime.draining.discard(runner)
-        logger.info("queue {} drained", runner.queue_name)
+                running.apply(row)

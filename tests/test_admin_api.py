@@ -15,11 +15,10 @@ import json
 import time
 import urllib.parse
 
-import pymysql
 import pytest
 
-from geventq import store
-from geventq.db import quote_table
+from geventq import admin_store, config
+from geventq.db import Database, quote_table
 from tests.faultproxy import FaultProxy
 from tests.support import ExecutorProcess, TestDatabase, http, wait_for, write_config
 
@@ -197,7 +196,7 @@ def test_queue_create_list_update_delete_round_trip(url, api_db):
     columns = {r["c"] for r in api_db.query(
         "SELECT column_name AS c FROM information_schema.columns WHERE table_schema = DATABASE() "
         "AND table_name = 'rt_tasks'")}
-    assert columns >= set(store.TASK_BASE_COLUMNS)
+    assert columns >= set(admin_store.TASK_BASE_COLUMNS)
     # And the server that received it runs it at once (its own sync interval is 30 s)
     wait_for(lambda: runs_queue(url, "server-a", "rt_queue"), timeout=5, message="rt_queue running")
 
@@ -363,20 +362,20 @@ def test_batch_create_inserts_all_in_one_statement_or_nothing(url, api_db):
         error(call(url, "POST", "/admin/task/batch_create", big, table=table), 413, "16 MiB")
 
 
-def test_batch_ids_without_returning_are_read_back_in_a_snapshot(api_db):
+def test_batch_ids_without_returning_are_read_back_in_a_snapshot(api_db, tmp_path):
     # MySQL has no INSERT … RETURNING; the fallback must give the same ids.
-    conn = pymysql.connect(host="127.0.0.1", user="root", database=api_db.name, autocommit=True,
-                           cursorclass=pymysql.cursors.DictCursor)
-    with conn, conn.cursor() as cur:
-        tasks = [{"task_type": "noop", "task_params": f'{{"j": {j}}}', "schedule_time": None,
-                  "max_retries": 1} for j in range(50)]
-        table = quote_table("quiet_tasks", None)
-        ids = store.insert_tasks(cur, table, tasks, False, 16 * MIB)
-        assert cur.connection.get_autocommit()
-        cur.execute("SELECT id, task_params FROM quiet_tasks WHERE id IN %s ORDER BY id", (ids,))
-        assert [json.loads(row["task_params"])["j"] for row in cur.fetchall()] == list(range(50))
-        with pytest.raises(store.StatementTooLarge):
-            store.insert_tasks(cur, table, tasks, True, 100)
+    database = Database(config.load(write_config(tmp_path, api_db), environ={}).database, size=1)
+    tasks = [{"task_type": "noop", "task_params": f'{{"j": {j}}}', "schedule_time": None,
+              "max_retries": 1} for j in range(50)]
+    table = quote_table("quiet_tasks", None)
+    try:
+        ids = database.call(admin_store.insert_tasks, table, tasks, False, 16 * MIB, snapshot=True)
+        with pytest.raises(admin_store.StatementTooLarge):
+            database.call(admin_store.insert_tasks, table, tasks, True, 100, snapshot=True)
+    finally:
+        database.close()
+    rows = api_db.query("SELECT id, task_params FROM quiet_tasks WHERE id IN %s ORDER BY id", (ids,))
+    assert [json.loads(row["task_params"])["j"] for row in rows] == list(range(50))
 
 
 def test_task_log_is_read_where_the_task_ran(url, api_db):

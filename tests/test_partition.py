@@ -111,19 +111,12 @@ def _lapsed_lease(ttl: float = 1.0):
     return lease
 
 
-class _NoDatabase:
-    def call(self, *args, **kwargs):
-        from geventq.errors import DatabaseUnavailable
-        raise DatabaseUnavailable("no database in this test")
-
-
 def test_a_wake_while_the_lease_is_lapsed_does_not_block_the_hub():
     """Seen in a 10-minute soak: a retry's wake (spawn_later(..., runner.wake))
     fired while the lease was lapsed, so `_wake.wait(0.1)` returned at once
     and the scanner looped without yielding until the next heartbeat. With
     the hub blocked the lease watch could not stop the running handlers, and
     another server rescued and ran a task the blocked server still ran."""
-    import types
 
     import gevent
 
@@ -133,9 +126,9 @@ def test_a_wake_while_the_lease_is_lapsed_does_not_block_the_hub():
     # and still invalid then: no lease watch runs here to settle the lapse), and a wake pending
     lease = _lapsed_lease()
     gevent.spawn_later(1.0, lease.renew, time.monotonic())
-    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), db=_NoDatabase())
     row = {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2}
-    runner = QueueRunner(runtime, row, claim=lambda *args: [])
+    runner = QueueRunner(row, claimer=_Claimer(lambda table, limit: []), lease=lease, claimed=None,
+                         listeners=None, attempts=None)
     runner.wake()
     ticks = []
     ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
@@ -182,17 +175,28 @@ def test_handlers_started_after_the_lapse_was_seen_are_stopped_too():
     assert runner.stopped == 2 and runner.running == 0
 
 
-def _runner_with_claim(lease, claim):
-    import types
+class _Claimer:
+    """A claimer whose claim is the test's function and whose database is away."""
 
+    task_types = ("chaos",)
+
+    def __init__(self, claim):
+        self.claim = claim
+
+    def seconds_until_next_due(self, table):
+        from geventq.errors import DatabaseUnavailable
+        raise DatabaseUnavailable("no database in this test")
+
+
+def _runner_with_claim(lease, claim):
     from geventq.attempts import ClaimedAttempts, Listeners
     from geventq.queues import QueueRunner
 
-    runtime = types.SimpleNamespace(lease=lease, task_types=("chaos",), claimed=ClaimedAttempts(),
-                                    listeners=Listeners())
-    runner = QueueRunner(runtime, {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1,
-                                   "max_workers": 2}, claim=claim)
-    return runtime, runner
+    claimed = ClaimedAttempts()
+    runner = QueueRunner({"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2},
+                         claimer=_Claimer(claim), lease=lease, claimed=claimed, listeners=Listeners(),
+                         attempts=None)
+    return claimed, runner
 
 
 CLAIMED_ROW = {"id": 1, "task_type": "chaos", "task_params": "{}", "retry_count": 0, "max_retries": 3,
@@ -205,13 +209,13 @@ def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
     lease = Lease(1.0)
     lease.renew(time.monotonic())  # valid when the claim starts
 
-    def claim(runtime, table, limit):
+    def claim(table, limit):
         lease.renew(time.monotonic() - 2)  # ... and lapsed by the time it returns
         return [dict(CLAIMED_ROW)]
 
-    runtime, runner = _runner_with_claim(lease, claim)
+    claimed, runner = _runner_with_claim(lease, claim)
     runner._claim_batch(2)
-    assert len(runner.pool) == 0 and not len(runtime.claimed)
+    assert len(runner.pool) == 0 and not len(claimed)
 
 
 def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
@@ -222,16 +226,16 @@ def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
     lease = Lease(1.0)
     lease.renew(time.monotonic())
 
-    def claim(runtime, table, limit):
+    def claim(table, limit):
         lease.renewed_at = time.monotonic() - 2   # the lease runs out during the claim,
         lease.renew(time.monotonic())             # a heartbeat renews it,
         lease.end_lapse()                         # and the watch settles the lapse
         assert lease.valid()
         return [dict(CLAIMED_ROW)]
 
-    runtime, runner = _runner_with_claim(lease, claim)
+    claimed, runner = _runner_with_claim(lease, claim)
     runner._claim_batch(2)
-    assert len(runner.pool) == 0 and not len(runtime.claimed)
+    assert len(runner.pool) == 0 and not len(claimed)
 
 
 def test_a_renewal_after_a_lapse_allows_no_claim_until_the_handlers_are_stopped():

@@ -192,26 +192,24 @@ def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_pa
     back to s1, and the rows stayed `running` under s2, alive, forever:
     reconcile looked only at the queues s2 still ran, and nobody rescues the
     rows of a live server."""
-    import types
-
     from geventq import config as geventq_config
     from geventq.attempts import ClaimedAttempts
+    from geventq.catalog import QueueCatalog
     from geventq.db import Database
-    from geventq.servers import Maintenance
+    from geventq.queues import RunningQueues
+    from geventq.servers import Reconcile
     from tests.support import write_config
 
     # Given A alive, holding a 30 s old status-1 row of a table whose queue A does not run
     add_server(db, "A", 0)
     stopped = add_task(db, age=60, status=1, server_id="A", started_age=30)
     database = Database(geventq_config.load(write_config(tmp_path, db), environ={}).database, size=2)
-    runtime = types.SimpleNamespace(
-        server_id="A", db=database, claimed=ClaimedAttempts(), all_runners=lambda: [],
-        registered_tables={TABLE: quote_table(TABLE, None)},
-        config=types.SimpleNamespace(executor=types.SimpleNamespace(heartbeat_interval=0.5)))
+    catalog = QueueCatalog()
+    catalog.update([{"queue_name": "q", "table_name": TABLE}])
     try:
         # When A reconciles
-        maintenance = Maintenance(runtime, heartbeat=None, housekeeping=None)
-        requeued = maintenance.reconcile_unattended_claims()
+        reconcile = Reconcile(database, "A", catalog, RunningQueues(), ClaimedAttempts())
+        requeued = reconcile.reconcile_unattended_claims()
     finally:
         database.close()
     # Then the row is pending again, counted as a lost attempt

@@ -3,7 +3,7 @@ init.sql defines."""
 
 import re
 
-from geventq import store
+from geventq import admin_store
 from geventq.schema import INIT_SQL, split_statements
 
 
@@ -28,5 +28,5 @@ def test_init_sql_applies_twice_without_duplicates(db):
 def test_admin_task_table_ddl_matches_init_sql():
     script = INIT_SQL.read_text()
     [email_tasks] = [s for s in split_statements(script) if "CREATE TABLE IF NOT EXISTS email_tasks" in s]
-    ours = store.TASK_TABLE_DDL.format(table="email_tasks")
+    ours = admin_store.TASK_TABLE_DDL.format(table="email_tasks")
     assert normalise(ours) == normalise(email_tasks)

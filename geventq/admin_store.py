@@ -1,0 +1,417 @@
+"""The SQL of the admin API, the status command and the metrics scrape:
+queue definitions, task creation and inspection, server listings, reports.
+The engine's own statements (claims, outcomes, rescue, heartbeats) are in
+store.py; this module builds on its helpers and never runs on the hot path.
+
+Values always travel as parameters; task tables only as `QuotedTable`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from geventq.db import DRIVER_ERRORS, QuotedTable, check_table_name, quote_table, table_problem
+from geventq.errors import DuplicateKey, GeventqError, InvalidIdentifier, RetryableConflict
+from geventq.store import PENDING, STATUS_NAMES, checked, list_queue_configs, micros, release_lock
+
+# Queue definitions change under a named lock, so two admins creating or
+# renaming queues at once cannot both pass the uniqueness check, and a table
+# this call created can be dropped again when the row that was to register it
+# fails: nothing is left half written.
+
+QUEUE_ADMIN_LOCK = "geventq_queue_admin"
+QUEUE_LOCK_WAIT = 10
+QUEUE_COLUMNS = ("queue_name", "table_name", "server_id", "max_workers", "scan_interval",
+                 "status", "task_timeout", "retention_days")
+TASK_BASE_COLUMNS = frozenset({"id", "task_type", "task_params", "status", "schedule_time",
+                               "start_time", "end_time", "retry_count", "max_retries", "error_msg",
+                               "server_id", "created_at", "updated_at"})
+SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+
+# init.sql's email_tasks, the base columns of every task table.
+TASK_TABLE_DDL = """CREATE TABLE IF NOT EXISTS {table} (
+  id            BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  task_type     VARCHAR(50)  NOT NULL,
+  task_params   MEDIUMTEXT   NULL,
+  status        TINYINT      NOT NULL DEFAULT 0 COMMENT '0 pending, 1 running, 2 done, 3 failed, 4 cancelled',
+  schedule_time DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  start_time    DATETIME(3)  NULL,
+  end_time      DATETIME(3)  NULL,
+  retry_count   INT          NOT NULL DEFAULT 0,
+  max_retries   INT          NOT NULL DEFAULT 3,
+  error_msg     TEXT         NULL,
+  server_id     VARCHAR(50)  NOT NULL DEFAULT '',
+  created_at    DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  updated_at    DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+  KEY idx_status_schedule (status, schedule_time)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
+
+TASK_INSERT = "INSERT INTO {table} (task_type, task_params, schedule_time, max_retries) VALUES "
+TASK_VALUES = "(%s, %s, COALESCE(%s, NOW(3)), %s)"
+
+
+class StatementTooLarge(GeventqError):
+    """A batch insert would exceed the server's max_allowed_packet."""
+
+
+def server_settings(cur) -> dict[str, Any]:
+    """What the admin needs to know once: version, time zone offset, packet size."""
+    cur.execute("SELECT VERSION() AS version, @@max_allowed_packet AS max_allowed_packet, "
+                "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset")
+    return cur.fetchone()
+
+
+def supports_insert_returning(version: str) -> bool:
+    """INSERT … RETURNING arrived in MariaDB 10.5; MySQL has none."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    if match is None or "mariadb" not in version.lower():
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= (10, 5)
+
+
+# --- queues ---
+
+@contextmanager
+def _queue_admin_lock(cur) -> Iterator[None]:
+    cur.execute("SELECT GET_LOCK(%s, %s) AS got", (QUEUE_ADMIN_LOCK, QUEUE_LOCK_WAIT))
+    if cur.fetchone()["got"] != 1:
+        raise RetryableConflict("another queue change is in progress; try again")
+    try:
+        yield
+    finally:
+        release_lock(cur, QUEUE_ADMIN_LOCK)
+
+
+def get_queue(cur, queue_id: int) -> dict[str, Any] | None:
+    cur.execute("SELECT * FROM queue_configs WHERE id = %s", (queue_id,))
+    return cur.fetchone()
+
+
+def create_queue(cur, fields: dict[str, Any]) -> dict[str, Any]:
+    """Create the task table when it is missing, then the queue row. Raises
+    DuplicateKey naming the field, or InvalidIdentifier for a table that
+    cannot hold tasks. Run on an autocommit cursor: DDL commits anyway."""
+    columns = [column for column in QUEUE_COLUMNS if column in fields]
+    with _queue_admin_lock(cur):
+        _check_queue_unique(cur, fields, exclude_id=0)
+        created = _ensure_task_table(cur, fields["table_name"])
+        try:
+            cur.execute(f"INSERT INTO queue_configs ({', '.join(columns)}) "
+                        f"VALUES ({', '.join(f'%({column})s' for column in columns)})", fields)
+        except BaseException:
+            if created:
+                _drop_new_table(cur, fields["table_name"])
+            raise
+        row = get_queue(cur, cur.lastrowid)
+        assert row is not None, "the queue row was just inserted by this connection"
+        return row
+
+
+def update_queue(cur, queue_id: int, changes: dict[str, Any]) -> dict[str, Any] | None:
+    """Change some columns of one queue; None when there is no such queue.
+    A new table_name gets its table created when missing, as on create."""
+    if not changes or not set(changes) <= set(QUEUE_COLUMNS):
+        raise ValueError(f"not queue columns: {sorted(set(changes) - set(QUEUE_COLUMNS))}")
+    with _queue_admin_lock(cur):
+        row = get_queue(cur, queue_id)
+        if row is None:
+            return None
+        _check_queue_unique(cur, changes, exclude_id=queue_id)
+        created = False
+        if changes.get("table_name", row["table_name"]) != row["table_name"]:
+            created = _ensure_task_table(cur, changes["table_name"])
+        assignments = ", ".join(f"{column} = %({column})s" for column in QUEUE_COLUMNS
+                                if column in changes)
+        try:
+            cur.execute(f"UPDATE queue_configs SET {assignments} WHERE id = %(id)s",
+                        {**changes, "id": queue_id})
+        except BaseException:
+            if created:
+                _drop_new_table(cur, changes["table_name"])
+            raise
+        return get_queue(cur, queue_id)
+
+
+def delete_queue(cur, queue_id: int) -> dict[str, Any] | None:
+    """Remove the row (never the task table); the deleted row, or None."""
+    with _queue_admin_lock(cur):
+        row = get_queue(cur, queue_id)
+        if row is not None:
+            cur.execute("DELETE FROM queue_configs WHERE id = %s", (queue_id,))
+        return row
+
+
+def _check_queue_unique(cur, fields: dict[str, Any], exclude_id: int) -> None:
+    # The unique keys' own collation decides, so 'Mail' clashes with 'mail' here
+    # exactly when the INSERT would.
+    for column in ("queue_name", "table_name"):
+        if column not in fields:
+            continue
+        cur.execute(f"SELECT id, {column} AS value FROM queue_configs WHERE {column} = %s AND id <> %s",
+                    (fields[column], exclude_id))
+        clash = cur.fetchone()
+        if clash is not None:
+            raise DuplicateKey(f"{column}: {fields[column]!r} clashes with queue {clash['id']}'s "
+                               f"{column} {clash['value']!r}")
+
+
+def _split_table(name: str) -> tuple[str | None, str]:
+    parts = check_table_name(name)
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def _ensure_task_table(cur, name: str) -> bool:
+    """Create the task table with the base columns unless it exists; an
+    existing table must have them. True when this call created it."""
+    schema, table = _split_table(name)
+    if schema is not None:
+        if schema.lower() in SYSTEM_SCHEMAS:
+            raise InvalidIdentifier(f"table_name: {schema!r} is a system database")
+        cur.execute("SELECT schema_name AS s FROM information_schema.schemata WHERE schema_name = %s",
+                    (schema,))
+        if schema not in {row["s"] for row in cur.fetchall()}:
+            raise InvalidIdentifier(f"table_name: database {schema!r} does not exist")
+    cur.execute("SELECT table_name AS t, column_name AS c FROM information_schema.columns "
+                "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s", (schema, table))
+    # information_schema compares without case; table names on disk do not.
+    columns = {row["c"].lower() for row in cur.fetchall() if row["t"] == table}
+    if columns:
+        missing = sorted(TASK_BASE_COLUMNS - columns)
+        if missing:
+            raise InvalidIdentifier(f"table_name: existing table {name!r} lacks the base task "
+                                    f"columns {', '.join(missing)}")
+        return False
+    cur.execute(TASK_TABLE_DDL.format(table=quote_table(name, None)))
+    return True
+
+
+def _drop_new_table(cur, name: str) -> None:
+    """Undo a table this request created, unless something uses it by now."""
+    table = quote_table(name, None)
+    cur.execute("SELECT COUNT(*) AS n FROM queue_configs WHERE table_name = %s", (name,))
+    if cur.fetchone()["n"] == 0:
+        cur.execute(f"SELECT COUNT(*) AS n FROM {table}")
+        if cur.fetchone()["n"] == 0:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def queue_overview(cur) -> list[dict[str, Any]]:
+    """Every queue row with its task counts by status and the age in seconds
+    of its oldest due pending task, by the database clock."""
+    queues = list_queue_configs(cur)
+    for queue in queues:
+        queue["counts"], queue["oldest_pending_age"], queue["table_error"] = None, None, None
+        try:
+            table = quote_table(queue["table_name"], None)
+            queue["counts"], queue["oldest_pending_age"] = _table_stats(cur, table)
+        except InvalidIdentifier as error:
+            queue["table_error"] = str(error)
+        except DRIVER_ERRORS as error:
+            # A missing or malformed task table is reported per queue, never
+            # failing the whole listing.
+            if table_problem(error) is None:
+                raise
+            queue["table_error"] = str(error.args[-1])
+    return queues
+
+
+def _table_stats(cur, table: QuotedTable) -> tuple[dict[str, int], float | None]:
+    # One pass over the (status, schedule_time) index: counts per status, and
+    # in the pending group the earliest schedule_time that is already due.
+    cur.execute(
+        "SELECT status, COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, "
+        "MIN(IF(status = 0 AND schedule_time <= NOW(3), schedule_time, NULL)), NOW(3)) / 1e6 AS oldest "
+        f"FROM {checked(table)} GROUP BY status"
+    )
+    counts = dict.fromkeys(STATUS_NAMES.values(), 0)
+    oldest = None
+    for row in cur.fetchall():
+        name = STATUS_NAMES.get(row["status"])
+        if name is not None:
+            counts[name] = int(row["n"])
+        if row["status"] == PENDING and row["oldest"] is not None:
+            oldest = max(0.0, float(row["oldest"]))
+    return counts, oldest
+
+
+def finished_per_minute(cur, minutes: int) -> dict[str, Any]:
+    """Tasks done and failed per minute of end_time over the last `minutes`
+    minutes (the current one included), per queue; minutes without any are 0."""
+    tables = {}
+    for queue in list_queue_configs(cur):
+        try:
+            tables[queue["queue_name"]] = quote_table(queue["table_name"], None)
+        except InvalidIdentifier:
+            continue
+    cur.execute("SELECT NOW(3) AS now")
+    now = cur.fetchone()["now"].replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=minutes - 1)
+    keys = [(start + timedelta(minutes=step)).strftime("%Y-%m-%d %H:%M") for step in range(minutes)]
+    series: dict[str, list[dict[str, Any]]] = {}
+    for queue_name, table in tables.items():
+        counted: dict[str, tuple[int, int]] = {}
+        try:
+            cur.execute(
+                "SELECT DATE_FORMAT(end_time, '%%Y-%%m-%%d %%H:%%i') AS minute, "
+                "SUM(status = 2) AS done, SUM(status = 3) AS failed "
+                f"FROM {checked(table)} WHERE status IN (2, 3) AND end_time >= %s GROUP BY minute",
+                (start,))
+            counted = {row["minute"]: (int(row["done"]), int(row["failed"])) for row in cur.fetchall()}
+        except DRIVER_ERRORS as error:
+            if table_problem(error) is None:
+                raise
+        series[queue_name] = [{"minute": key, "done": counted.get(key, (0, 0))[0],
+                               "failed": counted.get(key, (0, 0))[1]} for key in keys]
+    return {"now": now.strftime("%Y-%m-%d %H:%M"), "minutes": minutes, "queues": series}
+
+
+# --- servers ---
+
+def list_servers(cur, heartbeat_timeout: float) -> list[dict[str, Any]]:
+    """Every server row, with its heartbeat's age and whether it is alive
+    (not offline, heartbeat within the timeout), by the database clock."""
+    cur.execute(
+        "SELECT *, TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(3)) / 1e6 AS heartbeat_age, "
+        "(state <> 'offline' AND last_heartbeat >= NOW(3) - INTERVAL %s MICROSECOND) AS alive "
+        "FROM servers ORDER BY server_id",
+        (micros(heartbeat_timeout),),
+    )
+    return list(cur.fetchall())
+
+
+def live_peers(cur, heartbeat_timeout: float, server_id: str) -> list[dict[str, Any]]:
+    """The other live servers: where to reach them and the queues they run."""
+    cur.execute(
+        "SELECT server_id, host, admin_address, queues FROM servers WHERE server_id <> %s "
+        "AND state <> 'offline' AND last_heartbeat >= NOW(3) - INTERVAL %s MICROSECOND",
+        (server_id, micros(heartbeat_timeout)),
+    )
+    return list(cur.fetchall())
+
+
+def is_server_alive(cur, server_id: str, heartbeat_timeout: float) -> dict[str, Any] | None:
+    """The server's row when it is alive, else None."""
+    cur.execute(
+        "SELECT server_id, host, admin_address FROM servers WHERE server_id = %s "
+        "AND state <> 'offline' AND last_heartbeat >= NOW(3) - INTERVAL %s MICROSECOND",
+        (server_id, micros(heartbeat_timeout)),
+    )
+    return cur.fetchone()
+
+
+# --- tasks ---
+
+def _task_values(task: dict[str, Any]) -> tuple:
+    return (task["task_type"], task["task_params"], task["schedule_time"], task["max_retries"])
+
+
+def insert_task(cur, table: QuotedTable, task: dict[str, Any]) -> int:
+    """One task; schedule_time None means now by the database clock."""
+    cur.execute(TASK_INSERT.format(table=checked(table)) + TASK_VALUES, _task_values(task))
+    return cur.lastrowid
+
+
+def insert_tasks(cur, table: QuotedTable, tasks: Sequence[dict[str, Any]], returning: bool,
+                 max_statement: int) -> list[int]:
+    """Insert every task in one multi-row statement, all or nothing, and
+    return their ids in order.
+
+    The ids: with RETURNING (MariaDB 10.5+) the statement says them. Without
+    it, consecutive ids are guaranteed only in innodb_autoinc_lock_mode 0 or
+    1, so instead the caller runs this in a snapshot transaction
+    (`db.call(..., snapshot=True)`): rows others committed before it began
+    have smaller ids, rows they commit later are invisible, so the ids from
+    the first one up are ours."""
+    rows = ", ".join([TASK_VALUES] * len(tasks))
+    args = [value for task in tasks for value in _task_values(task)]
+    statement = cur.mogrify(TASK_INSERT.format(table=checked(table)) + rows, args)
+    if len(statement.encode("utf-8", "surrogatepass")) > max_statement:
+        raise StatementTooLarge(f"the batch needs a statement of {len(statement):,} bytes, more "
+                                f"than the database's max_allowed_packet ({max_statement:,})")
+    if returning:
+        cur.execute(statement + " RETURNING id")
+        return [row["id"] for row in cur.fetchall()]
+    cur.execute(statement)
+    cur.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT %s",
+                (cur.lastrowid, len(tasks)))
+    return [row["id"] for row in cur.fetchall()]
+
+
+def list_tasks(cur, table: QuotedTable, status: int | None, task_type: str | None,
+               limit: int, offset: int) -> list[dict[str, Any]]:
+    """Newest first; one row more than `limit` tells the caller a next page exists."""
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        where.append("status = %s")
+        args.append(status)
+    if task_type is not None:
+        where.append("task_type = %s")
+        args.append(task_type)
+    condition = f"WHERE {' AND '.join(where)} " if where else ""
+    cur.execute(f"SELECT * FROM {checked(table)} {condition}ORDER BY id DESC LIMIT %s OFFSET %s",
+                (*args, limit + 1, offset))
+    return list(cur.fetchall())
+
+
+def get_task(cur, table: QuotedTable, task_id: int) -> dict[str, Any] | None:
+    cur.execute(f"SELECT * FROM {checked(table)} WHERE id = %s", (task_id,))
+    return cur.fetchone()
+
+
+def retry_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
+    """Failed or cancelled back to pending, due now, with a fresh retry budget.
+    (changed, row after); row None when there is no such task."""
+    cur.execute(
+        f"UPDATE {checked(table)} SET status = 0, retry_count = 0, error_msg = NULL, "
+        "schedule_time = NOW(3), start_time = NULL, end_time = NULL WHERE id = %s AND status IN (3, 4)",
+        (task_id,),
+    )
+    return cur.rowcount == 1, get_task(cur, table, task_id)
+
+
+def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
+    """Pending to cancelled; conditional, so a task claimed meanwhile is left
+    alone. (changed, row after); row None when there is no such task."""
+    cur.execute(f"UPDATE {checked(table)} SET status = 4, end_time = NOW(3) WHERE id = %s AND status = 0",
+                (task_id,))
+    return cur.rowcount == 1, get_task(cur, table, task_id)
+
+
+# --- status ---
+#
+# What the status command and the metrics scrape read beyond the admin
+# section: the due pending tasks of every queue, for the gauges /metrics
+# reads at scrape time (never on the hot path).
+
+def due_pending_by_queue(cur, queues: list[dict[str, Any]]) -> dict[str, tuple[int, float | None]]:
+    """queue_name -> (pending tasks already due, age in seconds of the oldest
+    of them by the database clock), for each queue_configs row given whose
+    table can be read; a missing or malformed table leaves its queue out."""
+    due: dict[str, tuple[int, float | None]] = {}
+    for queue in queues:
+        try:
+            table = quote_table(queue["table_name"], None)
+            due[queue["queue_name"]] = _due_pending(cur, table)
+        except InvalidIdentifier:
+            continue
+        except DRIVER_ERRORS as error:
+            if table_problem(error) is None:
+                raise
+    return due
+
+
+def _due_pending(cur, table: QuotedTable) -> tuple[int, float | None]:
+    # One range scan of the (status, schedule_time) index: status = 0 and
+    # due by now. MIN(schedule_time) is its first entry.
+    cur.execute(
+        "SELECT COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, MIN(schedule_time), NOW(3)) / 1e6 AS oldest "
+        f"FROM {checked(table)} WHERE status = 0 AND schedule_time <= NOW(3)"
+    )
+    row = cur.fetchone()
+    oldest = None if row["oldest"] is None else max(0.0, float(row["oldest"]))
+    return int(row["n"]), oldest
