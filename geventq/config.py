@@ -4,6 +4,10 @@ Precedence: defaults < file < environment < overrides. Every problem is
 collected and reported at once, one line per key, so a broken deployment is
 fixed in one pass instead of one restart per mistake. This is the only module
 of the package that reads os.environ.
+
+Each key is declared once, as a field of its section's dataclass, with its
+default and the kind of value it takes (geventq.validation, shared with the
+admin API); the tables that loading works from are derived from those fields.
 """
 
 from __future__ import annotations
@@ -84,7 +88,9 @@ def key(default: Any, kind: Kind, *, path: bool = False, secret: bool = False) -
     """A section field that is a config key: its default and the kind of value it takes.
 
     The section dataclasses below are the one declaration of every key; the
-    table that loading works from is derived from them (_SECTIONS).
+    table that loading works from is derived from them (_SECTIONS). The field
+    itself gets no default: load() passes every value, so no section is ever
+    built from a value that skipped the check.
     """
     return field(repr=not secret, metadata={_KEY: _Key(default, kind, path, secret)})
 

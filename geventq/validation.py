@@ -133,6 +133,11 @@ class Number(Kind):
     json_type: ClassVar[str] = "number"
     types: ClassVar[tuple[type, ...]] = (int, float)
 
+    def __post_init__(self) -> None:
+        # OpenAPI 3.0 has one lower bound, inclusive or exclusive, not both
+        if self.minimum is not None and self.greater_than is not None:
+            raise ValueError("give minimum or greater_than, not both")
+
     def expectation(self) -> str:
         if self.minimum is not None and self.maximum is not None:
             return f"{self.noun} from {self._bound(self.minimum)} to {self._bound(self.maximum)}"
@@ -290,8 +295,8 @@ class StringList(Kind):
         return "a non-empty list of non-empty strings"
 
     def check(self, value: Any) -> tuple[str, ...]:
-        is_list = isinstance(value, (list, tuple)) and bool(value)
-        if not is_list or not all(isinstance(item, str) and item for item in value):
+        non_empty_list = isinstance(value, (list, tuple)) and bool(value)
+        if not non_empty_list or not all(isinstance(item, str) and item for item in value):
             raise self._mismatch(clip(_as_json(value)))
         return tuple(value)
 
