@@ -4,6 +4,11 @@ A spec is a table of fields. The same table checks a request (`parse_query`,
 `parse_body`) and describes it in the OpenAPI document (`json_schema`), so
 what the API enforces and what it documents cannot drift apart. Every problem
 names its field, and all of a request's problems are reported at once.
+
+A field is a name, a kind of value and whether a request may leave it out.
+The kinds (integer ranges, strings, choices) are geventq.validation's, shared
+with config.json; the few only the API takes (a table name, JSON parameters,
+a schedule time) are below.
 """
 
 from __future__ import annotations
@@ -18,8 +23,11 @@ from typing import Any
 
 import ujson
 
+from geventq import validation
+from geventq.attempts import Status
 from geventq.db import check_table_name
 from geventq.errors import InvalidIdentifier
+from geventq.validation import Kind, Problem, clip, mismatch, named, type_name
 
 MISSING: Any = object()
 MAX_TASK_ID = 2**63 - 1
@@ -33,7 +41,8 @@ SERVER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{0,50}$"
 SCHEDULE_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[ T]([01][0-9]|2[0-3]):[0-5][0-9]"
                     r":[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]((0[0-9]|1[0-3]):?[0-5][0-9]|14:?00))?$")
 _SCHEDULE = re.compile(SCHEDULE_PATTERN)
-_INT_TEXT = re.compile(r"^-?[0-9]{1,20}$")
+# How a query string spells an integer: no sign but minus, no spaces, no `_`.
+_INT_TEXT = re.compile(r"-?[0-9]{1,20}")
 # DATETIME's range; a converted schedule_time must land inside it too.
 EARLIEST, LATEST = datetime(1000, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)
 
@@ -47,33 +56,37 @@ class Invalid(Exception):
         self.status = status
 
 
-class Problem(Exception):
-    """One field's problem, without the field name (the spec adds it)."""
-
-
-# --- field kinds -------------------------------------------------------------
+# --- fields ----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Field:
+    """One named field of a query string or JSON body: the kind of value it
+    takes (geventq.validation), and what a request may leave out."""
+
     name: str
+    kind: Kind
     doc: str = ""
     required: bool = False
     default: Any = MISSING
     nullable: bool = False
+    # How a query string must spell the value, checked before the kind reads
+    # the text: the kind reads numbers as Python does, which allows " 5", "+5" and "5_0".
+    text_syntax: re.Pattern[str] | None = None
 
     def check(self, value: Any) -> Any:
         """The value to use, or Problem."""
-        raise NotImplementedError
+        if value is None and self.nullable:
+            return None
+        return self.kind.check(value)
 
     def from_text(self, text: str) -> Any:
         """A query-string value, before check()."""
-        return text
-
-    def kind_schema(self) -> dict[str, Any]:
-        raise NotImplementedError
+        if self.text_syntax is not None and not self.text_syntax.fullmatch(text):
+            raise mismatch(self.kind.expectation(), repr(clip(text)))
+        return self.kind.from_text(text)
 
     def json_schema(self) -> dict[str, Any]:
-        schema = self.kind_schema()
+        schema = self.kind.json_schema()
         if self.doc:
             schema["description"] = self.doc
         if self.default is not MISSING:
@@ -83,85 +96,54 @@ class Field:
         return schema
 
 
-@dataclass(frozen=True)
-class Integer(Field):
-    minimum: int = 0
-    maximum: int = 2**31 - 1
+# Field makers, one per kind of request field, named for what the field takes
+# so that a spec reads as a table. `presence` is Field's required, default and
+# nullable.
 
-    def _range(self) -> str:
-        return f"must be an integer from {self.minimum:,} to {self.maximum:,}"
-
-    def check(self, value: Any) -> int:
-        # bool is an int subclass, but JSON true is not 1; 5.0 is not an integer here
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise Problem(f"{self._range()}, got {_type_name(value)}")
-        if not self.minimum <= value <= self.maximum:
-            raise Problem(f"{self._range()}, got {value}")
-        return value
-
-    def from_text(self, text: str) -> int:
-        if not _INT_TEXT.match(text):
-            raise Problem(f"{self._range()}, got {_clip(text)!r}")
-        return int(text)
-
-    def kind_schema(self) -> dict[str, Any]:
-        return {"type": "integer", "minimum": self.minimum, "maximum": self.maximum}
+def Integer(name: str, doc: str = "", *, minimum: int = 0, maximum: int = 2**31 - 1,
+            **presence: Any) -> Field:
+    kind = validation.Integer(minimum=minimum, maximum=maximum, digit_groups=True)
+    return Field(name, kind, doc, text_syntax=_INT_TEXT, **presence)
 
 
-@dataclass(frozen=True)
-class Choice(Integer):
+def Choice(name: str, doc: str = "", *, choices: tuple[int, ...], **presence: Any) -> Field:
     """An integer from a short list (statuses, flags)."""
+    return Field(name, validation.OneOf(choices), doc, text_syntax=_INT_TEXT, **presence)
 
-    choices: tuple[int, ...] = ()
 
-    def _range(self) -> str:
-        return "must be one of " + ", ".join(str(choice) for choice in self.choices)
+def String(name: str, doc: str = "", *, min_length: int = 0, max_length: int = 255,
+           pattern: str | None = None, **presence: Any) -> Field:
+    return Field(name, StorableString(min_length, max_length, pattern), doc, **presence)
 
-    def check(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value not in self.choices:
-            raise Problem(f"{self._range()}, got {_clip(ujson.dumps(value))}")
-        return value
 
-    def kind_schema(self) -> dict[str, Any]:
-        return {"type": "integer", "enum": list(self.choices)}
+def TableName(name: str, doc: str = "", **presence: Any) -> Field:
+    """`table` or `database.table`, never one of geventq's own tables."""
+    return Field(name, TableNameString(), doc, **presence)
 
+
+def JsonParams(name: str, doc: str = "", **presence: Any) -> Field:
+    """An object or array, or a JSON text of one; the value is its JSON text."""
+    return Field(name, JsonDocument(), doc, **presence)
+
+
+def ScheduleTime(name: str, doc: str = "", **presence: Any) -> Field:
+    """A datetime: naive (the database's time zone) or aware (has an offset)."""
+    return Field(name, DateTimeText(), doc, **presence)
+
+
+# --- kinds of value only the admin API takes --------------------------------------
 
 @dataclass(frozen=True)
-class String(Field):
-    min_length: int = 0
-    max_length: int = 255
-    pattern: str | None = None
-
-    def _shape(self) -> str:
-        if self.pattern:
-            return f"must be a string matching {self.pattern}"
-        if self.min_length:
-            return f"must be a string of {self.min_length} to {self.max_length} characters"
-        return f"must be a string of at most {self.max_length} characters"
+class StorableString(validation.String):
+    """A string the database can store."""
 
     def check(self, value: Any) -> str:
-        if not isinstance(value, str):
-            raise Problem(f"{self._shape()}, got {_type_name(value)}")
-        if not self.min_length <= len(value) <= self.max_length:
-            raise Problem(f"{self._shape()}, got {len(value)} characters")
-        if self.pattern and not re.match(self.pattern, value):
-            raise Problem(f"{self._shape()}, got {_clip(value)!r}")
-        _check_encodable(value)
-        return value
-
-    def kind_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {"type": "string", "minLength": self.min_length,
-                                  "maxLength": self.max_length}
-        if self.pattern:
-            schema["pattern"] = self.pattern
-        return schema
+        return _check_encodable(super().check(value))
 
 
 @dataclass(frozen=True)
-class TableName(String):
-    """`table` or `database.table`, never one of geventq's own tables."""
-
-    max_length: int = 100
+class TableNameString(StorableString):
+    max_length: int | None = 100
     pattern: str | None = TABLE_PATTERN
 
     def check(self, value: Any) -> str:
@@ -174,43 +156,49 @@ class TableName(String):
 
 
 @dataclass(frozen=True)
-class JsonParams(Field):
-    """An object or array, or a JSON text of one; the value is its JSON text."""
+class JsonDocument(Kind):
+    """An object or array, or a JSON text of one; the value used is its JSON text."""
+
+    def expectation(self) -> str:
+        return "an object, an array or a JSON text of one"
 
     def check(self, value: Any) -> str:
         if isinstance(value, str):
-            try:
-                parsed = ujson.loads(value)
-            except ValueError as error:
-                raise Problem(f"is not valid JSON text: {error}") from None
-            if not isinstance(parsed, (dict, list)):
-                raise Problem(f"must be a JSON object or array, got JSON {_type_name(parsed)}")
-            _check_finite(parsed)
-            _check_encodable(value)
-            return value
+            return self._check_text(value)
         if not isinstance(value, (dict, list)):
-            raise Problem(f"must be an object, an array or a JSON text of one, got {_type_name(value)}")
+            raise self._mismatch(type_name(value))
         _check_finite(value)
-        text = ujson.dumps(value, ensure_ascii=False)
-        _check_encodable(text)
-        return text
+        return _check_encodable(ujson.dumps(value, ensure_ascii=False))
 
-    def kind_schema(self) -> dict[str, Any]:
+    def json_schema(self) -> dict[str, Any]:
         return {"oneOf": [{"type": "object"}, {"type": "array", "items": {}},
                           {"type": "string", "description": "JSON text of an object or array"}]}
 
+    @staticmethod
+    def _check_text(text: str) -> str:
+        try:
+            parsed = ujson.loads(text)
+        except ValueError as error:
+            raise Problem(f"is not valid JSON text: {error}") from None
+        if not isinstance(parsed, (dict, list)):
+            raise mismatch("a JSON object or array", f"JSON {type_name(parsed)}")
+        _check_finite(parsed)
+        return _check_encodable(text)
+
 
 @dataclass(frozen=True)
-class ScheduleTime(Field):
-    """A datetime: naive (the database's time zone) or aware (has an offset)."""
+class DateTimeText(Kind):
+    """`YYYY-MM-DD HH:MM:SS[.fff]` (the database's time zone) or ISO-8601 with
+    an offset; the value used is a datetime, naive or aware."""
 
-    def check(self, value: Any) -> datetime | None:
-        if value is None and self.nullable:
-            return None
-        if not isinstance(value, str) or not _SCHEDULE.match(value):
-            shown = _clip(value) if isinstance(value, str) else _type_name(value)
-            raise Problem("must be 'YYYY-MM-DD HH:MM:SS[.fff]' (database time zone) or ISO-8601 "
-                          f"with an offset such as '2030-01-31T08:00:00+02:00', got {shown!r}")
+    def expectation(self) -> str:
+        return ("'YYYY-MM-DD HH:MM:SS[.fff]' (database time zone) or ISO-8601 "
+                "with an offset such as '2030-01-31T08:00:00+02:00'")
+
+    def check(self, value: Any) -> datetime:
+        if not isinstance(value, str) or not _SCHEDULE.fullmatch(value):
+            shown = clip(value) if isinstance(value, str) else type_name(value)
+            raise self._mismatch(repr(shown))
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError as error:
@@ -219,7 +207,7 @@ class ScheduleTime(Field):
             raise Problem("must be between 1000-01-01 and 9999-12-31")
         return parsed
 
-    def kind_schema(self) -> dict[str, Any]:
+    def json_schema(self) -> dict[str, Any]:
         return {"type": "string", "pattern": SCHEDULE_PATTERN,
                 "example": "2030-01-31 08:00:00"}
 
@@ -260,7 +248,7 @@ class Spec:
         problems = []
         for name, text in pairs:
             if name in seen:
-                problems.append(f"{_clip(name)}: given more than once")
+                problems.append(named(clip(name), "given more than once"))
             seen[name] = text
         values = {}
         for name, text in seen.items():
@@ -271,13 +259,13 @@ class Spec:
             try:
                 values[name] = field.check(field.from_text(text))
             except Problem as problem:
-                problems.append(f"{name}: {problem}")
+                problems.append(named(name, problem))
         return self._complete(values, problems, "", given=seen)
 
     def parse_object(self, body: Any, prefix: str = "") -> dict[str, Any]:
         where = prefix.rstrip(".") or "body"
         if not isinstance(body, dict):
-            raise Invalid([f"{where}: must be a JSON object, got {_type_name(body)}"])
+            raise Invalid([named(where, mismatch("a JSON object", type_name(body)))])
         values, problems = {}, []
         for name, value in body.items():
             field = self.by_name.get(name)
@@ -287,13 +275,13 @@ class Spec:
             try:
                 values[name] = field.check(value)
             except Problem as problem:
-                problems.append(f"{prefix}{name}: {problem}")
+                problems.append(named(prefix + name, problem))
         if len(body) < self.min_fields and not problems:
             problems.append(f"{where}: give at least one of " + ", ".join(self.by_name))
         return self._complete(values, problems, prefix, given=body)
 
     def _unknown(self, name: str) -> str:
-        return f"{_clip(name)}: unknown field (expected {', '.join(self.by_name)})"
+        return named(clip(name), f"unknown field (expected {', '.join(self.by_name)})")
 
     def _complete(self, values: dict[str, Any], problems: list[str], prefix: str,
                   given: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +325,7 @@ class ListOf:
 
     def parse(self, body: Any) -> list[dict[str, Any]]:
         if not isinstance(body, list):
-            raise Invalid([f"body: must be a JSON array of task objects, got {_type_name(body)}"])
+            raise Invalid([named("body", mismatch("a JSON array of task objects", type_name(body)))])
         if not self.min_items <= len(body) <= self.max_items:
             raise Invalid([f"body: must hold {self.min_items} to {self.max_items:,} tasks, "
                            f"got {len(body):,}"])
@@ -370,25 +358,13 @@ def parse_json(raw: bytes) -> Any:
 
 # --- helpers -------------------------------------------------------------------
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {int: "a number", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(value), type(value).__name__)
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _check_encodable(text: str) -> None:
+def _check_encodable(text: str) -> str:
     # Lone surrogates survive JSON decoding but not the trip to utf8mb4.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise Problem("must be valid Unicode text (no unpaired surrogates)") from None
+    return text
 
 
 def _check_finite(value: Any) -> None:
@@ -442,9 +418,13 @@ TABLE_QUERY = Spec((TABLE,))
 TASK_QUERY = Spec((TABLE, TASK_ID))
 TASK_LOG_QUERY = Spec((TABLE, TASK_ID, Choice(
     "local", "1: answer from this server's log files only", default=0, choices=(0, 1))))
+# A task's status as requests give it: plain ints (PyMySQL would quote an
+# IntEnum member as text), documented from the enum as "0 pending, 1 running, ...".
+TASK_STATUS_CODES = tuple(int(status) for status in Status)
+TASK_STATUS_DOC = ", ".join(f"{status:d} {status.label}" for status in Status)
 TASK_LIST_QUERY = Spec((
     TABLE,
-    Choice("status", "0 pending, 1 running, 2 done, 3 failed, 4 cancelled", choices=(0, 1, 2, 3, 4)),
+    Choice("status", TASK_STATUS_DOC, choices=TASK_STATUS_CODES),
     String("task_type", "only tasks of this type", min_length=1, max_length=50),
     Integer("limit", "page size", default=50, minimum=1, maximum=1000),
     Integer("offset", "next_offset of the previous page", default=0, minimum=0, maximum=MAX_OFFSET),

@@ -4,6 +4,10 @@ Precedence: defaults < file < environment < overrides. Every problem is
 collected and reported at once, one line per key, so a broken deployment is
 fixed in one pass instead of one restart per mistake. This is the only module
 of the package that reads os.environ.
+
+Each key is declared once, as a field of its section's dataclass, with its
+default and the kind of value it takes (geventq.validation, shared with the
+admin API); the tables that loading works from are derived from those fields.
 """
 
 from __future__ import annotations
@@ -12,14 +16,24 @@ import copy
 import difflib
 import ipaddress
 import json
-import math
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_type_hints
 
 from geventq.errors import ConfigError
+from geventq.validation import (
+    Boolean,
+    Integer,
+    Kind,
+    Number,
+    OneOf,
+    Problem,
+    String,
+    StringList,
+    mismatch,
+    named,
+)
 
 __all__ = [
     "CONFIG_ENV",
@@ -57,281 +71,104 @@ ENV_VARS: dict[str, str] = {
 _LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
-# --- value checks: each completes the sentence "<key>: must be ..." ---------
+# --- declaring a key ----------------------------------------------------------
 
-
-class _Check:
-    def describe(self) -> str:
-        raise NotImplementedError
-
-    def accepts(self, value: Any) -> bool:
-        raise NotImplementedError
-
-    def normalize(self, value: Any) -> Any:
-        return value
-
-    def from_env(self, text: str) -> Any:
-        return text
-
-
-@dataclass(frozen=True)
-class _Number(_Check):
-    gt: float | None = None
-    ge: float | None = None
-    le: float | None = None
-
-    noun: ClassVar[str] = "a number"
-    # ints are fine where seconds are expected: "intervals may be fractional"
-    types: ClassVar[tuple[type, ...]] = (int, float)
-
-    def describe(self) -> str:
-        if self.ge is not None and self.le is not None:
-            return f"{self.noun} from {self.ge} to {self.le}"
-        bounds = (
-            ("greater than", self.gt),
-            ("at least", self.ge),
-            ("at most", self.le),
-        )
-        return f"{self.noun} " + " and ".join(
-            f"{w} {n}" for w, n in bounds if n is not None
-        )
-
-    def accepts(self, value: Any) -> bool:
-        # bool is an int subclass, but JSON true is not 1
-        if isinstance(value, bool) or not isinstance(value, self.types):
-            return False
-        # math.isfinite overflows on huge ints, and ints are always finite
-        finite = isinstance(value, int) or math.isfinite(value)
-        return finite and self._in_range(value)
-
-    def _in_range(self, value: float) -> bool:
-        return (
-            (self.gt is None or value > self.gt)
-            and (self.ge is None or value >= self.ge)
-            and (self.le is None or value <= self.le)
-        )
-
-    def normalize(self, value: Any) -> float:
-        return float(value)
-
-    def from_env(self, text: str) -> Any:
-        try:
-            return float(text)
-        except ValueError:
-            return text  # left as text so the check reports it, naming the variable
-
-
-@dataclass(frozen=True)
-class _Int(_Number):
-    noun: ClassVar[str] = "an integer"
-    types: ClassVar[tuple[type, ...]] = (int,)
-
-    def normalize(self, value: Any) -> int:
-        return value
-
-    def from_env(self, text: str) -> Any:
-        try:
-            return int(text)
-        except ValueError:
-            return text
-
-
-@dataclass(frozen=True)
-class _Str(_Check):
-    pattern: str | None = None
-    non_empty: bool = False
-
-    def describe(self) -> str:
-        if self.pattern:
-            return f"a string matching {self.pattern}"
-        return "a non-empty string" if self.non_empty else "a string"
-
-    def accepts(self, value: Any) -> bool:
-        if not isinstance(value, str) or (self.non_empty and not value):
-            return False
-        return self.pattern is None or re.fullmatch(self.pattern, value) is not None
-
-
-class _Bool(_Check):
-    def describe(self) -> str:
-        return "true or false"
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, bool)
-
-
-@dataclass(frozen=True)
-class _OneOf(_Check):
-    choices: tuple[str, ...]
-
-    def describe(self) -> str:
-        return f"one of {', '.join(self.choices)} (any case)"
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and value.upper() in {choice.upper() for choice in self.choices}
-
-    def normalize(self, value: Any) -> str:
-        """The choice as the schema spells it."""
-        return next(choice for choice in self.choices if choice.upper() == value.upper())
-
-
-class _StrList(_Check):
-    def describe(self) -> str:
-        return "a non-empty list of non-empty strings"
-
-    def accepts(self, value: Any) -> bool:
-        if not isinstance(value, (list, tuple)) or not value:
-            return False
-        return all(isinstance(item, str) and item for item in value)
-
-    def normalize(self, value: Any) -> tuple[str, ...]:
-        return tuple(value)
+_KEY = "geventq.config.key"  # where a section field keeps its _Key in dataclasses metadata
 
 
 @dataclass(frozen=True)
 class _Key:
-    default: Any
-    check: _Check
+    default: Any  # as config.json spells it: dump_defaults() writes it out
+    kind: Kind
     path: bool = False  # relative values are resolved against the config folder
-    secret: bool = False  # never echoed back in an error message
+    secret: bool = False  # never echoed back in an error message, nor in repr()
 
 
-# --- the schema: every section, key, default and rule -----------------------
+def key(default: Any, kind: Kind, *, path: bool = False, secret: bool = False) -> Any:
+    """A section field that is a config key: its default and the kind of value it takes.
 
-_SCHEMA: dict[str, dict[str, _Key]] = {
-    "database": {
-        "host": _Key("127.0.0.1", _Str(non_empty=True)),
-        "port": _Key(3306, _Int(ge=1, le=65535)),
-        "username": _Key("root", _Str()),
-        "password": _Key("", _Str(), secret=True),
-        # it is also an identifier in CREATE DATABASE, so it must be a safe one
-        "database": _Key("xxljob_executor", _Str(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")),
-        "charset": _Key("utf8mb4", _Str(r"^[A-Za-z0-9_]+$")),
-        "pool_size": _Key(20, _Int(ge=1, le=1000)),
-        "connect_timeout": _Key(5, _Number(gt=0, le=60)),
-        # seconds a query may wait for the server's reply
-        "read_timeout": _Key(30, _Number(gt=0, le=3600)),
-        # auto: SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8.0.1+),
-        # else a conditional UPDATE per candidate; either can be forced.
-        "claim_mode": _Key("auto", _OneOf(("auto", "skip_locked", "conditional_update"))),
-    },
-    "executor": {
-        "server_id": _Key("server-001", _Str(r"^[A-Za-z0-9_.:@-]{1,50}$")),
-        "heartbeat_interval": _Key(5, _Number(gt=0, le=3600)),
-        # also at least 2 * heartbeat_interval: see _check_heartbeat
-        "heartbeat_timeout": _Key(30, _Number(gt=0)),
-        "shutdown_timeout": _Key(30, _Number(ge=0, le=86400)),
-        # gevent's hub monitor thread, which logs handlers that block the hub
-        "monitor_thread": _Key(True, _Bool()),
-        # seconds a handler may block the hub before it is logged
-        "block_threshold": _Key(1.0, _Number(gt=0)),
-    },
-    "queue": {
-        "enable": _Key(True, _Bool()),
-        "config_sync_interval": _Key(10, _Number(gt=0, le=86400)),
-        "retry_backoff_base": _Key(5, _Number(ge=0, le=86400)),
-        "retry_backoff_max": _Key(3600, _Number(ge=0, le=604800)),
-        # seconds completions may wait to be written together
-        "completion_flush_interval": _Key(0.005, _Number(gt=0, le=5)),
-    },
-    "admin": {
-        "host": _Key("127.0.0.1", _Str(non_empty=True)),
-        "port": _Key(9999, _Int(ge=0, le=65535)),  # 0 picks a free port
-        # required for a non-loopback host: see _check_admin_token
-        "token": _Key("", _Str(), secret=True),
-        "metrics_auth": _Key(False, _Bool()),  # true: /metrics needs the token too
-    },
-    "handlers": {
-        "paths": _Key(["handlers"], _StrList(), path=True),
-    },
-    "log": {
-        "dir": _Key("logs", _Str(), path=True),
-        "level": _Key("INFO", _OneOf(_LOG_LEVELS)),
-        "retention_days": _Key(7, _Int(ge=1, le=3650)),
-    },
-    "smtp": {
-        "host": _Key("127.0.0.1", _Str()),
-        "port": _Key(25, _Int(ge=1, le=65535)),
-        "username": _Key("", _Str()),
-        "password": _Key("", _Str(), secret=True),
-        "starttls": _Key(False, _Bool()),
-        "sender": _Key("geventq@localhost", _Str()),
-        "timeout": _Key(10, _Number(gt=0, le=600)),
-    },
-}
-
-_KEYS: dict[str, _Key] = {
-    f"{section}.{name}": key
-    for section, keys in _SCHEMA.items()
-    for name, key in keys.items()
-}
+    The section dataclasses below are the one declaration of every key; the
+    table that loading works from is derived from them (_SECTIONS). The field
+    itself gets no default: load() passes every value, so no section is ever
+    built from a value that skipped the check.
+    """
+    return field(repr=not secret, metadata={_KEY: _Key(default, kind, path, secret)})
 
 
-# --- the result --------------------------------------------------------------
+# --- the sections: every key, its default and its rule -----------------------
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
-    host: str
-    port: int
-    username: str
-    password: str = field(repr=False)
-    database: str
-    charset: str
-    pool_size: int
-    connect_timeout: float
-    read_timeout: float
-    claim_mode: str
+    host: str = key("127.0.0.1", String(min_length=1))
+    port: int = key(3306, Integer(minimum=1, maximum=65535))
+    username: str = key("root", String())
+    password: str = key("", String(), secret=True)
+    # it is also an identifier in CREATE DATABASE, so it must be a safe one
+    database: str = key("xxljob_executor", String(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"))
+    charset: str = key("utf8mb4", String(pattern=r"^[A-Za-z0-9_]+$"))
+    pool_size: int = key(20, Integer(minimum=1, maximum=1000))
+    connect_timeout: float = key(5, Number(greater_than=0, maximum=60))
+    # seconds a query may wait for the server's reply
+    read_timeout: float = key(30, Number(greater_than=0, maximum=3600))
+    # auto: SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8.0.1+),
+    # else a conditional UPDATE per candidate; either can be forced.
+    claim_mode: str = key("auto", OneOf(("auto", "skip_locked", "conditional_update"), ignore_case=True))
 
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    server_id: str
-    heartbeat_interval: float
-    heartbeat_timeout: float
-    shutdown_timeout: float
-    monitor_thread: bool
-    block_threshold: float
+    server_id: str = key("server-001", String(pattern=r"^[A-Za-z0-9_.:@-]{1,50}$"))
+    heartbeat_interval: float = key(5, Number(greater_than=0, maximum=3600))
+    # also at least 2 * heartbeat_interval: see _check_heartbeat
+    heartbeat_timeout: float = key(30, Number(greater_than=0))
+    shutdown_timeout: float = key(30, Number(minimum=0, maximum=86400))
+    # gevent's hub monitor thread, which logs handlers that block the hub
+    monitor_thread: bool = key(True, Boolean())
+    # seconds a handler may block the hub before it is logged
+    block_threshold: float = key(1.0, Number(greater_than=0))
 
 
 @dataclass(frozen=True)
 class QueueConfig:
-    enable: bool
-    config_sync_interval: float
-    retry_backoff_base: float
-    retry_backoff_max: float
-    completion_flush_interval: float
+    enable: bool = key(True, Boolean())
+    config_sync_interval: float = key(10, Number(greater_than=0, maximum=86400))
+    retry_backoff_base: float = key(5, Number(minimum=0, maximum=86400))
+    retry_backoff_max: float = key(3600, Number(minimum=0, maximum=604800))
+    # seconds completions may wait to be written together
+    completion_flush_interval: float = key(0.005, Number(greater_than=0, maximum=5))
 
 
 @dataclass(frozen=True)
 class AdminConfig:
-    host: str
-    port: int
-    token: str = field(repr=False)
-    metrics_auth: bool
+    host: str = key("127.0.0.1", String(min_length=1))
+    port: int = key(9999, Integer(minimum=0, maximum=65535))  # 0 picks a free port
+    # required for a non-loopback host: see _check_admin_token
+    token: str = key("", String(), secret=True)
+    metrics_auth: bool = key(False, Boolean())  # true: /metrics needs the token too
 
 
 @dataclass(frozen=True)
 class HandlersConfig:
-    paths: tuple[str, ...]
+    paths: tuple[str, ...] = key(["handlers"], StringList(), path=True)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    dir: str
-    level: str
-    retention_days: int
+    dir: str = key("logs", String(), path=True)
+    level: str = key("INFO", OneOf(_LOG_LEVELS, ignore_case=True))
+    retention_days: int = key(7, Integer(minimum=1, maximum=3650))
 
 
 @dataclass(frozen=True)
 class SmtpConfig:
-    host: str
-    port: int
-    username: str
-    password: str = field(repr=False)
-    starttls: bool
-    sender: str
-    timeout: float
+    host: str = key("127.0.0.1", String())
+    port: int = key(25, Integer(minimum=1, maximum=65535))
+    username: str = key("", String())
+    password: str = key("", String(), secret=True)
+    starttls: bool = key(False, Boolean())
+    sender: str = key("geventq@localhost", String())
+    timeout: float = key(10, Number(greater_than=0, maximum=600))
 
 
 @dataclass(frozen=True)
@@ -347,14 +184,22 @@ class Config:
     base_dir: str  # relative paths were resolved against this folder
 
 
+# --- the table loading works from, derived from the declarations above ------------
+
+# section name -> its dataclass: the attributes of Config that are sections
 _SECTION_TYPES: dict[str, type] = {
-    "database": DatabaseConfig,
-    "executor": ExecutorConfig,
-    "queue": QueueConfig,
-    "admin": AdminConfig,
-    "handlers": HandlersConfig,
-    "log": LogConfig,
-    "smtp": SmtpConfig,
+    name: hint for name, hint in get_type_hints(Config).items()
+    if isinstance(hint, type) and is_dataclass(hint)
+}
+# section name -> key name -> _Key, in declaration order
+_SECTIONS: dict[str, dict[str, _Key]] = {
+    section: {item.name: item.metadata[_KEY] for item in fields(cls)}
+    for section, cls in _SECTION_TYPES.items()
+}
+_KEYS: dict[str, _Key] = {
+    f"{section}.{name}": spec
+    for section, keys in _SECTIONS.items()
+    for name, spec in keys.items()
 }
 
 
@@ -385,8 +230,8 @@ def load(
 def dump_defaults() -> dict[str, dict[str, Any]]:
     """The default configuration as plain JSON-ready data, section by section."""
     return {
-        section: {name: copy.deepcopy(key.default) for name, key in keys.items()}
-        for section, keys in _SCHEMA.items()
+        section: {name: copy.deepcopy(spec.default) for name, spec in keys.items()}
+        for section, keys in _SECTIONS.items()
     }
 
 
@@ -411,16 +256,16 @@ def _merge(
     file: str | None, environ: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> tuple[_Merged, list[str]]:
     file_values, problems = _sections_to_keys(_read_file(file)) if file else ({}, [])
-    given = {key: value for key, value in overrides.items() if value is not None}
-    problems += [_unknown(key) for key in [*file_values, *given] if key not in _KEYS]
+    given = {dotted: value for dotted, value in overrides.items() if value is not None}
+    problems += [_unknown(dotted) for dotted in [*file_values, *given] if dotted not in _KEYS]
 
-    merged: _Merged = {key: (spec.default, None) for key, spec in _KEYS.items()}
+    merged: _Merged = {dotted: (spec.default, None) for dotted, spec in _KEYS.items()}
     merged.update(
-        (key, (value, None)) for key, value in file_values.items() if key in _KEYS
+        (dotted, (value, None)) for dotted, value in file_values.items() if dotted in _KEYS
     )
     merged.update(_env_values(environ))
     merged.update(
-        (key, (value, "overrides")) for key, value in given.items() if key in _KEYS
+        (dotted, (value, "overrides")) for dotted, value in given.items() if dotted in _KEYS
     )
     return merged, problems
 
@@ -452,10 +297,10 @@ def _sections_to_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     values: dict[str, Any] = {}
     problems: list[str] = []
     for section, body in data.items():
-        if section not in _SCHEMA:
+        if section not in _SECTIONS:
             problems.append(_unknown(section))
         elif not isinstance(body, dict):
-            problems.append(f"{section}: must be an object, got {_show(body)}")
+            problems.append(named(section, mismatch("an object", _show(body))))
         else:
             values.update((f"{section}.{name}", value) for name, value in body.items())
     return values, problems
@@ -463,10 +308,19 @@ def _sections_to_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _env_values(environ: Mapping[str, str]) -> _Merged:
     return {
-        key: (_KEYS[key].check.from_env(environ[name]), f"environment variable {name}")
-        for name, key in ENV_VARS.items()
+        dotted: (_read_env(_KEYS[dotted].kind, environ[name]), f"environment variable {name}")
+        for name, dotted in ENV_VARS.items()
         if name in environ
     }
+
+
+def _read_env(kind: Kind, text: str) -> Any:
+    """An environment variable's text as the key's kind reads it (a port as an
+    int); text it cannot read is kept, so the check reports it with the rest."""
+    try:
+        return kind.from_text(text)
+    except Problem:
+        return text
 
 
 def _unknown(dotted: str) -> str:
@@ -479,14 +333,14 @@ def _unknown(dotted: str) -> str:
 def _suggest(dotted: str) -> str | None:
     """The closest known section, or section.key, to a misspelt one."""
     section, _, name = dotted.partition(".")
-    if section not in _SCHEMA:
-        close = difflib.get_close_matches(section, _SCHEMA, n=1)
+    if section not in _SECTIONS:
+        close = difflib.get_close_matches(section, _SECTIONS, n=1)
         if not close:
             return None
         section = close[0]
     if not name:
         return section
-    close = difflib.get_close_matches(name, _SCHEMA[section], n=1)
+    close = difflib.get_close_matches(name, _SECTIONS[section], n=1)
     return f"{section}.{close[0]}" if close else None
 
 
@@ -498,17 +352,19 @@ def _validate(merged: _Merged) -> tuple[dict[str, Any], list[str]]:
     problems: list[str] = []
     for dotted, (value, origin) in merged.items():
         spec = _KEYS[dotted]
-        if spec.check.accepts(value):
-            values[dotted] = spec.check.normalize(value)
-        else:
-            problems.append(_invalid(dotted, spec, value, origin))
+        try:
+            values[dotted] = spec.kind.check(value)
+        except Problem as problem:
+            problems.append(_invalid(dotted, spec, value, origin, problem))
     return values, problems
 
 
-def _invalid(dotted: str, spec: _Key, value: Any, origin: str | None) -> str:
+def _invalid(dotted: str, spec: _Key, value: Any, origin: str | None, problem: Problem) -> str:
+    # The whole value is shown, as the file spells it, rather than its type:
+    # the user wrote it and looks for it. A secret is never shown.
     shown = "(value hidden)" if spec.secret else _show(value)
     source = f" (from {origin})" if origin else ""
-    return f"{dotted}: must be {spec.check.describe()}, got {shown}{source}"
+    return named(dotted, problem.showing(shown + source))
 
 
 def _show(value: Any) -> str:
@@ -531,20 +387,21 @@ def _check_heartbeat(values: dict[str, Any]) -> str | None:
         return None
     # One late heartbeat must not get a live server declared dead and its
     # running tasks rescued (and run twice).
-    return (
-        f"executor.heartbeat_timeout: must be at least 2 * executor.heartbeat_interval "
-        f"({2 * interval:g}) so one late heartbeat is not taken for a dead server, "
-        f"got {timeout:g}"
+    expectation = (
+        f"at least 2 * executor.heartbeat_interval ({2 * interval:g}) "
+        "so one late heartbeat is not taken for a dead server"
     )
+    return named("executor.heartbeat_timeout", mismatch(expectation, f"{timeout:g}"))
 
 
 def _check_admin_token(values: dict[str, Any]) -> str | None:
     host = values.get("admin.host")
     if host is None or values.get("admin.token") != "" or _is_loopback(host):
         return None
-    return (
-        f"admin.token: must be set when admin.host is {_show(host)}: the admin API can "
-        "create, change and delete queues and tasks, so a non-loopback admin needs a token"
+    return named(
+        "admin.token",
+        f"must be set when admin.host is {_show(host)}: the admin API can create, change "
+        "and delete queues and tasks, so a non-loopback admin needs a token",
     )
 
 
@@ -578,7 +435,7 @@ def _resolve_paths(values: dict[str, Any], base_dir: str) -> dict[str, Any]:
 
 def _build(values: dict[str, Any], file: str | None, base_dir: str) -> Config:
     sections = {
-        section: cls(**{name: values[f"{section}.{name}"] for name in _SCHEMA[section]})
+        section: cls(**{name: values[f"{section}.{name}"] for name in _SECTIONS[section]})
         for section, cls in _SECTION_TYPES.items()
     }
     return Config(**sections, path=file, base_dir=base_dir)

@@ -69,7 +69,7 @@ def check_table_name(name: Any) -> tuple[str, ...]:
     if not isinstance(name, str) or not name:
         raise InvalidIdentifier("table name must be a non-empty string")
     parts = tuple(name.split("."))
-    if len(parts) > 2 or not all(IDENTIFIER.match(part) for part in parts):
+    if len(parts) > 2 or not all(IDENTIFIER.fullmatch(part) for part in parts):
         raise InvalidIdentifier(
             f"invalid table name {name[:80]!r}: expected `table` or `database.table`, "
             "each part a letter or underscore then up to 63 letters, digits or underscores"
@@ -89,7 +89,7 @@ def quote_table(name: Any, registered: Collection[str] | None) -> QuotedTable:
 
 
 def quote_database(name: str) -> str:
-    if not IDENTIFIER.match(name or ""):
+    if not IDENTIFIER.fullmatch(name or ""):
         raise InvalidIdentifier(f"invalid database name {name!r}")
     return f"`{name}`"
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from geventq import admin_store, store
+from geventq.attempts import Status
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import DatabaseError, NoSuchTable
@@ -21,7 +22,7 @@ SERVER_COLUMNS = ("SERVER", "HOST", "PID", "STATE", "ALIVE", "HEARTBEAT", "QUEUE
 QUEUE_NUMBERS = frozenset({"WORKERS", "SCAN", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED",
                            "OLDEST DUE"})
 SERVER_NUMBERS = frozenset({"PID", "HEARTBEAT", "RUNNING"})
-COUNTS = ("pending", "running", "done", "failed", "cancelled")
+COUNTS = tuple(status.label for status in Status)  # a queue's `counts`, in the columns' order
 
 
 def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from geventq import Status
 from geventq.db import check_table_name, quote_table
 from geventq.errors import InvalidIdentifier, PermanentFailure
 from geventq.handlers import JobContext, task_handler
@@ -29,8 +30,8 @@ from geventq.params import require_object
 
 KNOWN_PARAMS = ("title", "output_dir")
 TITLE = re.compile(r"^[A-Za-z0-9_-]{1,50}$")
-# Task status codes (DESIGN.md, "Tables"), in column order.
-STATUS_COLUMNS = {0: "pending", 1: "running", 2: "done", 3: "failed", 4: "cancelled"}
+# One column per task status, in the enum's order: pending, running, done, failed, cancelled.
+STATUS_COLUMNS = {status: status.label for status in Status}
 HEADER = ("queue_name", "table_name", *STATUS_COLUMNS.values(), "total")
 
 

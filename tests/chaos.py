@@ -57,6 +57,7 @@ from pathlib import Path
 
 import pymysql
 
+from geventq import Status
 from tests.faultproxy import FaultProxy
 from tests.invariants import check, log_fault, prepare
 from tests.ownmariadb import OwnMariaDB
@@ -276,9 +277,8 @@ class Chaos:
             for status, n in self.db.status_counts(table).items():
                 counts[status] += n
         runs = self.records.scalar("SELECT COUNT(*) FROM executions")
-        names = ("pending", "running", "done", "failed", "cancelled")
         faults = ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items())) or "none"
-        self.say(f"tasks {self.inserted}: " + ", ".join(f"{names[s]} {counts[s]}" for s in range(5))
+        self.say(f"tasks {self.inserted}: " + ", ".join(f"{s.label} {counts[s]}" for s in Status)
                  + f" | runs {runs} | faults {faults}")
         if not self.stopping_faults or self.events:
             self.at(PROGRESS_EVERY, self.progress)
@@ -414,8 +414,9 @@ class Chaos:
 
     def fault_cancel(self) -> None:
         table = self.rng.choice([table for table, *_ in QUEUES.values()])
-        cancelled = self.db.execute(f"UPDATE `{table}` SET status = 4, end_time = NOW(3) "
-                                    "WHERE status = 0 ORDER BY id DESC LIMIT 20")
+        cancelled = self.db.execute(f"UPDATE `{table}` SET status = {Status.CANCELLED:d}, "
+                                    f"end_time = NOW(3) WHERE status = {Status.PENDING:d} "
+                                    "ORDER BY id DESC LIMIT 20")
         self.fault("cancel", detail=f"{cancelled} in {table}")
 
     def set_queue(self, queue: str, **values) -> None:
@@ -463,7 +464,8 @@ class Chaos:
         return True
 
     def unfinished(self) -> int:
-        return sum(self.db.scalar(f"SELECT COUNT(*) FROM `{table}` WHERE status IN (0, 1)")
+        return sum(self.db.scalar(f"SELECT COUNT(*) FROM `{table}` WHERE status IN "
+                                  f"({Status.PENDING:d}, {Status.RUNNING:d})")
                    for table, *_ in QUEUES.values())
 
     def stop_servers(self) -> dict[str, int]:

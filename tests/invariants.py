@@ -198,13 +198,13 @@ class _Checker:
 
     def check_task(self, task: dict, runs: list[dict]) -> None:
         status = task["status"]
-        if status not in (2, 3, 4):
+        if status not in (Status.DONE, Status.FAILED, Status.CANCELLED):
             self.flag("terminal", task, "not terminal", runs)
-        if status == 1:
+        if status == Status.RUNNING:
             self.flag("none_running", task, "left running", runs)
         self.check_overlap_and_order(task, runs)
         self.check_attempts(task, runs)
-        if status in (2, 3):
+        if status in (Status.DONE, Status.FAILED):
             self.check_retry_count(task, runs)
 
     def check_overlap_and_order(self, task: dict, runs: list[dict]) -> None:
@@ -242,7 +242,7 @@ class _Checker:
         if any(run["retry_count"] > retries for run in runs):
             problems.append("a run with a retry_count above the task's")
         lost_last = False
-        if status == 2:
+        if status == Status.DONE:
             if retries > limit:
                 problems.append("done with retry_count above max_retries")
             if last_end != "ok":
@@ -276,7 +276,8 @@ class _Checker:
                     f"a {kind} run should end {expected(run)}"
                     for run in runs if run["ended"] in ("ok", "error", "timeout")
                     and run["ended"] != expected(run)]
-        if status == 3 and not lost_last and kind in ("fast", "slow", "exit", "cpu", "cpu_thread"):
+        never_fails = kind in ("fast", "slow", "exit", "cpu", "cpu_thread")
+        if status == Status.FAILED and not lost_last and never_fails:
             problems.append(f"a {kind} task failed without a lost attempt")
         return problems
 

@@ -17,14 +17,14 @@ import urllib.parse
 
 import pytest
 
-from geventq import admin_store, config
+from geventq import Status, admin_store, config
 from geventq.db import Database, quote_table
 from tests.faultproxy import FaultProxy
 from tests.support import ExecutorProcess, TestDatabase, http, wait_for, write_config
 
 TOKEN = "t0ken-for-tests"
 MIB = 1024 * 1024
-PENDING, RUNNING, DONE, FAILED, CANCELLED = range(5)
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 # --- fixtures ------------------------------------------------------------------------
@@ -324,17 +324,17 @@ def test_task_create_get_list_cancel_retry_round_trip(url, api_db):
     assert cancelled["status"] == CANCELLED and cancelled["end_time"] is not None
     error(call(url, "POST", "/admin/task/cancel", table=table, id=second), 409, "cancelled", "id")
     # retry: cancelled or failed back to pending with a fresh budget; pending is 409
-    api_db.execute(f"UPDATE {table} SET status = 3, retry_count = 3, error_msg = 'x', end_time = NOW(3) "
-                   "WHERE id = %s", (first,))
+    api_db.execute(f"UPDATE {table} SET status = {FAILED:d}, retry_count = 3, error_msg = 'x', "
+                   "end_time = NOW(3) WHERE id = %s", (first,))
     for task_id in (first, second):
         retried = ok(call(url, "POST", "/admin/task/retry", table=table, id=task_id))
         assert (retried["status"], retried["retry_count"], retried["error_msg"], retried["end_time"]) == (
             PENDING, 0, None, None)
     error(call(url, "POST", "/admin/task/retry", table=table, id=first), 409, "pending")
     # a running task cannot be cancelled (owned by a live server, so no rescue touches it)
-    api_db.execute(f"UPDATE {table} SET status = 1, server_id = 'server-a' WHERE id = %s", (third,))
+    api_db.execute(f"UPDATE {table} SET status = {RUNNING:d}, server_id = 'server-a' WHERE id = %s", (third,))
     error(call(url, "POST", "/admin/task/cancel", table=table, id=third), 409, "running")
-    api_db.execute(f"UPDATE {table} SET status = 2 WHERE id = %s", (third,))
+    api_db.execute(f"UPDATE {table} SET status = {DONE:d} WHERE id = %s", (third,))
     # unknown ids
     for path in ("/admin/task/get", "/admin/task/retry", "/admin/task/cancel", "/admin/task/log"):
         method = "GET" if path.endswith(("get", "log")) else "POST"

@@ -9,10 +9,12 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from geventq import Status
 from tests.invariants import check, log_fault, prepare
 from tests.support import REPO
 
 T0 = datetime(2030, 1, 1, 12, 0, 0)
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 def test_chaos_soak_one_minute_profile(mariadb):
@@ -42,7 +44,7 @@ def task(db, status, retry_count, max_retries=3, kind="fast", error_msg=None, **
     with db.connect() as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO t (task_type, task_params, status, retry_count, max_retries, error_msg) "
                     "VALUES ('chaos', %s, %s, %s, %s, %s)",
-                    (json.dumps({"kind": kind, **params}), status, retry_count, max_retries,
+                    (json.dumps({"kind": kind, **params}), int(status), retry_count, max_retries,
                      error_msg))
         return cur.lastrowid
 
@@ -63,17 +65,17 @@ def broken(db) -> dict[str, int]:
 
 def test_checker_passes_a_clean_history(tables):
     db = tables
-    ok = task(db, 2, 0)
+    ok = task(db, DONE, 0)
     run(db, ok, 0, 0, 1)
-    flaky = task(db, 2, 2, kind="flaky", succeed_on=3)
+    flaky = task(db, DONE, 2, kind="flaky", succeed_on=3)
     run(db, flaky, 0, 0, 1, "error")
     run(db, flaky, 1, 2, 3, "error")
     run(db, flaky, 2, 4, 5)
-    failing = task(db, 3, 3, kind="fail", error_msg="RuntimeError: no")
+    failing = task(db, FAILED, 3, kind="fail", error_msg="RuntimeError: no")
     for attempt in range(4):
         run(db, failing, attempt, attempt * 2, attempt * 2 + 1, "error")
     # a run killed with its process, rescued by another server after the kill
-    rescued = task(db, 2, 1)
+    rescued = task(db, DONE, 1)
     run(db, rescued, 0, 0, None, pid=7)
     run(db, rescued, 1, 5, 6, server="s2")
     with db.connect() as conn, conn.cursor() as cur:
@@ -84,11 +86,11 @@ def test_checker_passes_a_clean_history(tables):
 
 def test_checker_catches_two_runs_at_once(tables):
     db = tables
-    both = task(db, 2, 1)
+    both = task(db, DONE, 1)
     run(db, both, 0, 0, 5, "lease")
     run(db, both, 1, 4, 6, server="s2")
     # a run that never finished in a process nobody killed counts as never ended
-    never = task(db, 2, 1)
+    never = task(db, DONE, 1)
     run(db, never, 0, 0, None, pid=8)
     run(db, never, 1, 9, 10)
     assert broken(db) == {"no_overlap": 2}
@@ -96,14 +98,14 @@ def test_checker_catches_two_runs_at_once(tables):
 
 def test_checker_catches_an_attempt_run_twice_and_out_of_order(tables):
     db = tables
-    twice = task(db, 2, 1)
+    twice = task(db, DONE, 1)
     run(db, twice, 1, 0, 1)
     run(db, twice, 1, 2, 3)
-    stale = task(db, 2, 1)
+    stale = task(db, DONE, 1)
     run(db, stale, 1, 0, 1)
     run(db, stale, 0, 2, 3, "lease")
     # handed back by a shutdown, the same attempt may run again
-    released = task(db, 2, 0)
+    released = task(db, DONE, 0)
     run(db, released, 0, 0, 1, "shutdown")
     run(db, released, 0, 2, 3)
     assert broken(db) == {"attempt_once": 1, "in_order": 1}
@@ -111,11 +113,11 @@ def test_checker_catches_an_attempt_run_twice_and_out_of_order(tables):
 
 def test_checker_catches_wrong_retry_counts_and_outcomes(tables):
     db = tables
-    run(db, task(db, 2, 1), 0, 0, 1)                     # done, but no ok run at retry_count 1
-    run(db, task(db, 3, 1, kind="fail", error_msg="RuntimeError"), 1, 0, 1, "error")  # failed early
-    run(db, task(db, 2, 0, kind="fail"), 0, 0, 1)        # a fail task that succeeded
-    flaky = task(db, 2, 0, kind="flaky", succeed_on=2)   # succeeded one attempt too soon
+    run(db, task(db, DONE, 1), 0, 0, 1)                     # done, but no ok run at retry_count 1
+    run(db, task(db, FAILED, 1, kind="fail", error_msg="RuntimeError"), 1, 0, 1, "error")  # failed early
+    run(db, task(db, DONE, 0, kind="fail"), 0, 0, 1)        # a fail task that succeeded
+    flaky = task(db, DONE, 0, kind="flaky", succeed_on=2)   # succeeded one attempt too soon
     run(db, flaky, 0, 0, 1)
-    task(db, 3, 4, error_msg="RuntimeError")             # one past max_retries, no lost attempt named
-    task(db, 1, 0)                                       # left running
+    task(db, FAILED, 4, error_msg="RuntimeError")             # one past max_retries, no lost attempt named
+    task(db, RUNNING, 0)                                       # left running
     assert broken(db) == {"retry_count": 5, "terminal": 1, "none_running": 1}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from geventq import Status
 from tests.support import REPO, http, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -117,9 +118,9 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
                          "max_retries": 0})
     assert status == 201, body
     task_id = body["data"]["id"]
-    wait_for(lambda: db.scalar("SELECT status FROM billing_tasks WHERE id = %s", (task_id,)) == 3,
+    wait_for(lambda: db.scalar("SELECT status FROM billing_tasks WHERE id = %s", (task_id,)) == Status.FAILED,
              message="the failing task failed")
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM billing_tasks WHERE status = 2") == 12)
+    wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM billing_tasks WHERE status = {Status.DONE:d}") == 12)
 
     # When the dashboard is opened
     driver = open_dashboard(browser, base)
@@ -168,12 +169,12 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
     stable(lambda: find(driver, "#btn-retry").click())
 
     # Then the task is pending again in the database, with a fresh retry budget
-    task = wait_for(lambda: (row := db.task("billing_tasks", task_id))["status"] == 0 and row,
+    task = wait_for(lambda: (row := db.task("billing_tasks", task_id))["status"] == Status.PENDING and row,
                     message="the task pending again")
     assert task["retry_count"] == 0 and task["error_msg"] is None
     wait_text(driver, "#detail-status", "pending")
     time.sleep(0.5)
-    assert db.task("billing_tasks", task_id)["status"] == 0  # disabled: nobody claimed it
+    assert db.task("billing_tasks", task_id)["status"] == Status.PENDING  # disabled: nobody claimed it
 
     # and the page logged no error to the console
     assert severe_console_entries(driver) == []

@@ -11,10 +11,12 @@ import time
 
 import pytest
 
+from geventq import Status
 from tests.invariants import check, log_fault, prepare
 from tests.ownmariadb import OwnMariaDB
 from tests.support import ExecutorProcess, TestDatabase, wait_for, write_config
 
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 TABLE = "crash_tasks"
 TASKS = 3000
 
@@ -68,7 +70,8 @@ def test_two_executors_survive_a_killed_and_restarted_database(db, own_mariadb, 
         time.sleep(3)
         own_mariadb.start()
         # Then both executors carry on, and every task ends terminal
-        wait_for(lambda: not tasks_db.scalar(f"SELECT COUNT(*) FROM {TABLE} WHERE status IN (0, 1)"),
+        unfinished = f"SELECT COUNT(*) FROM {TABLE} WHERE status IN ({PENDING:d}, {RUNNING:d})"
+        wait_for(lambda: not tasks_db.scalar(unfinished),
                  timeout=120, interval=0.5, message="every task terminal")
         assert all(executor.process.poll() is None for executor in executors), "an executor died"
         assert all("heartbeat lease renewed" in executor.output for executor in executors)

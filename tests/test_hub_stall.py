@@ -4,10 +4,11 @@ the task that blocked. CPU-bound work belongs in ctx.run_in_thread."""
 
 import time
 
+from geventq import Status
 from tests.invariants import check
 from tests.support import wait_for
 
-DONE = 2
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 def heartbeat_age(db, server_id: str) -> float:
@@ -26,7 +27,7 @@ def test_a_handler_blocking_the_hub_longer_than_the_heartbeat_timeout_is_not_a_d
     wait_for(lambda: db.scalar("SELECT COUNT(*) FROM executions"), timeout=10, message="the cpu task started")
     # Then s1's heartbeat keeps reaching the database all along
     ages = []
-    while db.task("q_tasks", task_id)["status"] == 1:
+    while db.task("q_tasks", task_id)["status"] == RUNNING:
         ages.append(heartbeat_age(db, "s1"))
         time.sleep(0.25)
     assert len(ages) >= 10, ages

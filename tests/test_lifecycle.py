@@ -3,9 +3,10 @@ with backoff, final failure, permanent failure, timeout, bad params."""
 
 import itertools
 
+from geventq import Status
 from tests.support import wait_for
 
-DONE, FAILED = 2, 3
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 def test_tasks_run_once_and_are_marked_done(db, executors):

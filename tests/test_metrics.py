@@ -10,8 +10,11 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from geventq import Status
 from tests.faultproxy import FaultProxy
 from tests.support import http, wait_for
+
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 def scrape(base_url: str, headers: dict | None = None) -> dict[tuple[str, frozenset], float]:
@@ -43,8 +46,9 @@ def test_counters_histograms_and_gauges_follow_the_tasks(db, executors):
     db.insert_tasks("slow_tasks", "hang", 1, max_retries=0)
     db.insert_tasks("metrics_tasks", "nobody_handles_this", 4)
     db.insert_tasks("metrics_tasks", "nobody_handles_this", 1, delay_seconds=3600)
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM metrics_tasks WHERE status IN (2, 3)") == 10
-             and db.scalar("SELECT COUNT(*) FROM slow_tasks WHERE status = 3") == 1,
+    finished = f"SELECT COUNT(*) FROM metrics_tasks WHERE status IN ({DONE:d}, {FAILED:d})"
+    wait_for(lambda: db.scalar(finished) == 10
+             and db.scalar(f"SELECT COUNT(*) FROM slow_tasks WHERE status = {FAILED:d}") == 1,
              timeout=30, message="every runnable task finished")
 
     # Then each counter says what happened, per queue and server
@@ -78,7 +82,8 @@ def test_counters_histograms_and_gauges_follow_the_tasks(db, executors):
     assert value(samples, "geventq_metrics_database_ok", server="server-001") == 1
 
     # and the due pending gauges match the table (the future task is not due)
-    due = db.scalar("SELECT COUNT(*) FROM metrics_tasks WHERE status = 0 AND schedule_time <= NOW(3)")
+    due = db.scalar(f"SELECT COUNT(*) FROM metrics_tasks WHERE status = {PENDING:d} "
+                    "AND schedule_time <= NOW(3)")
     assert due == 4
     assert value(samples, "geventq_tasks_pending_due", queue="mq") == due
     assert value(samples, "geventq_tasks_pending_due", queue="slowq") == 0
@@ -105,7 +110,7 @@ def test_running_gauge_and_metrics_auth(db, executors):
 
     # When two tasks hang
     db.insert_tasks("metrics_tasks", "hang", 2, params={"seconds": 60})
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM metrics_tasks WHERE status = 1") == 2)
+    wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM metrics_tasks WHERE status = {RUNNING:d}") == 2)
 
     # Then, with the token, the running gauge shows them
     samples = wait_for(lambda: (s := scrape(process.admin_url, bearer))
@@ -122,7 +127,7 @@ def test_database_outage_costs_only_the_database_gauges(db, executors):
         process = executors.start(database={"port": proxy.port})
         base = process.admin_url
         db.insert_tasks("metrics_tasks", "record", 1)
-        wait_for(lambda: db.scalar("SELECT status FROM metrics_tasks") == 2)
+        wait_for(lambda: db.scalar("SELECT status FROM metrics_tasks") == DONE)
         assert value(scrape(base), "geventq_metrics_database_ok", server="server-001") == 1
 
         # When the database stops answering (a partition: silence, no error)
@@ -147,11 +152,12 @@ def test_rescue_is_counted_by_the_rescuer_under_the_queue_name(db, executors):
     server_a = executors.start("server-A")
     server_b = executors.start("server-B")
     db.insert_tasks("pinned_tasks", "hang", 1, params={"seconds": 60})
-    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == 1, message="A runs the task")
+    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == RUNNING, message="A runs the task")
 
     # When A dies and B rescues its task (B does not run that queue itself)
     server_a.kill()
-    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == 0, timeout=20, message="the rescue")
+    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == PENDING, timeout=20,
+             message="the rescue")
 
     # Then B counts it under the queue's name
     samples = scrape(server_b.admin_url)

@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from geventq import Status
+
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis import checks as sc  # noqa: E402
@@ -73,9 +75,9 @@ def test_schemathesis_finds_no_errors_and_touches_nothing_else(db, executors, ot
         db.execute(f"CREATE TABLE {name}_tasks LIKE email_tasks")
         db.execute("INSERT INTO queue_configs (id, queue_name, table_name) VALUES (%s, %s, %s)",
                    (queue_id, f"{name}_queue", f"{name}_tasks"))
-        for status in (0, 1, 2, 3, 4, 0, 3, 4):
+        for status in (*Status, Status.PENDING, Status.FAILED, Status.CANCELLED):
             db.execute(f"INSERT INTO {name}_tasks (task_type, task_params, status) "
-                       "VALUES ('noop', '{\"k\": 1}', %s)", (status,))
+                       "VALUES ('noop', '{\"k\": 1}', %s)", (int(status),))
     process = executors.start(queue={"enable": False})
     base_url = process.admin_url
     schema = schemathesis.openapi.from_url(f"{base_url}/admin/openapi.json")

@@ -12,10 +12,11 @@ from datetime import datetime
 
 import pytest
 
+from geventq import Status
 from tests.invariants import check, log_fault
 from tests.support import wait_for
 
-DONE = 2
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 OUTAGE_SECONDS = float(os.environ.get("GEVENTQ_OUTAGE_SECONDS", 8))
 FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 3}
 # What a server logs while the database is away; each of these comes from

@@ -4,10 +4,11 @@ land over the newer attempt."""
 
 import time
 
+from geventq import Status
 from tests.invariants import check
 from tests.support import wait_for
 
-DONE = 2
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 HEARTBEAT = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4}  # lease: 2 s
 
 

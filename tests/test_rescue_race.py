@@ -16,10 +16,11 @@ import time
 import pymysql
 import pytest
 
-from geventq import store
+from geventq import Status, store
 from geventq.db import quote_table
 from tests.support import wait_for
 
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 TABLE = "email_tasks"
 TIMEOUT = 3.0  # heartbeat_timeout of these servers
 
@@ -49,12 +50,12 @@ def add_server(db, server_id: str, heartbeat_age: float) -> None:
                (server_id, int(heartbeat_age * 1e6)))
 
 
-def add_task(db, *, age: float, status: int = 0, server_id: str = "", retry_count: int = 0,
+def add_task(db, *, age: float, status: Status = PENDING, server_id: str = "", retry_count: int = 0,
              started_age: float | None = None) -> int:
     db.execute(f"INSERT INTO {TABLE} (task_type, status, server_id, retry_count, max_retries, "
                "schedule_time, start_time) VALUES ('t', %s, %s, %s, 3, "
                "NOW(3) - INTERVAL %s MICROSECOND, NOW(3) - INTERVAL %s MICROSECOND)",
-               (status, server_id, retry_count, int(age * 1e6),
+               (int(status), server_id, retry_count, int(age * 1e6),
                 None if started_age is None else int(started_age * 1e6)))
     return db.scalar(f"SELECT MAX(id) FROM {TABLE}")
 
@@ -77,7 +78,7 @@ def test_a_rescue_waiting_on_locks_never_requeues_a_claim_made_after_its_decisio
     add_server(db, "X", 60)
     add_server(db, "Y", 0)
     add_server(db, "R", 0)
-    orphan = add_task(db, age=60, status=1, server_id="X", started_age=59)
+    orphan = add_task(db, age=60, status=RUNNING, server_id="X", started_age=59)
     y_task = add_task(db, age=30)
     x_task = add_task(db, age=10)
     y_conn = connect(autocommit=False)
@@ -105,20 +106,20 @@ def test_a_rescue_waiting_on_locks_never_requeues_a_claim_made_after_its_decisio
     assert not thread.is_alive()
     # Then the orphan of X's dead past is rescued, counted as an attempt,
     orphan_row = db.task(TABLE, orphan)
-    assert (orphan_row["status"], orphan_row["retry_count"]) == (0, 1)
+    assert (orphan_row["status"], orphan_row["retry_count"]) == (PENDING, 1)
     assert "server X stopped heartbeating" in orphan_row["error_msg"]
     # but X's new claim is still X's running attempt, untouched
     x_row = db.task(TABLE, x_task)
-    assert (x_row["status"], x_row["server_id"], x_row["retry_count"]) == (1, "X", 0)
+    assert (x_row["status"], x_row["server_id"], x_row["retry_count"]) == (RUNNING, "X", 0)
     assert x_row["error_msg"] is None
     assert rescued["n"] == 1
     # and so is Y's (Y is alive)
-    assert db.task(TABLE, y_task)["status"] == 1
+    assert db.task(TABLE, y_task)["status"] == RUNNING
 
 
 def test_a_rescue_decided_while_everyone_lives_rescues_nothing(db, connect):
     add_server(db, "X", 0)
-    add_task(db, age=5, status=1, server_id="X", started_age=5)
+    add_task(db, age=5, status=RUNNING, server_id="X", started_age=5)
     with connect().cursor() as cur:
         decided_at, alive = store.rescue_decision(cur, TIMEOUT)
         assert sorted(alive) == ["X"]
@@ -129,12 +130,13 @@ def test_a_rescue_takes_rows_of_unknown_and_offline_servers_too(db, connect):
     # Status-1 rows whose server has no row at all, or went offline without handing them back
     add_server(db, "gone", 0)
     db.execute("UPDATE servers SET state = 'offline' WHERE server_id = 'gone'")
-    lost = [add_task(db, age=5, status=1, server_id=owner, started_age=5) for owner in ("gone", "nobody")]
+    lost = [add_task(db, age=5, status=RUNNING, server_id=owner, started_age=5)
+            for owner in ("gone", "nobody")]
     with connect().cursor() as cur:
         decided_at, alive = store.rescue_decision(cur, TIMEOUT)
         assert alive == []
         assert store.rescue_dead_servers_tasks(cur, quote_table(TABLE, None), decided_at, alive) == 2
-    assert [db.task(TABLE, task)["status"] for task in lost] == [0, 0]
+    assert [db.task(TABLE, task)["status"] for task in lost] == [PENDING, PENDING]
 
 
 def test_reconcile_never_requeues_a_newer_claim_of_the_same_attempt(db, connect):
@@ -142,7 +144,7 @@ def test_reconcile_never_requeues_a_newer_claim_of_the_same_attempt(db, connect)
     alone cannot tell the unattended claim from a newer one of the same attempt."""
     table = quote_table(TABLE, None)
     add_server(db, "A", 0)
-    task = add_task(db, age=60, status=1, server_id="A", started_age=30)
+    task = add_task(db, age=60, status=RUNNING, server_id="A", started_age=30)
     with connect().cursor() as cur:
         # Given reconcile found A's 30 s old claim unattended
         [found] = store.find_own_claims(cur, table, "A", 10)
@@ -152,15 +154,15 @@ def test_reconcile_never_requeues_a_newer_claim_of_the_same_attempt(db, connect)
         # Then the requeue finds nothing to do
         assert store.requeue_unattended_claim(cur, table, "A", found["id"], found["retry_count"], 10) == 0
     row = db.task(TABLE, task)
-    assert (row["status"], row["retry_count"]) == (1, 0)
+    assert (row["status"], row["retry_count"]) == (RUNNING, 0)
 
 
 def test_orphan_recovery_leaves_claims_made_while_it_waited(db, connect):
     """A restart recovers what its server_id left running; should a process of
     that id claim while the recovery waits on a lock, its claim stays."""
     table = quote_table(TABLE, None)
-    orphan = add_task(db, age=60, status=1, server_id="A", started_age=59)
-    blocker = add_task(db, age=50, status=1, server_id="A", started_age=49)
+    orphan = add_task(db, age=60, status=RUNNING, server_id="A", started_age=59)
+    blocker = add_task(db, age=50, status=RUNNING, server_id="A", started_age=49)
     fresh = add_task(db, age=10)
     # Given another transaction holds the row lock of one of A's rows
     holder = connect(autocommit=False)
@@ -181,9 +183,9 @@ def test_orphan_recovery_leaves_claims_made_while_it_waited(db, connect):
     thread.join(15)
     # Then the old rows are recovered and the new claim is not
     assert recovered["n"] == 2
-    assert [db.task(TABLE, task)["status"] for task in (orphan, blocker)] == [0, 0]
+    assert [db.task(TABLE, task)["status"] for task in (orphan, blocker)] == [PENDING, PENDING]
     row = db.task(TABLE, fresh)
-    assert (row["status"], row["retry_count"]) == (1, 0)
+    assert (row["status"], row["retry_count"]) == (RUNNING, 0)
 
 
 def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_path):
@@ -202,7 +204,7 @@ def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_pa
 
     # Given A alive, holding a 30 s old status-1 row of a table whose queue A does not run
     add_server(db, "A", 0)
-    stopped = add_task(db, age=60, status=1, server_id="A", started_age=30)
+    stopped = add_task(db, age=60, status=RUNNING, server_id="A", started_age=30)
     database = Database(geventq_config.load(write_config(tmp_path, db), environ={}).database, size=2)
     catalog = QueueCatalog()
     catalog.update([{"queue_name": "q", "table_name": TABLE}])
@@ -215,5 +217,5 @@ def test_reconcile_covers_tables_of_queues_this_server_no_longer_runs(db, tmp_pa
     # Then the row is pending again, counted as a lost attempt
     row = db.task(TABLE, stopped)
     assert requeued == 1
-    assert (row["status"], row["retry_count"]) == (0, 1)
+    assert (row["status"], row["retry_count"]) == (PENDING, 1)
     assert "was lost before it started" in row["error_msg"]

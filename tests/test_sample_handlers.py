@@ -21,6 +21,7 @@ import pymysql
 import pytest
 from loguru import logger
 
+from geventq import Status
 from geventq import config as geventq_config
 from geventq.config import Config
 from geventq.db import Database
@@ -465,7 +466,7 @@ def test_bad_data_sync_params_fail_permanently_naming_the_field(run, offline_con
 
 def add_tasks(db: ScratchDatabase, table: str, statuses: list[int]) -> None:
     db.executemany(f"INSERT INTO {table} (task_type, task_params, status) VALUES ('x', '{{}}', %s)",
-                   [(status,) for status in statuses])
+                   [(int(status),) for status in statuses])
 
 
 def read_report(path: Path) -> list[dict[str, str]]:
@@ -478,10 +479,11 @@ def test_report_counts_tasks_by_queue_and_status(run, config, database, tmp_path
     # queues whose table is gone or misnamed
     for table in ("email_tasks", "data_sync_tasks", "report_tasks"):
         database.execute(f"DELETE FROM {table}")  # drop init.sql's sample tasks
-    add_tasks(database, "email_tasks", [0, 0, 1, 2, 2, 2, 3, 4])
-    add_tasks(database, "data_sync_tasks", [2, 3, 3])
+    pending, running, done, failed, cancelled = Status
+    add_tasks(database, "email_tasks", [pending, pending, running, done, done, done, failed, cancelled])
+    add_tasks(database, "data_sync_tasks", [done, failed, failed])
     database.execute("CREATE TABLE extra_tasks LIKE email_tasks")
-    add_tasks(database, "extra_tasks", [4, 9])  # 9: not a status, counted in total only
+    add_tasks(database, "extra_tasks", [cancelled, 9])  # 9: not a status, counted in total only
     database.executemany("INSERT INTO queue_configs (queue_name, table_name) VALUES (%s, %s)", [
         ("extra_queue", f"{database.name}.extra_tasks"),
         ("ghost_queue", "ghost_tasks"),  # its table was dropped
@@ -508,6 +510,8 @@ def test_report_counts_tasks_by_queue_and_status(run, config, database, tmp_path
 
 
 def report_row(queue: str, table: str, *counts: int) -> dict[str, str]:
+    # The report's columns, spelled out: they are its contract, which a
+    # renamed Status member must not change unnoticed.
     names = ("pending", "running", "done", "failed", "cancelled", "total")
     return {"queue_name": queue, "table_name": table,
             **{name: str(count) for name, count in zip(names, counts, strict=True)}}

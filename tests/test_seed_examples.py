@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from geventq import Status
 from tests.smtpinbox import running_inbox
 from tests.support import REPO, ExecutorProcess, TestDatabase, free_port, http, wait_for
 
-DONE = 2
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 # The seed's config.json, with its placeholder password filled in for this
 # machine's MariaDB and a test database name; plus an smtp section, which the
 # seed leaves to its e-mail handler (see README, Differences from the original).
@@ -356,7 +357,7 @@ def test_the_troubleshooting_list_of_the_seed(seed):
     now = db.insert_tasks("email_tasks", "email", params={"to": "a@example.com", "subject": "s",
                                                           "content": "c", "dry_run": True})[0]
     wait_for(lambda: db.task("email_tasks", now)["status"] == DONE, timeout=30, message="due task ran")
-    assert db.task("email_tasks", later)["status"] == 0
+    assert db.task("email_tasks", later)["status"] == PENDING
     # 任务处理器未找到 — a task_type nobody registered stays pending (while a
     # task queued after it runs); the start-up line lists the registered types
     orphan = db.insert_tasks("email_tasks", "no_such_type")[0]
@@ -364,7 +365,7 @@ def test_the_troubleshooting_list_of_the_seed(seed):
                                                             "content": "c", "dry_run": True})[0]
     wait_for(lambda: db.task("email_tasks", after)["status"] == DONE, timeout=30, message="later task ran")
     assert "handlers: data_sync, email, report, your_task_type" in server.output
-    assert db.task("email_tasks", orphan)["status"] == 0
+    assert db.task("email_tasks", orphan)["status"] == PENDING
     # 数据库连接失败 — a wrong port stops start-up, naming host:port
     config = json.loads(site.config_path.read_text())
     config["database"]["port"] = free_port()

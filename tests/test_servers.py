@@ -7,9 +7,10 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from geventq import Status
 from tests.support import wait_for
 
-DONE = 2
+PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 def max_overlap(intervals) -> int:
@@ -155,7 +156,7 @@ def test_sigkill_mid_task_is_rescued_by_another_server(db, executors):
     ids = db.insert_tasks("q_tasks", "record", 3, params={"seconds": 60}, max_retries=2)
     s1 = executors.start("s1")
     executors.start("s2")
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM q_tasks WHERE status = 1") == 3)
+    wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM q_tasks WHERE status = {RUNNING:d}") == 3)
     # When s1 is killed and the queue opened to any server, with short tasks now
     s1.kill()
     killed_at = time.monotonic()
@@ -174,9 +175,9 @@ def test_rescue_exhausting_retries_fails_the_task(db, executors):
     [task_id] = db.insert_tasks("q_tasks", "record", params={"seconds": 60}, max_retries=0)
     s1 = executors.start("s1")
     executors.start("s2")
-    wait_for(lambda: db.task("q_tasks", task_id)["status"] == 1)
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == RUNNING)
     s1.kill()
-    wait_for(lambda: db.task("q_tasks", task_id)["status"] == 3, timeout=20)
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == FAILED, timeout=20)
     task = db.task("q_tasks", task_id)
     assert task["retry_count"] == 1 and "server s1 stopped heartbeating" in task["error_msg"]
     assert task["end_time"] is not None
@@ -187,7 +188,7 @@ def test_restart_under_same_server_id_recovers_orphans_at_once(db, executors):
     [task_id] = db.insert_tasks("q_tasks", "flaky", params={"succeed_on": 1}, max_retries=3)
     db.execute("UPDATE q_tasks SET task_type = 'hang', task_params = '{\"seconds\": 60}'")
     first = executors.start("s1")
-    wait_for(lambda: db.task("q_tasks", task_id)["status"] == 1)
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == RUNNING)
     first.kill()
     db.execute("UPDATE q_tasks SET task_type = 'record', task_params = '{}'")
     executors.start("s1")
@@ -200,12 +201,12 @@ def test_sigterm_drains_and_leaves_nothing_running(db, executors):
     db.add_queue("q", "q_tasks", max_workers=5)
     quick = db.insert_tasks("q_tasks", "record", 5, params={"seconds": 1})
     process = executors.start(executor={"shutdown_timeout": 10})
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM q_tasks WHERE status = 1") == 5)
+    wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM q_tasks WHERE status = {RUNNING:d}") == 5)
     slow = db.insert_tasks("q_tasks", "record", 5)  # due, but must not be claimed after SIGTERM
     process.terminate()
     assert process.wait(20) == 0
     assert all(db.task("q_tasks", task_id)["status"] == DONE for task_id in quick)
-    assert all(db.task("q_tasks", task_id)["status"] == 0 for task_id in slow)
+    assert all(db.task("q_tasks", task_id)["status"] == PENDING for task_id in slow)
     assert db.scalar("SELECT state FROM servers WHERE server_id = 'server-001'") == "offline"
 
 
@@ -213,13 +214,13 @@ def test_sigterm_past_shutdown_timeout_returns_tasks_uncounted(db, executors):
     db.add_queue("q", "q_tasks", max_workers=3)
     ids = db.insert_tasks("q_tasks", "hang", 3, params={"seconds": 60})
     process = executors.start(executor={"shutdown_timeout": 1})
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM q_tasks WHERE status = 1") == 3)
+    wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM q_tasks WHERE status = {RUNNING:d}") == 3)
     started = time.monotonic()
     process.terminate()
     assert process.wait(20) == 0
     assert time.monotonic() - started < 8
     rows = [db.task("q_tasks", task_id) for task_id in ids]
-    assert all(row["status"] == 0 and row["retry_count"] == 0 for row in rows)
+    assert all(row["status"] == PENDING and row["retry_count"] == 0 for row in rows)
     assert "returned 3 unfinished tasks" in process.output
 
 

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+from geventq import Status
 from tests.support import REPO, free_port, write_config
 
 
@@ -37,10 +38,10 @@ def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
     # Given a queue pinned to a server, with tasks in every status, and two server rows
     db.add_queue("orders", "order_tasks", server_id="server-007", max_workers=12, scan_interval=3)
     db.add_queue("paused", "paused_tasks", status=0)
-    for status_code, count in ((0, 4), (1, 2), (2, 5), (3, 1), (4, 3)):
+    for task_status, count in zip(Status, (4, 2, 5, 1, 3), strict=True):
         for _ in range(count):
             db.execute("INSERT INTO order_tasks (task_type, status, schedule_time) "
-                       "VALUES ('x', %s, NOW(3) - INTERVAL 90 SECOND)", (status_code,))
+                       "VALUES ('x', %s, NOW(3) - INTERVAL 90 SECOND)", (int(task_status),))
     db.insert_tasks("order_tasks", "x", 1, delay_seconds=3600)  # pending, not yet due
     db.execute("INSERT INTO servers (server_id, host, pid, state, queues, running, last_heartbeat) "
                "VALUES ('server-007', 'web-7', 4242, 'online', '[\"orders\"]', 2, NOW(3)), "

@@ -55,3 +55,11 @@ def test_schedule_time_with_an_offset_is_aware_and_without_is_database_time():
     assert aware["schedule_time"].utcoffset().total_seconds() == 7200
     assert naive["schedule_time"].tzinfo is None
     assert spec.to_database_time(aware["schedule_time"], 0).hour == 6
+
+
+@pytest.mark.parametrize("name", ["t1\n", "db.t1\n", "t1\n.x"])
+def test_a_trailing_newline_is_not_part_of_a_valid_identifier(name):
+    from geventq.db import quote_table
+    from geventq.errors import InvalidIdentifier
+    with pytest.raises(InvalidIdentifier):
+        quote_table(name, None)
