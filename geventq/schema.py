@@ -14,6 +14,12 @@ from geventq.db import Database
 INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
 
 
+# geventq's own tables, created on an existing installation too when a newer
+# release added them (CREATE TABLE IF NOT EXISTS in init.sql, so idempotent).
+OWN_TABLES = frozenset({"queue_configs", "servers"})
+_CREATE_TABLE = re.compile(r"^CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+`?(\w+)`?", re.I)
+
+
 def split_statements(script: str) -> list[str]:
     """init.sql's statements: `--` comment lines dropped, split on `;` at line end."""
     lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
@@ -48,8 +54,9 @@ def apply_script(cur, script_path: Path) -> None:
 
 
 def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
-    """Create the configured database and its tables if queue_configs is
-    missing, and add columns newer releases introduced. True if init.sql ran."""
+    """Create the configured database and apply init.sql when queue_configs
+    is missing; on an existing database create geventq's own tables and
+    columns that newer releases introduced. True if init.sql ran whole."""
     name = config.database.database
     server = Database(config.database, database=None, size=1, name="bootstrap")
     try:
@@ -61,7 +68,9 @@ def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
     db = Database(config.database, size=1, name="schema")
     try:
         with db.cursor() as cur:
-            if not present:
+            if present:
+                _create_missing_own_tables(cur, script_path, name)
+            else:
                 logger.info("applying {} to database {}", script_path.name, name)
                 apply_script(cur, script_path)
             _add_missing_columns(cur)
@@ -70,9 +79,29 @@ def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
     return not present
 
 
+def own_table_statements(script: str) -> dict[str, str]:
+    """init.sql's CREATE TABLE statements of geventq's own tables, by table.
+    The sample task tables and rows are a fresh installation's only."""
+    creates = {}
+    for statement in split_statements(script):
+        match = _CREATE_TABLE.match(statement)
+        if match and match.group(1).lower() in OWN_TABLES:
+            creates[match.group(1).lower()] = statement
+    return creates
+
+
+def _create_missing_own_tables(cur, script_path: Path, database: str) -> None:
+    for table, statement in own_table_statements(script_path.read_text(encoding="utf-8")).items():
+        if not store.table_exists(cur, database, table):
+            logger.info("creating table {} (new in this release)", table)
+            store.run_script(cur, [statement])
+
+
 def _add_missing_columns(cur) -> None:
-    existing = store.queue_config_columns(cur)
-    for column in store.OPTIONAL_QUEUE_COLUMNS:
-        if column not in existing:
-            logger.info("adding column queue_configs.{}", column)
-            store.add_queue_config_column(cur, column)
+    existing: dict[str, set[str]] = {}
+    for table, column in store.NEW_COLUMNS:
+        if table not in existing:
+            existing[table] = store.table_columns(cur, table)
+        if column not in existing[table]:
+            logger.info("adding column {}.{}", table, column)
+            store.add_column(cur, table, column)

@@ -71,22 +71,26 @@ def run_script(cur, statements: Iterable[str]) -> None:
         cur.execute(statement)
 
 
-def queue_config_columns(cur) -> set[str]:
+def table_columns(cur, table: str) -> set[str]:
+    """The column names of one of geventq's own tables in the current database."""
     cur.execute("SELECT column_name AS c FROM information_schema.columns "
-                "WHERE table_schema = DATABASE() AND table_name = 'queue_configs'")
+                "WHERE table_schema = DATABASE() AND table_name = %s", (table,))
     return {row["c"].lower() for row in cur.fetchall()}
 
 
-# Columns added after the first release; a queue_configs made by an older
-# init.sql gets them on start-up, with defaults, so nothing becomes required.
-OPTIONAL_QUEUE_COLUMNS = {
-    "task_timeout": "ALTER TABLE queue_configs ADD COLUMN task_timeout INT NOT NULL DEFAULT 0",
-    "retention_days": "ALTER TABLE queue_configs ADD COLUMN retention_days INT NOT NULL DEFAULT 0",
+# Columns added to geventq's own tables after the first release: a database
+# made by an older init.sql gets them at start-up, with defaults, so nothing
+# becomes required. (table, column) -> the statement that adds it.
+NEW_COLUMNS: dict[tuple[str, str], str] = {
+    ("queue_configs", "task_timeout"):
+        "ALTER TABLE queue_configs ADD COLUMN task_timeout INT NOT NULL DEFAULT 0",
+    ("queue_configs", "retention_days"):
+        "ALTER TABLE queue_configs ADD COLUMN retention_days INT NOT NULL DEFAULT 0",
 }
 
 
-def add_queue_config_column(cur, column: str) -> None:
-    cur.execute(OPTIONAL_QUEUE_COLUMNS[column])
+def add_column(cur, table: str, column: str) -> None:
+    cur.execute(NEW_COLUMNS[(table, column)])
 
 
 # --- queues ------------------------------------------------------------------

@@ -30,3 +30,26 @@ def test_admin_task_table_ddl_matches_init_sql():
     [email_tasks] = [s for s in split_statements(script) if "CREATE TABLE IF NOT EXISTS email_tasks" in s]
     ours = admin_store.TASK_TABLE_DDL.format(table="email_tasks")
     assert normalise(ours) == normalise(email_tasks)
+
+
+def test_an_older_installation_gains_new_own_tables_and_columns_but_no_samples(db, tmp_path):
+    from geventq import config
+    from geventq.schema import ensure_schema
+    from tests.support import write_config
+
+    # Given a database made by an older release: no servers table, no newer
+    # queue_configs columns, and the user removed a sample table
+    db.execute("DROP TABLE servers")
+    db.execute("ALTER TABLE queue_configs DROP COLUMN task_timeout, DROP COLUMN retention_days")
+    db.execute("DROP TABLE report_tasks")
+    queues = db.scalar("SELECT COUNT(*) FROM queue_configs")
+    # When an executor starts on it
+    ran_init = ensure_schema(config.load(write_config(tmp_path, db), environ={}))
+    # Then geventq's own tables and columns exist, with defaults, and the
+    # user's choices (no report_tasks, the queue rows) are left as they were
+    assert ran_init is False
+    assert db.scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() "
+                     "AND table_name IN ('servers', 'report_tasks')") == 1
+    assert db.query("SELECT task_timeout, retention_days FROM queue_configs LIMIT 1") == [
+        {"task_timeout": 0, "retention_days": 0}]
+    assert db.scalar("SELECT COUNT(*) FROM queue_configs") == queues
