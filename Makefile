@@ -14,7 +14,9 @@ test:  ## install everything the suite needs (Python packages, headless Chromium
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
 	@# Three test workers each start several executors: more than the default 151 connections.
 	-@mysql -h127.0.0.1 -uroot -e "SET GLOBAL max_connections = GREATEST(@@max_connections, 500)" 2>/dev/null
-	$(PYTHON) -m pytest
+	@# The fast tier first (pure pieces, under 5 s): a broken basic stops here.
+	$(PYTHON) -m pytest -p no:xdist -o addopts="" -q tests/unit
+	$(PYTHON) -m pytest --ignore=tests/unit
 
 bench:  ## the performance benchmark (about 4 minutes; see README, Performance)
 	$(PYTHON) -m pip install -q -r requirements-bench.txt
@@ -23,8 +25,11 @@ bench:  ## the performance benchmark (about 4 minutes; see README, Performance)
 chaos:  ## the 1-minute chaos soak (see README, Reliability)
 	$(PYTHON) -m tests.chaos --minutes 1
 
-lint:
-	ruff check geventq handlers tests
+lint:  ## ruff (lint and format check) and mypy: what .ci/run checks before the suite
+	$(PYTHON) -m pip install -q -r requirements-dev.txt
+	$(PYTHON) -m ruff check geventq handlers tests
+	$(PYTHON) -m ruff format --check geventq handlers tests
+	$(PYTHON) -m mypy
 
 status:
 	$(PYTHON) -m geventq status

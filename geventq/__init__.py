@@ -6,5 +6,4 @@ from geventq.handlers import JobContext, register_task_handler, task_handler
 
 __version__ = "0.1.0"
 
-__all__ = ["JobContext", "PermanentFailure", "Status", "__version__", "register_task_handler",
-           "task_handler"]
+__all__ = ["JobContext", "PermanentFailure", "Status", "__version__", "register_task_handler", "task_handler"]

@@ -83,9 +83,18 @@ Route = tuple[Endpoint, Callable[["Admin", Call], Any]]
 
 
 class Admin:
-    def __init__(self, *, db: Database, server_id: str, heartbeat_timeout: float, catalog: QueueCatalog,
-                 queues: RunningQueues, job_logs: JobLogs, peers: Peers,
-                 queues_changed: Callable[[], None]):
+    def __init__(
+        self,
+        *,
+        db: Database,
+        server_id: str,
+        heartbeat_timeout: float,
+        catalog: QueueCatalog,
+        queues: RunningQueues,
+        job_logs: JobLogs,
+        peers: Peers,
+        queues_changed: Callable[[], None],
+    ):
         self.db = db
         self.server_id = server_id
         self.heartbeat_timeout = heartbeat_timeout
@@ -94,7 +103,7 @@ class Admin:
         self.job_logs = job_logs
         self.peers = peers
         self.queues_changed = queues_changed  # applies a queue change here at once, not at the next sync
-        self.endpoints: list[Endpoint] = []   # every route's, for the OpenAPI document
+        self.endpoints: list[Endpoint] = []  # every route's, for the OpenAPI document
         self._settings: dict[str, Any] | None = None
         self._settings_at = 0.0
         self._document: dict[str, Any] | None = None
@@ -121,8 +130,9 @@ class Admin:
 
     def database_time(self, tasks: list[dict[str, Any]]) -> None:
         """schedule_time given with an offset, converted to the database's time zone."""
-        if any(task["schedule_time"] is not None and task["schedule_time"].tzinfo is not None
-               for task in tasks):
+        if any(
+            task["schedule_time"] is not None and task["schedule_time"].tzinfo is not None for task in tasks
+        ):
             offset = int(self.settings()["utc_offset"])
             for task in tasks:
                 task["schedule_time"] = spec.to_database_time(task["schedule_time"], offset)
@@ -137,6 +147,7 @@ class Admin:
     def document(self) -> dict[str, Any]:
         if self._document is None:
             from geventq import __version__
+
             self._document = openapi.document(self.endpoints, __version__)
         return self._document
 
@@ -152,12 +163,21 @@ def route(endpoint: Endpoint) -> Callable:
     def register(handler: Callable[[Admin, Call], Any]) -> Callable[[Admin, Call], Any]:
         ROUTES.append((endpoint, handler))
         return handler
+
     return register
 
 
-@route(Endpoint("GET", "/healthz", "Liveness for load balancers: the database round trip",
-                spec.ref("Health"), tag="health", auth=False,
-                errors=((503, "the database does not answer"),)))
+@route(
+    Endpoint(
+        "GET",
+        "/healthz",
+        "Liveness for load balancers: the database round trip",
+        spec.ref("Health"),
+        tag="health",
+        auth=False,
+        errors=((503, "the database does not answer"),),
+    )
+)
 def healthz(admin: Admin, call: Call) -> dict[str, Any]:
     started = time.monotonic()
     # A load balancer's probe wants an answer within seconds, not read_timeout.
@@ -167,29 +187,52 @@ def healthz(admin: Admin, call: Call) -> dict[str, Any]:
             admin.db.call(store.database_now)
     except DatabaseError as error:
         raise ApiError(503, f"database unavailable: {error}") from None
-    return {"server_id": admin.server_id,
-            "db_rtt_ms": round((time.monotonic() - started) * 1000, 3)}
+    return {"server_id": admin.server_id, "db_rtt_ms": round((time.monotonic() - started) * 1000, 3)}
 
 
-@route(Endpoint("POST", "/admin/queue/create", "Create a queue, and its task table when missing",
-                ref("QueueRow"), tag="queues", body=spec.QUEUE_CREATE, status=201,
-                errors=((409, "a queue with that queue_name or table_name exists"),)))
+@route(
+    Endpoint(
+        "POST",
+        "/admin/queue/create",
+        "Create a queue, and its task table when missing",
+        ref("QueueRow"),
+        tag="queues",
+        body=spec.QUEUE_CREATE,
+        status=201,
+        errors=((409, "a queue with that queue_name or table_name exists"),),
+    )
+)
 def queue_create(admin: Admin, call: Call) -> Created:
     row = admin.db.call(admin_store.create_queue, call.body)
     admin.queues_changed()
     return Created(row)
 
 
-@route(Endpoint("GET", "/admin/queue/list", "Every queue with its task counts by status",
-                array_of("Queue"), tag="queues"))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/queue/list",
+        "Every queue with its task counts by status",
+        array_of("Queue"),
+        tag="queues",
+    )
+)
 def queue_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
     return admin.db.call(admin_store.queue_overview)
 
 
-@route(Endpoint("PUT", "/admin/queue/update", "Change some fields of a queue",
-                ref("QueueRow"), tag="queues", query=spec.QUEUE_ID_QUERY, body=spec.QUEUE_UPDATE,
-                errors=((404, "no queue has that id"),
-                        (409, "another queue has that queue_name or table_name"))))
+@route(
+    Endpoint(
+        "PUT",
+        "/admin/queue/update",
+        "Change some fields of a queue",
+        ref("QueueRow"),
+        tag="queues",
+        query=spec.QUEUE_ID_QUERY,
+        body=spec.QUEUE_UPDATE,
+        errors=((404, "no queue has that id"), (409, "another queue has that queue_name or table_name")),
+    )
+)
 def queue_update(admin: Admin, call: Call) -> dict[str, Any]:
     row = admin.db.call(admin_store.update_queue, call.query["id"], call.body)
     if row is None:
@@ -198,9 +241,17 @@ def queue_update(admin: Admin, call: Call) -> dict[str, Any]:
     return row
 
 
-@route(Endpoint("DELETE", "/admin/queue/delete", "Remove a queue (its task table stays)",
-                ref("QueueRow"), tag="queues", query=spec.QUEUE_ID_QUERY,
-                errors=((404, "no queue has that id"),)))
+@route(
+    Endpoint(
+        "DELETE",
+        "/admin/queue/delete",
+        "Remove a queue (its task table stays)",
+        ref("QueueRow"),
+        tag="queues",
+        query=spec.QUEUE_ID_QUERY,
+        errors=((404, "no queue has that id"),),
+    )
+)
 def queue_delete(admin: Admin, call: Call) -> dict[str, Any]:
     row = admin.db.call(admin_store.delete_queue, call.query["id"])
     if row is None:
@@ -209,8 +260,17 @@ def queue_delete(admin: Admin, call: Call) -> dict[str, Any]:
     return row
 
 
-@route(Endpoint("POST", "/admin/queue/wake", "Scan the queue of this table now (sent by other servers)",
-                ref("Woken"), tag="queues", query=spec.TABLE_QUERY, errors=(NOT_FOUND_TABLE,)))
+@route(
+    Endpoint(
+        "POST",
+        "/admin/queue/wake",
+        "Scan the queue of this table now (sent by other servers)",
+        ref("Woken"),
+        tag="queues",
+        query=spec.TABLE_QUERY,
+        errors=(NOT_FOUND_TABLE,),
+    )
+)
 def queue_wake(admin: Admin, call: Call) -> dict[str, Any]:
     runner = admin.queues.for_table(call.table_name)
     if runner is not None:
@@ -218,14 +278,29 @@ def queue_wake(admin: Admin, call: Call) -> dict[str, Any]:
     return {"table": call.table_name, "woken": runner is not None}
 
 
-@route(Endpoint("GET", "/admin/queue/throughput", "Tasks done and failed per minute, per queue",
-                ref("Throughput"), tag="queues", query=spec.THROUGHPUT_QUERY))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/queue/throughput",
+        "Tasks done and failed per minute, per queue",
+        ref("Throughput"),
+        tag="queues",
+        query=spec.THROUGHPUT_QUERY,
+    )
+)
 def queue_throughput(admin: Admin, call: Call) -> dict[str, Any]:
     return admin.db.call(admin_store.finished_per_minute, call.query["minutes"])
 
 
-@route(Endpoint("GET", "/admin/server/list", "Every server with its heartbeat, liveness and queues",
-                array_of("Server"), tag="servers"))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/server/list",
+        "Every server with its heartbeat, liveness and queues",
+        array_of("Server"),
+        tag="servers",
+    )
+)
 def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
     rows = admin.db.call(admin_store.list_servers, admin.heartbeat_timeout)
     for row in rows:
@@ -234,8 +309,19 @@ def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
     return rows
 
 
-@route(Endpoint("POST", "/admin/task/create", "Create a task", ref("TaskCreated"), tag="tasks",
-                query=spec.TABLE_QUERY, body=spec.TASK_CREATE, status=201, errors=(NOT_FOUND_TABLE,)))
+@route(
+    Endpoint(
+        "POST",
+        "/admin/task/create",
+        "Create a task",
+        ref("TaskCreated"),
+        tag="tasks",
+        query=spec.TABLE_QUERY,
+        body=spec.TASK_CREATE,
+        status=201,
+        errors=(NOT_FOUND_TABLE,),
+    )
+)
 def task_create(admin: Admin, call: Call) -> Created:
     admin.database_time([call.body])
     task_id = admin.db.call(admin_store.insert_task, call.table, call.body)
@@ -243,63 +329,132 @@ def task_create(admin: Admin, call: Call) -> Created:
     return Created({"id": task_id})
 
 
-@route(Endpoint("POST", "/admin/task/batch_create",
-                "Create up to 10,000 tasks in one statement, all or nothing",
-                ref("TasksCreated"), tag="tasks", query=spec.TABLE_QUERY, body=spec.TASK_BATCH,
-                body_limit=BATCH_BODY_LIMIT, status=201, errors=(NOT_FOUND_TABLE,)))
+@route(
+    Endpoint(
+        "POST",
+        "/admin/task/batch_create",
+        "Create up to 10,000 tasks in one statement, all or nothing",
+        ref("TasksCreated"),
+        tag="tasks",
+        query=spec.TABLE_QUERY,
+        body=spec.TASK_BATCH,
+        body_limit=BATCH_BODY_LIMIT,
+        status=201,
+        errors=(NOT_FOUND_TABLE,),
+    )
+)
 def task_batch_create(admin: Admin, call: Call) -> Created:
     admin.database_time(call.body)
     settings = admin.settings()
-    ids = admin.db.call(admin_store.insert_tasks, call.table, call.body, settings["returning"],
-                        int(settings["max_allowed_packet"]) - 1024, snapshot=not settings["returning"])
+    ids = admin.db.call(
+        admin_store.insert_tasks,
+        call.table,
+        call.body,
+        settings["returning"],
+        int(settings["max_allowed_packet"]) - 1024,
+        snapshot=not settings["returning"],
+    )
     admin.tasks_added(call.table_name)
     return Created({"ids": ids, "count": len(ids)})
 
 
-@route(Endpoint("GET", "/admin/task/list", "Tasks of a queue, newest first, a page at a time",
-                ref("TaskPage"), tag="tasks", query=spec.TASK_LIST_QUERY, errors=(NOT_FOUND_TABLE,)))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/task/list",
+        "Tasks of a queue, newest first, a page at a time",
+        ref("TaskPage"),
+        tag="tasks",
+        query=spec.TASK_LIST_QUERY,
+        errors=(NOT_FOUND_TABLE,),
+    )
+)
 def task_list(admin: Admin, call: Call) -> dict[str, Any]:
     query = call.query
-    rows = admin.db.call(admin_store.list_tasks, call.table, query.get("status"), query.get("task_type"),
-                         query["limit"], query["offset"])
+    rows = admin.db.call(
+        admin_store.list_tasks,
+        call.table,
+        query.get("status"),
+        query.get("task_type"),
+        query["limit"],
+        query["offset"],
+    )
     more = len(rows) > query["limit"]
-    return {"items": [task_json(row) for row in rows[:query["limit"]]],
-            "next_offset": query["offset"] + query["limit"] if more else None}
+    return {
+        "items": [task_json(row) for row in rows[: query["limit"]]],
+        "next_offset": query["offset"] + query["limit"] if more else None,
+    }
 
 
-@route(Endpoint("GET", "/admin/task/get", "One task", ref("Task"), tag="tasks",
-                query=spec.TASK_QUERY, errors=(NOT_FOUND_TABLE,)))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/task/get",
+        "One task",
+        ref("Task"),
+        tag="tasks",
+        query=spec.TASK_QUERY,
+        errors=(NOT_FOUND_TABLE,),
+    )
+)
 def task_get(admin: Admin, call: Call) -> dict[str, Any]:
     return task_json(found(admin.db.call(admin_store.get_task, call.table, call.query["id"]), call))
 
 
-@route(Endpoint("POST", "/admin/task/retry", "A failed or cancelled task back to pending, retries reset",
-                ref("Task"), tag="tasks", query=spec.TASK_QUERY,
-                errors=(NOT_FOUND_TABLE, (409, "the task is not failed or cancelled"))))
+@route(
+    Endpoint(
+        "POST",
+        "/admin/task/retry",
+        "A failed or cancelled task back to pending, retries reset",
+        ref("Task"),
+        tag="tasks",
+        query=spec.TASK_QUERY,
+        errors=(NOT_FOUND_TABLE, (409, "the task is not failed or cancelled")),
+    )
+)
 def task_retry(admin: Admin, call: Call) -> dict[str, Any]:
     changed, row = admin.db.call(admin_store.retry_task, call.table, call.query["id"], transaction=True)
     row = found(row, call)
     if not changed:
-        raise ApiError(409, f"id: task {row['id']} is {status_name(row)}; only failed or cancelled "
-                            "tasks can be retried")
+        raise ApiError(
+            409, f"id: task {row['id']} is {status_name(row)}; only failed or cancelled tasks can be retried"
+        )
     admin.tasks_added(call.table_name)
     return task_json(row)
 
 
-@route(Endpoint("POST", "/admin/task/cancel", "A pending task to cancelled", ref("Task"), tag="tasks",
-                query=spec.TASK_QUERY, errors=(NOT_FOUND_TABLE, (409, "the task is not pending"))))
+@route(
+    Endpoint(
+        "POST",
+        "/admin/task/cancel",
+        "A pending task to cancelled",
+        ref("Task"),
+        tag="tasks",
+        query=spec.TASK_QUERY,
+        errors=(NOT_FOUND_TABLE, (409, "the task is not pending")),
+    )
+)
 def task_cancel(admin: Admin, call: Call) -> dict[str, Any]:
     changed, row = admin.db.call(admin_store.cancel_task, call.table, call.query["id"], transaction=True)
     row = found(row, call)
     if not changed:
-        raise ApiError(409, f"id: task {row['id']} is {status_name(row)}; only pending tasks can be "
-                            "cancelled")
+        raise ApiError(
+            409, f"id: task {row['id']} is {status_name(row)}; only pending tasks can be cancelled"
+        )
     return task_json(row)
 
 
-@route(Endpoint("GET", "/admin/task/log", "The job log of a task, from the server that ran it",
-                ref("TaskLog"), tag="tasks", query=spec.TASK_LOG_QUERY,
-                errors=(NOT_FOUND_TABLE, (502, "the server that ran the task did not answer"))))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/task/log",
+        "The job log of a task, from the server that ran it",
+        ref("TaskLog"),
+        tag="tasks",
+        query=spec.TASK_LOG_QUERY,
+        errors=(NOT_FOUND_TABLE, (502, "the server that ran the task did not answer")),
+    )
+)
 def task_log(admin: Admin, call: Call) -> dict[str, Any]:
     row = found(admin.db.call(admin_store.get_task, call.table, call.query["id"]), call)
     log_id, ran_on = f"{call.table_name}-{row['id']}", row["server_id"] or ""
@@ -315,35 +470,79 @@ def task_log(admin: Admin, call: Call) -> dict[str, Any]:
         except PeerUnreachable as error:
             raise ApiError(502, f"log: {error}") from None
     truncated = len(text) > LOG_LIMIT
-    return {"log_id": log_id, "server_id": ran_on, "source": source,
-            "log": text[-LOG_LIMIT:] if truncated else text, "truncated": truncated}
+    return {
+        "log_id": log_id,
+        "server_id": ran_on,
+        "source": source,
+        "log": text[-LOG_LIMIT:] if truncated else text,
+        "truncated": truncated,
+    }
 
 
-@route(Endpoint("GET", "/admin/openapi.json", "This document", {"type": "object"}, tag="meta",
-                uses_database=False, raw="application/json"))
+@route(
+    Endpoint(
+        "GET",
+        "/admin/openapi.json",
+        "This document",
+        {"type": "object"},
+        tag="meta",
+        uses_database=False,
+        raw="application/json",
+    )
+)
 def openapi_json(admin: Admin, call: Call) -> dict[str, Any]:
     return admin.document()
 
 
-@route(Endpoint("GET", "/", "The dashboard", {"type": "string"}, tag="meta", auth=False,
-                uses_database=False, raw="text/html",
-                errors=((404, "the dashboard is not installed"),)))
+@route(
+    Endpoint(
+        "GET",
+        "/",
+        "The dashboard",
+        {"type": "string"},
+        tag="meta",
+        auth=False,
+        uses_database=False,
+        raw="text/html",
+        errors=((404, "the dashboard is not installed"),),
+    )
+)
 def dashboard(admin: Admin, call: Call) -> Any:
     return bottle.static_file("dashboard.html", root=str(STATIC_DIR), mimetype="text/html")
 
 
-@route(Endpoint("GET", "/static/{filename}", "The dashboard's files", {"type": "string"}, tag="meta",
-                query=spec.Spec((spec.String("filename", "a file of geventq/static", required=True,
-                                             min_length=1, max_length=100,
-                                             pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$"),)),
-                auth=False, uses_database=False, raw="*/*",
-                errors=((404, "no such file"),)))
+@route(
+    Endpoint(
+        "GET",
+        "/static/{filename}",
+        "The dashboard's files",
+        {"type": "string"},
+        tag="meta",
+        query=spec.Spec(
+            (
+                spec.String(
+                    "filename",
+                    "a file of geventq/static",
+                    required=True,
+                    min_length=1,
+                    max_length=100,
+                    pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+                ),
+            )
+        ),
+        auth=False,
+        uses_database=False,
+        raw="*/*",
+        errors=((404, "no such file"),),
+    )
+)
 def static(admin: Admin, call: Call) -> Any:
     # bottle.static_file refuses any path that leaves its root.
     return bottle.static_file(call.query["filename"], root=str(STATIC_DIR))
 
 
 # --- JSON for rows ---------------------------------------------------------------------
+
 
 def found(row: dict[str, Any] | None, call: Call) -> dict[str, Any]:
     if row is None:
@@ -385,8 +584,9 @@ def jsonable(value: Any) -> Any:
 
 
 def envelope(data: Any = None, *, code: int = 0, message: str = "success") -> str:
-    return ujson.dumps({"code": code, "message": message, "data": data}, ensure_ascii=False,
-                       escape_forward_slashes=False)
+    return ujson.dumps(
+        {"code": code, "message": message, "data": data}, ensure_ascii=False, escape_forward_slashes=False
+    )
 
 
 def error_response(status: int, message: str) -> str:
@@ -396,6 +596,7 @@ def error_response(status: int, message: str) -> str:
 
 
 # --- request plumbing -------------------------------------------------------------------
+
 
 def query_pairs() -> list[tuple[str, str]]:
     raw = bottle.request.environ.get("QUERY_STRING", "")
@@ -475,6 +676,7 @@ class EnvelopePlugin:
             bottle.response.status = status
             bottle.response.content_type = "application/json"
             return envelope(jsonable(data))
+
         return wrapper
 
     def _call(self, endpoint: Endpoint, url_args: dict[str, str]) -> Call:
@@ -514,9 +716,13 @@ def require_bearer(token: str) -> None:
     header = bottle.request.get_header("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode("latin-1", "replace"), token.encode("utf-8")):
-        raise bottle.HTTPError(401, "authorization: send `Authorization: Bearer <admin.token>`",
-                               **{"WWW-Authenticate": 'Bearer realm="geventq"'})
+        given.strip().encode("latin-1", "replace"), token.encode("utf-8")
+    ):
+        raise bottle.HTTPError(
+            401,
+            "authorization: send `Authorization: Bearer <admin.token>`",
+            **{"WWW-Authenticate": 'Bearer realm="geventq"'},
+        )
 
 
 def bottle_error(error: bottle.HTTPError) -> str:
@@ -526,11 +732,17 @@ def bottle_error(error: bottle.HTTPError) -> str:
     if status == 404 and str(error.body).startswith("Not found:"):
         message = f"no such endpoint: {request.method} {request.path}"
     elif status == 405:
-        message = (f"method {request.method} is not allowed on {request.path}; "
-                   f"allowed: {bottle.response.get_header('Allow', '')}")
+        message = (
+            f"method {request.method} is not allowed on {request.path}; "
+            f"allowed: {bottle.response.get_header('Allow', '')}"
+        )
     elif status >= 500:
-        logger.error("admin {} {} failed: {}", request.method, request.path,
-                     error.traceback or error.exception or error.body)
+        logger.error(
+            "admin {} {} failed: {}",
+            request.method,
+            request.path,
+            error.traceback or error.exception or error.body,
+        )
         message = "internal server error (the detail is in the executor log)"
     else:
         message = str(error.body or bottle.HTTP_CODES.get(status, "error"))

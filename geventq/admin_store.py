@@ -25,11 +25,33 @@ from geventq.store import PENDING, STATUS_NAMES, checked, list_queue_configs, mi
 
 QUEUE_ADMIN_LOCK = "geventq_queue_admin"
 QUEUE_LOCK_WAIT = 10
-QUEUE_COLUMNS = ("queue_name", "table_name", "server_id", "max_workers", "scan_interval",
-                 "status", "task_timeout", "retention_days")
-TASK_BASE_COLUMNS = frozenset({"id", "task_type", "task_params", "status", "schedule_time",
-                               "start_time", "end_time", "retry_count", "max_retries", "error_msg",
-                               "server_id", "created_at", "updated_at"})
+QUEUE_COLUMNS = (
+    "queue_name",
+    "table_name",
+    "server_id",
+    "max_workers",
+    "scan_interval",
+    "status",
+    "task_timeout",
+    "retention_days",
+)
+TASK_BASE_COLUMNS = frozenset(
+    {
+        "id",
+        "task_type",
+        "task_params",
+        "status",
+        "schedule_time",
+        "start_time",
+        "end_time",
+        "retry_count",
+        "max_retries",
+        "error_msg",
+        "server_id",
+        "created_at",
+        "updated_at",
+    }
+)
 SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 
 # init.sql's email_tasks, the base columns of every task table.
@@ -60,8 +82,10 @@ class StatementTooLarge(GeventqError):
 
 def server_settings(cur) -> dict[str, Any]:
     """What the admin needs to know once: version, time zone offset, packet size."""
-    cur.execute("SELECT VERSION() AS version, @@max_allowed_packet AS max_allowed_packet, "
-                "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset")
+    cur.execute(
+        "SELECT VERSION() AS version, @@max_allowed_packet AS max_allowed_packet, "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset"
+    )
     return cur.fetchone()
 
 
@@ -74,6 +98,7 @@ def supports_insert_returning(version: str) -> bool:
 
 
 # --- queues ---
+
 
 @contextmanager
 def _queue_admin_lock(cur) -> Iterator[None]:
@@ -100,8 +125,11 @@ def create_queue(cur, fields: dict[str, Any]) -> dict[str, Any]:
         _check_queue_unique(cur, fields, exclude_id=0)
         created = _ensure_task_table(cur, fields["table_name"])
         try:
-            cur.execute(f"INSERT INTO queue_configs ({', '.join(columns)}) "
-                        f"VALUES ({', '.join(f'%({column})s' for column in columns)})", fields)
+            cur.execute(
+                f"INSERT INTO queue_configs ({', '.join(columns)}) "
+                f"VALUES ({', '.join(f'%({column})s' for column in columns)})",
+                fields,
+            )
         except BaseException:
             if created:
                 _drop_new_table(cur, fields["table_name"])
@@ -124,11 +152,11 @@ def update_queue(cur, queue_id: int, changes: dict[str, Any]) -> dict[str, Any] 
         created = False
         if changes.get("table_name", row["table_name"]) != row["table_name"]:
             created = _ensure_task_table(cur, changes["table_name"])
-        assignments = ", ".join(f"{column} = %({column})s" for column in QUEUE_COLUMNS
-                                if column in changes)
+        assignments = ", ".join(f"{column} = %({column})s" for column in QUEUE_COLUMNS if column in changes)
         try:
-            cur.execute(f"UPDATE queue_configs SET {assignments} WHERE id = %(id)s",
-                        {**changes, "id": queue_id})
+            cur.execute(
+                f"UPDATE queue_configs SET {assignments} WHERE id = %(id)s", {**changes, "id": queue_id}
+            )
         except BaseException:
             if created:
                 _drop_new_table(cur, changes["table_name"])
@@ -151,12 +179,15 @@ def _check_queue_unique(cur, fields: dict[str, Any], exclude_id: int) -> None:
     for column in ("queue_name", "table_name"):
         if column not in fields:
             continue
-        cur.execute(f"SELECT id, {column} AS value FROM queue_configs WHERE {column} = %s AND id <> %s",
-                    (fields[column], exclude_id))
+        cur.execute(
+            f"SELECT id, {column} AS value FROM queue_configs WHERE {column} = %s AND id <> %s",
+            (fields[column], exclude_id),
+        )
         clash = cur.fetchone()
         if clash is not None:
-            raise DuplicateKey(f"{column}: {fields[column]!r} clashes with queue {clash['id']}'s "
-                               f"{column} {clash['value']!r}")
+            raise DuplicateKey(
+                f"{column}: {fields[column]!r} clashes with queue {clash['id']}'s {column} {clash['value']!r}"
+            )
 
 
 def _split_table(name: str) -> tuple[str | None, str]:
@@ -171,19 +202,24 @@ def _ensure_task_table(cur, name: str) -> bool:
     if schema is not None:
         if schema.lower() in SYSTEM_SCHEMAS:
             raise InvalidIdentifier(f"table_name: {schema!r} is a system database")
-        cur.execute("SELECT schema_name AS s FROM information_schema.schemata WHERE schema_name = %s",
-                    (schema,))
+        cur.execute(
+            "SELECT schema_name AS s FROM information_schema.schemata WHERE schema_name = %s", (schema,)
+        )
         if schema not in {row["s"] for row in cur.fetchall()}:
             raise InvalidIdentifier(f"table_name: database {schema!r} does not exist")
-    cur.execute("SELECT table_name AS t, column_name AS c FROM information_schema.columns "
-                "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s", (schema, table))
+    cur.execute(
+        "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
+        "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s",
+        (schema, table),
+    )
     # information_schema compares without case; table names on disk do not.
     columns = {row["c"].lower() for row in cur.fetchall() if row["t"] == table}
     if columns:
         missing = sorted(TASK_BASE_COLUMNS - columns)
         if missing:
-            raise InvalidIdentifier(f"table_name: existing table {name!r} lacks the base task "
-                                    f"columns {', '.join(missing)}")
+            raise InvalidIdentifier(
+                f"table_name: existing table {name!r} lacks the base task columns {', '.join(missing)}"
+            )
         return False
     cur.execute(TASK_TABLE_DDL.format(table=quote_table(name, None)))
     return True
@@ -259,17 +295,21 @@ def finished_per_minute(cur, minutes: int) -> dict[str, Any]:
                 "SELECT DATE_FORMAT(end_time, '%%Y-%%m-%%d %%H:%%i') AS minute, "
                 "SUM(status = 2) AS done, SUM(status = 3) AS failed "
                 f"FROM {checked(table)} WHERE status IN (2, 3) AND end_time >= %s GROUP BY minute",
-                (start,))
+                (start,),
+            )
             counted = {row["minute"]: (int(row["done"]), int(row["failed"])) for row in cur.fetchall()}
         except DRIVER_ERRORS as error:
             if table_problem(error) is None:
                 raise
-        series[queue_name] = [{"minute": key, "done": counted.get(key, (0, 0))[0],
-                               "failed": counted.get(key, (0, 0))[1]} for key in keys]
+        series[queue_name] = [
+            {"minute": key, "done": counted.get(key, (0, 0))[0], "failed": counted.get(key, (0, 0))[1]}
+            for key in keys
+        ]
     return {"now": now.strftime("%Y-%m-%d %H:%M"), "minutes": minutes, "queues": series}
 
 
 # --- servers ---
+
 
 def list_servers(cur, heartbeat_timeout: float) -> list[dict[str, Any]]:
     """Every server row, with its heartbeat's age and whether it is alive
@@ -305,6 +345,7 @@ def is_server_alive(cur, server_id: str, heartbeat_timeout: float) -> dict[str, 
 
 # --- tasks ---
 
+
 def _task_values(task: dict[str, Any]) -> tuple:
     return (task["task_type"], task["task_params"], task["schedule_time"], task["max_retries"])
 
@@ -315,8 +356,9 @@ def insert_task(cur, table: QuotedTable, task: dict[str, Any]) -> int:
     return cur.lastrowid
 
 
-def insert_tasks(cur, table: QuotedTable, tasks: Sequence[dict[str, Any]], returning: bool,
-                 max_statement: int) -> list[int]:
+def insert_tasks(
+    cur, table: QuotedTable, tasks: Sequence[dict[str, Any]], returning: bool, max_statement: int
+) -> list[int]:
     """Insert every task in one multi-row statement, all or nothing, and
     return their ids in order.
 
@@ -330,19 +372,21 @@ def insert_tasks(cur, table: QuotedTable, tasks: Sequence[dict[str, Any]], retur
     args = [value for task in tasks for value in _task_values(task)]
     statement = cur.mogrify(TASK_INSERT.format(table=checked(table)) + rows, args)
     if len(statement.encode("utf-8", "surrogatepass")) > max_statement:
-        raise StatementTooLarge(f"the batch needs a statement of {len(statement):,} bytes, more "
-                                f"than the database's max_allowed_packet ({max_statement:,})")
+        raise StatementTooLarge(
+            f"the batch needs a statement of {len(statement):,} bytes, more "
+            f"than the database's max_allowed_packet ({max_statement:,})"
+        )
     if returning:
         cur.execute(statement + " RETURNING id")
         return [row["id"] for row in cur.fetchall()]
     cur.execute(statement)
-    cur.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT %s",
-                (cur.lastrowid, len(tasks)))
+    cur.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT %s", (cur.lastrowid, len(tasks)))
     return [row["id"] for row in cur.fetchall()]
 
 
-def list_tasks(cur, table: QuotedTable, status: int | None, task_type: str | None,
-               limit: int, offset: int) -> list[dict[str, Any]]:
+def list_tasks(
+    cur, table: QuotedTable, status: int | None, task_type: str | None, limit: int, offset: int
+) -> list[dict[str, Any]]:
     """Newest first; one row more than `limit` tells the caller a next page exists."""
     where: list[str] = []
     args: list[Any] = []
@@ -353,8 +397,10 @@ def list_tasks(cur, table: QuotedTable, status: int | None, task_type: str | Non
         where.append("task_type = %s")
         args.append(task_type)
     condition = f"WHERE {' AND '.join(where)} " if where else ""
-    cur.execute(f"SELECT * FROM {checked(table)} {condition}ORDER BY id DESC LIMIT %s OFFSET %s",
-                (*args, limit + 1, offset))
+    cur.execute(
+        f"SELECT * FROM {checked(table)} {condition}ORDER BY id DESC LIMIT %s OFFSET %s",
+        (*args, limit + 1, offset),
+    )
     return list(cur.fetchall())
 
 
@@ -377,8 +423,9 @@ def retry_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, A
 def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
     """Pending to cancelled; conditional, so a task claimed meanwhile is left
     alone. (changed, row after); row None when there is no such task."""
-    cur.execute(f"UPDATE {checked(table)} SET status = 4, end_time = NOW(3) WHERE id = %s AND status = 0",
-                (task_id,))
+    cur.execute(
+        f"UPDATE {checked(table)} SET status = 4, end_time = NOW(3) WHERE id = %s AND status = 0", (task_id,)
+    )
     return cur.rowcount == 1, get_task(cur, table, task_id)
 
 
@@ -387,6 +434,7 @@ def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, 
 # What the status command and the metrics scrape read beyond the admin
 # section: the due pending tasks of every queue, for the gauges /metrics
 # reads at scrape time (never on the hot path).
+
 
 def due_pending_by_queue(cur, queues: list[dict[str, Any]]) -> dict[str, tuple[int, float | None]]:
     """queue_name -> (pending tasks already due, age in seconds of the oldest

@@ -38,8 +38,10 @@ TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63})?$"
 SERVER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{0,50}$"
 # `YYYY-MM-DD HH:MM:SS[.fff]` in the database's time zone, or ISO-8601 with a
 # `T` and/or an offset (Z or ±HH:MM); without an offset it is database time.
-SCHEDULE_PATTERN = (r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[ T]([01][0-9]|2[0-3]):[0-5][0-9]"
-                    r":[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]((0[0-9]|1[0-3]):?[0-5][0-9]|14:?00))?$")
+SCHEDULE_PATTERN = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[ T]([01][0-9]|2[0-3]):[0-5][0-9]"
+    r":[0-5][0-9](\.[0-9]{1,6})?(Z|[+-]((0[0-9]|1[0-3]):?[0-5][0-9]|14:?00))?$"
+)
 _SCHEDULE = re.compile(SCHEDULE_PATTERN)
 # How a query string spells an integer: no sign but minus, no spaces, no `_`.
 _INT_TEXT = re.compile(r"-?[0-9]{1,20}")
@@ -57,6 +59,7 @@ class Invalid(Exception):
 
 
 # --- fields ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Field:
@@ -100,8 +103,10 @@ class Field:
 # so that a spec reads as a table. `presence` is Field's required, default and
 # nullable.
 
-def Integer(name: str, doc: str = "", *, minimum: int = 0, maximum: int = 2**31 - 1,
-            **presence: Any) -> Field:
+
+def Integer(
+    name: str, doc: str = "", *, minimum: int = 0, maximum: int = 2**31 - 1, **presence: Any
+) -> Field:
     kind = validation.Integer(minimum=minimum, maximum=maximum, digit_groups=True)
     return Field(name, kind, doc, text_syntax=_INT_TEXT, **presence)
 
@@ -111,8 +116,15 @@ def Choice(name: str, doc: str = "", *, choices: tuple[int, ...], **presence: An
     return Field(name, validation.OneOf(choices), doc, text_syntax=_INT_TEXT, **presence)
 
 
-def String(name: str, doc: str = "", *, min_length: int = 0, max_length: int = 255,
-           pattern: str | None = None, **presence: Any) -> Field:
+def String(
+    name: str,
+    doc: str = "",
+    *,
+    min_length: int = 0,
+    max_length: int = 255,
+    pattern: str | None = None,
+    **presence: Any,
+) -> Field:
     return Field(name, StorableString(min_length, max_length, pattern), doc, **presence)
 
 
@@ -132,6 +144,7 @@ def ScheduleTime(name: str, doc: str = "", **presence: Any) -> Field:
 
 
 # --- kinds of value only the admin API takes --------------------------------------
+
 
 @dataclass(frozen=True)
 class StorableString(validation.String):
@@ -171,8 +184,13 @@ class JsonDocument(Kind):
         return _check_encodable(ujson.dumps(value, ensure_ascii=False))
 
     def json_schema(self) -> dict[str, Any]:
-        return {"oneOf": [{"type": "object"}, {"type": "array", "items": {}},
-                          {"type": "string", "description": "JSON text of an object or array"}]}
+        return {
+            "oneOf": [
+                {"type": "object"},
+                {"type": "array", "items": {}},
+                {"type": "string", "description": "JSON text of an object or array"},
+            ]
+        }
 
     @staticmethod
     def _check_text(text: str) -> str:
@@ -192,8 +210,10 @@ class DateTimeText(Kind):
     an offset; the value used is a datetime, naive or aware."""
 
     def expectation(self) -> str:
-        return ("'YYYY-MM-DD HH:MM:SS[.fff]' (database time zone) or ISO-8601 "
-                "with an offset such as '2030-01-31T08:00:00+02:00'")
+        return (
+            "'YYYY-MM-DD HH:MM:SS[.fff]' (database time zone) or ISO-8601 "
+            "with an offset such as '2030-01-31T08:00:00+02:00'"
+        )
 
     def check(self, value: Any) -> datetime:
         if not isinstance(value, str) or not _SCHEDULE.fullmatch(value):
@@ -208,8 +228,7 @@ class DateTimeText(Kind):
         return parsed
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "string", "pattern": SCHEDULE_PATTERN,
-                "example": "2030-01-31 08:00:00"}
+        return {"type": "string", "pattern": SCHEDULE_PATTERN, "example": "2030-01-31 08:00:00"}
 
 
 def to_database_time(value: datetime | None, utc_offset_seconds: int) -> datetime | None:
@@ -227,6 +246,7 @@ def to_database_time(value: datetime | None, utc_offset_seconds: int) -> datetim
 
 # --- specs -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Spec:
     """The fields of a query string or of a JSON object body."""
@@ -240,8 +260,9 @@ class Spec:
 
     def partial(self) -> Spec:
         """The same fields, none required and none defaulted, at least one given."""
-        return Spec(tuple(replace(field, required=False, default=MISSING) for field in self.fields),
-                    min_fields=1)
+        return Spec(
+            tuple(replace(field, required=False, default=MISSING) for field in self.fields), min_fields=1
+        )
 
     def parse_query(self, pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
         seen: dict[str, str] = {}
@@ -283,8 +304,9 @@ class Spec:
     def _unknown(self, name: str) -> str:
         return named(clip(name), f"unknown field (expected {', '.join(self.by_name)})")
 
-    def _complete(self, values: dict[str, Any], problems: list[str], prefix: str,
-                  given: dict[str, Any]) -> dict[str, Any]:
+    def _complete(
+        self, values: dict[str, Any], problems: list[str], prefix: str, given: dict[str, Any]
+    ) -> dict[str, Any]:
         for field in self.fields:
             if field.name in given:
                 continue
@@ -311,8 +333,16 @@ class Spec:
 
     def parameters(self) -> list[dict[str, Any]]:
         """OpenAPI query parameters."""
-        return [{"name": field.name, "in": "query", "required": field.required,
-                 "description": field.doc, "schema": field.json_schema()} for field in self.fields]
+        return [
+            {
+                "name": field.name,
+                "in": "query",
+                "required": field.required,
+                "description": field.doc,
+                "schema": field.json_schema(),
+            }
+            for field in self.fields
+        ]
 
 
 @dataclass(frozen=True)
@@ -327,8 +357,9 @@ class ListOf:
         if not isinstance(body, list):
             raise Invalid([named("body", mismatch("a JSON array of task objects", type_name(body)))])
         if not self.min_items <= len(body) <= self.max_items:
-            raise Invalid([f"body: must hold {self.min_items} to {self.max_items:,} tasks, "
-                           f"got {len(body):,}"])
+            raise Invalid(
+                [f"body: must hold {self.min_items} to {self.max_items:,} tasks, got {len(body):,}"]
+            )
         items, problems = [], []
         for index, entry in enumerate(body):
             try:
@@ -343,8 +374,12 @@ class ListOf:
         return items
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "array", "minItems": self.min_items, "maxItems": self.max_items,
-                "items": self.item.json_schema()}
+        return {
+            "type": "array",
+            "minItems": self.min_items,
+            "maxItems": self.max_items,
+            "items": self.item.json_schema(),
+        }
 
 
 def parse_json(raw: bytes) -> Any:
@@ -357,6 +392,7 @@ def parse_json(raw: bytes) -> Any:
 
 
 # --- helpers -------------------------------------------------------------------
+
 
 def _check_encodable(text: str) -> str:
     # Lone surrogates survive JSON decoding but not the trip to utf8mb4.
@@ -382,30 +418,47 @@ def _check_finite(value: Any) -> None:
 
 # --- the specs of the admin API ---------------------------------------------------
 
-QUEUE_FIELDS = Spec((
-    String("queue_name", "unique name of the queue", required=True, min_length=1, max_length=100),
-    TableName("table_name", "its task table, `table` or `database.table`; created with the base "
-              "columns when missing", required=True),
-    String("server_id", "the one server that runs it; '' = any server", default="",
-           max_length=50, pattern=SERVER_ID_PATTERN),
-    Integer("max_workers", "tasks run at once per server", default=10, minimum=1, maximum=10_000),
-    Integer("scan_interval", "seconds between scans for due tasks", default=5, minimum=1,
-            maximum=86_400),
-    Choice("status", "1 enabled, 0 disabled", default=1, choices=(0, 1)),
-    Integer("task_timeout", "seconds an attempt may run; 0 = no limit", default=0, minimum=0,
-            maximum=86_400),
-    Integer("retention_days", "days finished tasks are kept; 0 = forever", default=0, minimum=0,
-            maximum=36_500),
-))
+QUEUE_FIELDS = Spec(
+    (
+        String("queue_name", "unique name of the queue", required=True, min_length=1, max_length=100),
+        TableName(
+            "table_name",
+            "its task table, `table` or `database.table`; created with the base columns when missing",
+            required=True,
+        ),
+        String(
+            "server_id",
+            "the one server that runs it; '' = any server",
+            default="",
+            max_length=50,
+            pattern=SERVER_ID_PATTERN,
+        ),
+        Integer("max_workers", "tasks run at once per server", default=10, minimum=1, maximum=10_000),
+        Integer("scan_interval", "seconds between scans for due tasks", default=5, minimum=1, maximum=86_400),
+        Choice("status", "1 enabled, 0 disabled", default=1, choices=(0, 1)),
+        Integer(
+            "task_timeout", "seconds an attempt may run; 0 = no limit", default=0, minimum=0, maximum=86_400
+        ),
+        Integer(
+            "retention_days",
+            "days finished tasks are kept; 0 = forever",
+            default=0,
+            minimum=0,
+            maximum=36_500,
+        ),
+    )
+)
 QUEUE_CREATE = QUEUE_FIELDS
 QUEUE_UPDATE = QUEUE_FIELDS.partial()
 
-TASK_CREATE = Spec((
-    String("task_type", "the handler's task type", required=True, min_length=1, max_length=50),
-    JsonParams("task_params", "handed to the handler as ctx.params", default={}),
-    ScheduleTime("schedule_time", "when it becomes due; default now", default=None, nullable=True),
-    Integer("max_retries", "retries after the first attempt", default=3, minimum=0, maximum=100),
-))
+TASK_CREATE = Spec(
+    (
+        String("task_type", "the handler's task type", required=True, min_length=1, max_length=50),
+        JsonParams("task_params", "handed to the handler as ctx.params", default={}),
+        ScheduleTime("schedule_time", "when it becomes due; default now", default=None, nullable=True),
+        Integer("max_retries", "retries after the first attempt", default=3, minimum=0, maximum=100),
+    )
+)
 TASK_BATCH = ListOf(TASK_CREATE)
 
 QUEUE_ID = Integer("id", "queue id", required=True, minimum=1, maximum=MAX_QUEUE_ID)
@@ -416,23 +469,33 @@ NO_PARAMS = Spec(())
 QUEUE_ID_QUERY = Spec((QUEUE_ID,))
 TABLE_QUERY = Spec((TABLE,))
 TASK_QUERY = Spec((TABLE, TASK_ID))
-TASK_LOG_QUERY = Spec((TABLE, TASK_ID, Choice(
-    "local", "1: answer from this server's log files only", default=0, choices=(0, 1))))
+TASK_LOG_QUERY = Spec(
+    (
+        TABLE,
+        TASK_ID,
+        Choice("local", "1: answer from this server's log files only", default=0, choices=(0, 1)),
+    )
+)
 # A task's status as requests give it: plain ints (PyMySQL would quote an
 # IntEnum member as text), documented from the enum as "0 pending, 1 running, ...".
 TASK_STATUS_CODES = tuple(int(status) for status in Status)
 TASK_STATUS_DOC = ", ".join(f"{status:d} {status.label}" for status in Status)
-TASK_LIST_QUERY = Spec((
-    TABLE,
-    Choice("status", TASK_STATUS_DOC, choices=TASK_STATUS_CODES),
-    String("task_type", "only tasks of this type", min_length=1, max_length=50),
-    Integer("limit", "page size", default=50, minimum=1, maximum=1000),
-    Integer("offset", "next_offset of the previous page", default=0, minimum=0, maximum=MAX_OFFSET),
-))
-THROUGHPUT_QUERY = Spec((
-    Integer("minutes", "how many minutes back, the current one included", default=30, minimum=1,
-            maximum=1440),
-))
+TASK_LIST_QUERY = Spec(
+    (
+        TABLE,
+        Choice("status", TASK_STATUS_DOC, choices=TASK_STATUS_CODES),
+        String("task_type", "only tasks of this type", min_length=1, max_length=50),
+        Integer("limit", "page size", default=50, minimum=1, maximum=1000),
+        Integer("offset", "next_offset of the previous page", default=0, minimum=0, maximum=MAX_OFFSET),
+    )
+)
+THROUGHPUT_QUERY = Spec(
+    (
+        Integer(
+            "minutes", "how many minutes back, the current one included", default=30, minimum=1, maximum=1440
+        ),
+    )
+)
 
 
 # --- endpoints ---------------------------------------------------------------------

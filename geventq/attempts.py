@@ -50,14 +50,26 @@ class Attempt(NamedTuple):
     schedule_time: datetime | None
     created_at: datetime | None
     claimed_at: datetime | None  # the database clock, at the claim
-    started: float               # this process's monotonic clock, when it was handed to the pool
+    started: float  # this process's monotonic clock, when it was handed to the pool
 
     @classmethod
-    def from_row(cls, queue_name: str, table_name: str, table: QuotedTable, row: dict[str, Any],
-                 started: float) -> Attempt:
-        return cls(queue_name, table_name, table, row["id"], row["task_type"], row["task_params"],
-                   row["retry_count"], row["max_retries"], row["schedule_time"], row.get("created_at"),
-                   row.get("claimed_at"), started)
+    def from_row(
+        cls, queue_name: str, table_name: str, table: QuotedTable, row: dict[str, Any], started: float
+    ) -> Attempt:
+        return cls(
+            queue_name,
+            table_name,
+            table,
+            row["id"],
+            row["task_type"],
+            row["task_params"],
+            row["retry_count"],
+            row["max_retries"],
+            row["schedule_time"],
+            row.get("created_at"),
+            row.get("claimed_at"),
+            started,
+        )
 
     @property
     def key(self) -> tuple[str, int]:
@@ -73,8 +85,8 @@ class Attempt(NamedTuple):
 
 class OutcomeKind(StrEnum):
     DONE = "done"
-    RETRY = "retry"      # failed, pending again after a backoff
-    FAILED = "failed"    # failed for good
+    RETRY = "retry"  # failed, pending again after a backoff
+    FAILED = "failed"  # failed for good
 
 
 class Outcome(NamedTuple):

@@ -17,9 +17,9 @@ from geventq.errors import InvalidIdentifier
 
 class QueueCatalog:
     def __init__(self) -> None:
-        self.tables: dict[str, QuotedTable] = {}      # table_name -> quoted identifier
-        self.retention_days: dict[str, int] = {}      # table_name -> retention_days (0 = forever)
-        self.queue_of_table: dict[str, str] = {}      # table_name -> queue_name
+        self.tables: dict[str, QuotedTable] = {}  # table_name -> quoted identifier
+        self.retention_days: dict[str, int] = {}  # table_name -> retention_days (0 = forever)
+        self.queue_of_table: dict[str, str] = {}  # table_name -> queue_name
         self._reported_bad: set[str] = set()
 
     def update(self, rows: Iterable[dict[str, Any]]) -> None:

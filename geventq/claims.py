@@ -22,8 +22,9 @@ from geventq.db import Database, QuotedTable
 
 
 class Claimer:
-    def __init__(self, db: Database, claim_db: Database, server_id: str, task_types: Sequence[str],
-                 skip_locked: bool):
+    def __init__(
+        self, db: Database, claim_db: Database, server_id: str, task_types: Sequence[str], skip_locked: bool
+    ):
         self.db = db
         self.claim_db = claim_db  # autocommit off: the first statement opens the transaction
         self.server_id = server_id
@@ -38,8 +39,14 @@ class Claimer:
         """Up to `limit` due tasks, marked running under our server_id and
         committed; raises DatabaseError when the database fails."""
         if self.skip_locked:
-            return self.claim_db.call(store.claim_due_tasks_skip_locked, table, self.server_id,
-                                      self.task_types, limit, transaction=True)
+            return self.claim_db.call(
+                store.claim_due_tasks_skip_locked,
+                table,
+                self.server_id,
+                self.task_types,
+                limit,
+                transaction=True,
+            )
         return self.db.call(self._claim_conditional, table, limit)
 
     def seconds_until_next_due(self, table: QuotedTable) -> float | None:
@@ -49,8 +56,9 @@ class Claimer:
     def _claim_conditional(self, cur, table: QuotedTable, limit: int) -> list[dict[str, Any]]:
         candidates = store.find_due_tasks(cur, table, self.task_types, limit)
         now = store.database_now(cur) if candidates else None
-        taken = [row for row in candidates
-                 if store.claim_one_if_pending(cur, table, self.server_id, row["id"])]
+        taken = [
+            row for row in candidates if store.claim_one_if_pending(cur, table, self.server_id, row["id"])
+        ]
         for row in taken:
             row["claimed_at"] = now
         return taken

@@ -188,7 +188,8 @@ class Config:
 
 # section name -> its dataclass: the attributes of Config that are sections
 _SECTION_TYPES: dict[str, type] = {
-    name: hint for name, hint in get_type_hints(Config).items()
+    name: hint
+    for name, hint in get_type_hints(Config).items()
     if isinstance(hint, type) and is_dataclass(hint)
 }
 # section name -> key name -> _Key, in declaration order
@@ -197,9 +198,7 @@ _SECTIONS: dict[str, dict[str, _Key]] = {
     for section, cls in _SECTION_TYPES.items()
 }
 _KEYS: dict[str, _Key] = {
-    f"{section}.{name}": spec
-    for section, keys in _SECTIONS.items()
-    for name, spec in keys.items()
+    f"{section}.{name}": spec for section, keys in _SECTIONS.items() for name, spec in keys.items()
 }
 
 
@@ -242,9 +241,7 @@ def dump_defaults() -> dict[str, dict[str, Any]]:
 _Merged = dict[str, tuple[Any, str | None]]
 
 
-def _locate(
-    path: str | os.PathLike[str] | None, environ: Mapping[str, str]
-) -> str | None:
+def _locate(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> str | None:
     """The config file to read, or None to run on defaults."""
     explicit = path if path is not None else environ.get(CONFIG_ENV) or None
     if explicit is not None:
@@ -260,13 +257,9 @@ def _merge(
     problems += [_unknown(dotted) for dotted in [*file_values, *given] if dotted not in _KEYS]
 
     merged: _Merged = {dotted: (spec.default, None) for dotted, spec in _KEYS.items()}
-    merged.update(
-        (dotted, (value, None)) for dotted, value in file_values.items() if dotted in _KEYS
-    )
+    merged.update((dotted, (value, None)) for dotted, value in file_values.items() if dotted in _KEYS)
     merged.update(_env_values(environ))
-    merged.update(
-        (dotted, (value, "overrides")) for dotted, value in given.items() if dotted in _KEYS
-    )
+    merged.update((dotted, (value, "overrides")) for dotted, value in given.items() if dotted in _KEYS)
     return merged, problems
 
 
@@ -281,14 +274,10 @@ def _read_file(file: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        message = (
-            f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        )
+        message = f"{file}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise ConfigError(message) from None
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{file}: must hold a JSON object of sections, got {_show(data)}"
-        )
+        raise ConfigError(f"{file}: must hold a JSON object of sections, got {_show(data)}")
     return data
 
 
@@ -425,11 +414,7 @@ def _resolve_paths(values: dict[str, Any], base_dir: str) -> dict[str, Any]:
     for dotted, spec in _KEYS.items():
         if spec.path:
             value = values[dotted]
-            resolved[dotted] = (
-                tuple(map(resolve, value))
-                if isinstance(value, tuple)
-                else resolve(value)
-            )
+            resolved[dotted] = tuple(map(resolve, value)) if isinstance(value, tuple) else resolve(value)
     return resolved
 
 

@@ -43,12 +43,33 @@ from geventq.logs import Throttle
 T = TypeVar("T")
 
 # Driver/server error codes meaning "the connection is gone or never came".
-CONNECTION_ERRORS = {1040, 1053, 1077, 1152, 1158, 1159, 1160, 1161, 1927, 2003,
-                     2006, 2013, 2014, 2026, 2055, 4031}
+CONNECTION_ERRORS = {
+    1040,
+    1053,
+    1077,
+    1152,
+    1158,
+    1159,
+    1160,
+    1161,
+    1927,
+    2003,
+    2006,
+    2013,
+    2014,
+    2026,
+    2055,
+    4031,
+}
 CONFLICT_ERRORS = {1205, 1213}  # lock wait timeout, deadlock: safe to rerun
 # What a task table can be wrong about: each its own named error.
-TABLE_PROBLEMS = {1146: NoSuchTable, 1049: NoSuchTable, 1054: NoSuchColumn,
-                  1142: AccessDenied, 1044: AccessDenied}
+TABLE_PROBLEMS = {
+    1146: NoSuchTable,
+    1049: NoSuchTable,
+    1054: NoSuchColumn,
+    1142: AccessDenied,
+    1044: AccessDenied,
+}
 CONFLICT_RETRIES = 3
 DUPLICATE_KEY = 1062
 
@@ -116,8 +137,15 @@ Connection = pymysql.connections.Connection
 class Database:
     """A pool of PyMySQL connections shared by the greenlets of one hub."""
 
-    def __init__(self, config: DatabaseConfig, *, size: int | None = None,
-                 database: str | None = "", name: str = "db", autocommit: bool = True):
+    def __init__(
+        self,
+        config: DatabaseConfig,
+        *,
+        size: int | None = None,
+        database: str | None = "",
+        name: str = "db",
+        autocommit: bool = True,
+    ):
         self.config = config
         self.name = name
         # autocommit=False saves the BEGIN round trip of every transaction
@@ -139,10 +167,17 @@ class Database:
         read_timeout = read_timeout or cfg.read_timeout
         try:
             return pymysql.connect(
-                host=cfg.host, port=cfg.port, user=cfg.username, password=cfg.password,
-                database=self.database, charset=cfg.charset, autocommit=self.autocommit,
-                connect_timeout=cfg.connect_timeout, read_timeout=read_timeout,
-                write_timeout=read_timeout, cursorclass=pymysql.cursors.DictCursor,
+                host=cfg.host,
+                port=cfg.port,
+                user=cfg.username,
+                password=cfg.password,
+                database=self.database,
+                charset=cfg.charset,
+                autocommit=self.autocommit,
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=read_timeout,
+                write_timeout=read_timeout,
+                cursorclass=pymysql.cursors.DictCursor,
                 # FOUND_ROWS: rowcount counts rows matched, not rows changed, so a
                 # heartbeat that rewrites equal values still reports its row.
                 client_flag=CLIENT.FOUND_ROWS,
@@ -211,8 +246,7 @@ class Database:
                 _rollback_quietly(conn)
                 raise
 
-    def call(self, fn: Callable[..., T], *args: Any, transaction: bool = False,
-             snapshot: bool = False) -> T:
+    def call(self, fn: Callable[..., T], *args: Any, transaction: bool = False, snapshot: bool = False) -> T:
         """Run fn(cursor, *args) once, in a transaction (a snapshot one with
         `snapshot`, see transaction()) or in autocommit.
 
@@ -220,6 +254,7 @@ class Database:
         once more on a new connection: a dead idle connection is not an outage.
         A deadlock or lock wait timeout is retried up to CONFLICT_RETRIES times.
         """
+
         def scope() -> Any:
             if snapshot:
                 return self.transaction(snapshot=True)
@@ -240,8 +275,15 @@ class Database:
                 gevent.sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def retrying(self, fn: Callable[..., T], *args: Any, what: str, transaction: bool = False,
-                 attempts: int | None = None, should_stop: Callable[[], bool] | None = None) -> T:
+    def retrying(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        what: str,
+        transaction: bool = False,
+        attempts: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> T:
         """Run fn(cursor, *args), retrying with backoff while the database is away or a
         deadlock rolled the transaction back. Logs an outage at most once per
         ten seconds instead of once per attempt."""

@@ -71,11 +71,18 @@ class Executor:
         self._start_background()
         self._started = True
         self.state = "online"
-        logger.info("geventq {} started: server_id={} database={}/{} ({}, claims with {}), "
-                    "admin on http://{}, handlers: {}",
-                    _version(), self.identity.server_id, self.db.address, cfg.database.database,
-                    version, self.claimer.method, self.identity.admin_address,
-                    ", ".join(sorted(handlers)) or "none")
+        logger.info(
+            "geventq {} started: server_id={} database={}/{} ({}, claims with {}), "
+            "admin on http://{}, handlers: {}",
+            _version(),
+            self.identity.server_id,
+            self.db.address,
+            cfg.database.database,
+            version,
+            self.claimer.method,
+            self.identity.admin_address,
+            ", ".join(sorted(handlers)) or "none",
+        )
 
     def _bind_admin(self) -> str:
         """Listen on the admin port now, so a port in use stops start-up
@@ -105,25 +112,57 @@ class Executor:
         self.queues = RunningQueues()
         self.recorder = OutcomeRecorder(db, server_id, self.claimed, cfg.queue.completion_flush_interval)
         self.claimer = Claimer(db, self.claim_db, server_id, tuple(handlers), skip_locked)
-        attempts = AttemptRunner(handlers=handlers, job_logs=self.job_logs, recorder=self.recorder,
-                                 claimed=self.claimed, listeners=self.listeners, server_id=server_id,
-                                 config=cfg, handler_db=self.handler_db)
+        attempts = AttemptRunner(
+            handlers=handlers,
+            job_logs=self.job_logs,
+            recorder=self.recorder,
+            claimed=self.claimed,
+            listeners=self.listeners,
+            server_id=server_id,
+            config=cfg,
+            handler_db=self.handler_db,
+        )
 
         def make_runner(row: dict[str, Any]) -> QueueRunner:
-            return QueueRunner(row, claimer=self.claimer, lease=self.lease, claimed=self.claimed,
-                               listeners=self.listeners, attempts=attempts)
+            return QueueRunner(
+                row,
+                claimer=self.claimer,
+                lease=self.lease,
+                claimed=self.claimed,
+                listeners=self.listeners,
+                attempts=attempts,
+            )
 
-        self.sync = QueueSync(db, self.catalog, self.queues, server_id=server_id,
-                              interval=cfg.queue.config_sync_interval, run_queues=cfg.queue.enable,
-                              make_runner=make_runner)
-        metrics = Metrics(server_id=server_id, db=db, catalog=self.catalog, running=self.queues,
-                          lease=self.lease, outcome_backlog=lambda: self.recorder.backlog,
-                          token=cfg.admin.token if cfg.admin.metrics_auth else "")
+        self.sync = QueueSync(
+            db,
+            self.catalog,
+            self.queues,
+            server_id=server_id,
+            interval=cfg.queue.config_sync_interval,
+            run_queues=cfg.queue.enable,
+            make_runner=make_runner,
+        )
+        metrics = Metrics(
+            server_id=server_id,
+            db=db,
+            catalog=self.catalog,
+            running=self.queues,
+            lease=self.lease,
+            outcome_backlog=lambda: self.recorder.backlog,
+            token=cfg.admin.token if cfg.admin.metrics_auth else "",
+        )
         self.listeners.add(metrics)
         peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
-        routes = admin.Admin(db=db, server_id=server_id, heartbeat_timeout=cfg.executor.heartbeat_timeout,
-                             catalog=self.catalog, queues=self.queues, job_logs=self.job_logs, peers=peers,
-                             queues_changed=self.sync.wake)
+        routes = admin.Admin(
+            db=db,
+            server_id=server_id,
+            heartbeat_timeout=cfg.executor.heartbeat_timeout,
+            catalog=self.catalog,
+            queues=self.queues,
+            job_logs=self.job_logs,
+            peers=peers,
+            queues_changed=self.sync.wake,
+        )
         self._http.application = admin.create_app(routes, cfg.admin.token, metrics.routes())
         self.registration = Registration(server_id, self.identity.admin_address)
 
@@ -136,17 +175,27 @@ class Executor:
     def _start_background(self) -> None:
         cfg, db = self.config, self.db
         self.recorder.start()
-        self.heartbeat = Heartbeat(self.lease, db, self.identity.server_id, cfg.executor.heartbeat_interval,
-                                   self.registration.write, self.status_snapshot)
+        self.heartbeat = Heartbeat(
+            self.lease,
+            db,
+            self.identity.server_id,
+            cfg.executor.heartbeat_interval,
+            self.registration.write,
+            self.status_snapshot,
+        )
         self.heartbeat.start()
         self.lease_watch = LeaseWatch(self.lease, self.queues.stop_handlers, self.queues.running_count)
         self.lease_watch.start()
         self.maintenance = Maintenance(
-            heartbeat=self.heartbeat, lease=self.lease, job_logs=self.job_logs,
+            heartbeat=self.heartbeat,
+            lease=self.lease,
+            job_logs=self.job_logs,
             rescue=Rescue(db, self.catalog, self.listeners, cfg.executor.heartbeat_timeout),
             reconcile=Reconcile(db, self.identity.server_id, self.catalog, self.queues, self.claimed),
             housekeeping=Housekeeping(db, self.job_logs, cfg.log.retention_days, self.catalog),
-            interval=cfg.executor.heartbeat_interval, db_address=db.address)
+            interval=cfg.executor.heartbeat_interval,
+            db_address=db.address,
+        )
         self.maintenance.start()
         self.sync.start()
 
@@ -176,8 +225,11 @@ class Executor:
         self._stopped = True
         self.state = "draining"
         self.heartbeat.refresh_status()
-        logger.info("shutting down: draining {} running tasks (up to {:g}s)",
-                    self.queues.running_count(), self.config.executor.shutdown_timeout)
+        logger.info(
+            "shutting down: draining {} running tasks (up to {:g}s)",
+            self.queues.running_count(),
+            self.config.executor.shutdown_timeout,
+        )
         self.sync.stop()
         self._drain_runners()
         self.recorder.stop(timeout=10)
@@ -211,12 +263,19 @@ class Executor:
             unfinished.setdefault((attempt.table, attempt.retry_count), []).append(attempt)
         for (table, retry_count), attempts in unfinished.items():
             ids = [attempt.id for attempt in attempts]
-            released = self.db.retrying(store.release_tasks, table, self.identity.server_id, retry_count,
-                                        ids, what="returning unfinished tasks", attempts=20)
-            logger.info("returned {} unfinished tasks of {} to pending", released,
-                        attempts[0].table_name)
+            released = self.db.retrying(
+                store.release_tasks,
+                table,
+                self.identity.server_id,
+                retry_count,
+                ids,
+                what="returning unfinished tasks",
+                attempts=20,
+            )
+            logger.info("returned {} unfinished tasks of {} to pending", released, attempts[0].table_name)
 
 
 def _version() -> str:
     from geventq import __version__
+
     return __version__

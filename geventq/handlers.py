@@ -40,8 +40,10 @@ def register_task_handler(task_type: str, handler: Any) -> Any:
 
 def task_handler(task_type: str) -> Callable[[Handler], Handler]:
     """Decorator: `@task_handler("email")` above `def send_email(ctx): ...`."""
+
     def decorate(fn: Handler) -> Handler:
         return register_task_handler(task_type, fn)
+
     return decorate
 
 
@@ -113,10 +115,25 @@ class JobContext:
         "task_type",
     )
 
-    def __init__(self, *, task_id: int, task_type: str, params: Any, job_param: str | None,
-                 queue_name: str, table_name: str, retry_count: int, max_retries: int,
-                 schedule_time: Any, server_id: str, log_id: str, log: Any,
-                 config: Config | None = None, db: Database | None = None, created_at: Any = None):
+    def __init__(
+        self,
+        *,
+        task_id: int,
+        task_type: str,
+        params: Any,
+        job_param: str | None,
+        queue_name: str,
+        table_name: str,
+        retry_count: int,
+        max_retries: int,
+        schedule_time: Any,
+        server_id: str,
+        log_id: str,
+        log: Any,
+        config: Config | None = None,
+        db: Database | None = None,
+        created_at: Any = None,
+    ):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
         self.task_type = task_type

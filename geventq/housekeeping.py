@@ -64,5 +64,6 @@ class Housekeeping:
                 break
             gevent.sleep(0.05)  # let claims in between: short locks, never a long one
         if deleted:
-            logger.info("retention: deleted {} finished tasks older than {} days from {}",
-                        deleted, days, table_name)
+            logger.info(
+                "retention: deleted {} finished tasks older than {} days from {}", deleted, days, table_name
+            )

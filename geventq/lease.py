@@ -79,8 +79,15 @@ class Heartbeat:
     it was deleted under us; `snapshot()` (called on the hub) is what the row
     says we run."""
 
-    def __init__(self, lease: Lease, db: Database, server_id: str, interval: float,
-                 register: Callable[[Any], None], snapshot: Callable[[], tuple[str, str, int]]):
+    def __init__(
+        self,
+        lease: Lease,
+        db: Database,
+        server_id: str,
+        interval: float,
+        register: Callable[[Any], None],
+        snapshot: Callable[[], tuple[str, str, int]],
+    ):
         self.lease = lease
         self.db = db
         self.server_id = server_id
@@ -154,8 +161,12 @@ class LeaseWatch:
     """On the hub, every quarter second: stop our handlers when the lease
     lapses, and settle a lapse the hub slept through before claiming resumes."""
 
-    def __init__(self, lease: Lease, stop_handlers: Callable[[type[BaseException]], int],
-                 running_count: Callable[[], int]):
+    def __init__(
+        self,
+        lease: Lease,
+        stop_handlers: Callable[[type[BaseException]], int],
+        running_count: Callable[[], int],
+    ):
         self.lease = lease
         self.stop_handlers = stop_handlers
         self.running_count = running_count
@@ -199,6 +210,11 @@ class LeaseWatch:
 
     def _on_lease_lapsed(self, how: str) -> None:
         stopped = self.stop_handlers(LeaseLost)
-        logger.error("heartbeat lease lapsed{} (no heartbeat reached the database for {:g}s): "
-                     "stopped {} running handlers and paused claiming, so another server can "
-                     "rescue their tasks safely", how, self.lease.ttl, stopped)
+        logger.error(
+            "heartbeat lease lapsed{} (no heartbeat reached the database for {:g}s): "
+            "stopped {} running handlers and paused claiming, so another server can "
+            "rescue their tasks safely",
+            how,
+            self.lease.ttl,
+            stopped,
+        )

@@ -211,15 +211,28 @@ def configure(config: LogConfig, *, to_stderr: bool = True) -> JobLogs:
     directory.mkdir(parents=True, exist_ok=True)
     logger.remove()
     if to_stderr:
-        logger.add(sys.stderr, level=config.level, format=EXECUTOR_FORMAT, filter=_not_job_record,
-                   diagnose=False)
+        logger.add(
+            sys.stderr, level=config.level, format=EXECUTOR_FORMAT, filter=_not_job_record, diagnose=False
+        )
     # diagnose=False everywhere: tracebacks must not print variable values
     # (request headers, passwords) into the logs.
-    logger.add(str(directory / "executor-{time:YYYY-MM-DD}.log"), level=config.level, diagnose=False,
-               format=EXECUTOR_FORMAT, filter=_not_job_record, rotation="00:00",
-               retention=f"{config.retention_days} days", encoding="utf-8")
+    logger.add(
+        str(directory / "executor-{time:YYYY-MM-DD}.log"),
+        level=config.level,
+        diagnose=False,
+        format=EXECUTOR_FORMAT,
+        filter=_not_job_record,
+        rotation="00:00",
+        retention=f"{config.retention_days} days",
+        encoding="utf-8",
+    )
     job_logs = JobLogs(directory)
     job_logs.start()
-    logger.add(job_logs.sink, level=config.level, format=FORMAT, diagnose=False,
-               filter=lambda record: "log_id" in record["extra"])
+    logger.add(
+        job_logs.sink,
+        level=config.level,
+        format=FORMAT,
+        diagnose=False,
+        filter=lambda record: "log_id" in record["extra"],
+    )
     return job_logs

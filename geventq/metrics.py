@@ -63,13 +63,22 @@ QUEUE_SERVER = ("queue", "server")
 COUNTERS = (
     ("geventq_tasks_claimed", "claimed", "Tasks this server claimed from the queue's table"),
     ("geventq_tasks_succeeded", "succeeded", "Attempts whose handler returned (status 2 done)"),
-    ("geventq_tasks_failed", "failed",
-     "Attempts that failed for good: retries exhausted or PermanentFailure (status 3)"),
+    (
+        "geventq_tasks_failed",
+        "failed",
+        "Attempts that failed for good: retries exhausted or PermanentFailure (status 3)",
+    ),
     ("geventq_tasks_retried", "retried", "Failed attempts scheduled to run again (back to status 0)"),
-    ("geventq_tasks_rescued", "rescued",
-     "Tasks this server returned to pending (or failed) because their server's heartbeat expired"),
-    ("geventq_tasks_timed_out", "timed_out",
-     "Attempts stopped by the queue's task_timeout (also counted as retried or failed)"),
+    (
+        "geventq_tasks_rescued",
+        "rescued",
+        "Tasks this server returned to pending (or failed) because their server's heartbeat expired",
+    ),
+    (
+        "geventq_tasks_timed_out",
+        "timed_out",
+        "Attempts stopped by the queue's task_timeout (also counted as retried or failed)",
+    ),
 )
 
 
@@ -111,8 +120,17 @@ class QueueStats:
 class Metrics:
     """The process's registry, its hot-path hooks and the /metrics route."""
 
-    def __init__(self, *, server_id: str, db: Database, catalog: QueueCatalog, running: RunningQueues,
-                 lease: Lease, outcome_backlog: Callable[[], int], token: str):
+    def __init__(
+        self,
+        *,
+        server_id: str,
+        db: Database,
+        catalog: QueueCatalog,
+        running: RunningQueues,
+        lease: Lease,
+        outcome_backlog: Callable[[], int],
+        token: str,
+    ):
         self.server_id = server_id
         self.db = db
         self.catalog = catalog
@@ -168,9 +186,16 @@ class Metrics:
 
     def routes(self) -> list[tuple[Endpoint, Callable[[Any, Any], bytes]]]:
         """For admin.create_app: served and documented like the admin's own routes."""
-        endpoint = Endpoint("GET", "/metrics", "Prometheus metrics of this server (text format 0.0.4)",
-                            {"type": "string"}, tag="metrics", auth=bool(self.token), uses_database=False,
-                            raw="text/plain")
+        endpoint = Endpoint(
+            "GET",
+            "/metrics",
+            "Prometheus metrics of this server (text format 0.0.4)",
+            {"type": "string"},
+            tag="metrics",
+            auth=bool(self.token),
+            uses_database=False,
+            raw="text/plain",
+        )
         return [(endpoint, self.serve)]
 
     def serve(self, admin: Any, call: Any) -> bytes:
@@ -201,15 +226,23 @@ class HotPathCollector(Collector):
             for queue, stats in queues:
                 family.add_metric((queue, server), getattr(stats, slot))
             yield family
-        yield self._histogram("geventq_task_run_seconds",
-                              "Seconds from a task's claim to its handler's end, per attempt", queues, "run")
-        yield self._histogram("geventq_task_pickup_latency_seconds",
-                              "Seconds from a task's schedule_time to its claim (database clock)",
-                              queues, "pickup")
+        yield self._histogram(
+            "geventq_task_run_seconds",
+            "Seconds from a task's claim to its handler's end, per attempt",
+            queues,
+            "run",
+        )
+        yield self._histogram(
+            "geventq_task_pickup_latency_seconds",
+            "Seconds from a task's schedule_time to its claim (database clock)",
+            queues,
+            "pickup",
+        )
         yield from self._process_gauges(runners)
 
-    def _histogram(self, name: str, documentation: str, queues: list[tuple[str, QueueStats]],
-                   slot: str) -> HistogramMetricFamily:
+    def _histogram(
+        self, name: str, documentation: str, queues: list[tuple[str, QueueStats]], slot: str
+    ) -> HistogramMetricFamily:
         family = HistogramMetricFamily(name, documentation, labels=QUEUE_SERVER)
         for queue, stats in queues:
             buckets: Buckets = getattr(stats, slot)
@@ -223,24 +256,30 @@ class HotPathCollector(Collector):
         for runner in runners:  # a queue may be draining while its new runner starts
             running[runner.queue_name] = running.get(runner.queue_name, 0) + len(runner.pool)
             pool_size[runner.queue_name] = pool_size.get(runner.queue_name, 0) + runner.pool.size
-        family = GaugeMetricFamily("geventq_tasks_running", "Handlers running now, by queue",
-                                   labels=QUEUE_SERVER)
+        family = GaugeMetricFamily(
+            "geventq_tasks_running", "Handlers running now, by queue", labels=QUEUE_SERVER
+        )
         for queue in sorted(running):
             family.add_metric((queue, server), running[queue])
         yield family
-        family = GaugeMetricFamily("geventq_pool_size", "max_workers of the queue's pool on this server",
-                                   labels=QUEUE_SERVER)
+        family = GaugeMetricFamily(
+            "geventq_pool_size", "max_workers of the queue's pool on this server", labels=QUEUE_SERVER
+        )
         for queue in sorted(pool_size):
             family.add_metric((queue, server), pool_size[queue])
         yield family
-        family = GaugeMetricFamily("geventq_outcomes_buffered",
-                                   "Outcomes waiting to be written to the database (recorder backlog)",
-                                   labels=("server",))
+        family = GaugeMetricFamily(
+            "geventq_outcomes_buffered",
+            "Outcomes waiting to be written to the database (recorder backlog)",
+            labels=("server",),
+        )
         family.add_metric((server,), metrics.outcome_backlog())
         yield family
-        family = GaugeMetricFamily("geventq_lease_valid",
-                                   "1 while this server's heartbeat lease is valid (it may claim), else 0",
-                                   labels=("server",))
+        family = GaugeMetricFamily(
+            "geventq_lease_valid",
+            "1 while this server's heartbeat lease is valid (it may claim), else 0",
+            labels=("server",),
+        )
         family.add_metric((server,), 1 if metrics.lease.valid() else 0)
         yield family
 
@@ -259,21 +298,27 @@ class DatabaseCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         if time.monotonic() - self._read_at >= SCRAPE_DB_REUSE:
             self._read()
-        pending = GaugeMetricFamily("geventq_tasks_pending_due",
-                                    "Pending tasks already due (schedule_time <= NOW()), by queue",
-                                    labels=("queue",))
-        oldest = GaugeMetricFamily("geventq_oldest_pending_due_age_seconds",
-                                   "Seconds since the oldest due pending task was due (0 when none)",
-                                   labels=("queue",))
+        pending = GaugeMetricFamily(
+            "geventq_tasks_pending_due",
+            "Pending tasks already due (schedule_time <= NOW()), by queue",
+            labels=("queue",),
+        )
+        oldest = GaugeMetricFamily(
+            "geventq_oldest_pending_due_age_seconds",
+            "Seconds since the oldest due pending task was due (0 when none)",
+            labels=("queue",),
+        )
         if self._ok:
             for queue, (count, age) in sorted(self._due.items()):
                 pending.add_metric((queue,), count)
                 oldest.add_metric((queue,), age or 0.0)
         yield pending
         yield oldest
-        ok = GaugeMetricFamily("geventq_metrics_database_ok",
-                               "1 when this scrape could read the database gauges, else 0",
-                               labels=("server",))
+        ok = GaugeMetricFamily(
+            "geventq_metrics_database_ok",
+            "1 when this scrape could read the database gauges, else 0",
+            labels=("server",),
+        )
         ok.add_metric((self.metrics.server_id,), 1 if self._ok else 0)
         yield ok
 
@@ -297,8 +342,9 @@ class DatabaseCollector(Collector):
 
     def _log_error(self, reason: str) -> None:
         if self._errors.ready():
-            logger.warning("/metrics: database gauges left out: database {}: {}",
-                           self.metrics.db.address, reason)
+            logger.warning(
+                "/metrics: database gauges left out: database {}: {}", self.metrics.db.address, reason
+            )
 
 
 def read_due_pending(cur) -> dict[str, tuple[int, float | None]]:

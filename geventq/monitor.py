@@ -71,8 +71,9 @@ def install(config: ExecutorConfig) -> bool:
     gevent.config.monitor_thread = False
     gevent.spawn(_report_loop, config.block_threshold)
     _installed = True
-    logger.info("hub monitor on: handlers blocking the event loop over {:g}s are logged",
-                config.block_threshold)
+    logger.info(
+        "hub monitor on: handlers blocking the event loop over {:g}s are logged", config.block_threshold
+    )
     return True
 
 
@@ -93,8 +94,9 @@ class _BlockingCheck:
         # The one private touch: the tracer gevent installed for this check.
         did_block = self.thread._greenlet_tracer.did_block_hub(hub)
         if did_block:
-            events.notify(events.EventLoopBlocked(did_block[1], gevent.config.max_blocking_time,
-                                                  [_where(hub)], hub=hub))
+            events.notify(
+                events.EventLoopBlocked(did_block[1], gevent.config.max_blocking_time, [_where(hub)], hub=hub)
+            )
 
 
 def _on_event(event) -> None:
@@ -134,7 +136,12 @@ def report_blocks(threshold: float) -> int:
         blocks.setdefault(key, (log_id, where, seen_at))
     for log_id, where, seen_at in blocks.values():
         who = f"task {log_id}" if log_id else "code outside any task"
-        logger.warning("{} blocked the event loop for at least {:.1f}s (block_threshold {:g}s, "
-                       "at {}); run CPU-bound work with ctx.run_in_thread(fn, *args)",
-                       who, now - seen_at + threshold, threshold, where)
+        logger.warning(
+            "{} blocked the event loop for at least {:.1f}s (block_threshold {:g}s, "
+            "at {}); run CPU-bound work with ctx.run_in_thread(fn, *args)",
+            who,
+            now - seen_at + threshold,
+            threshold,
+            where,
+        )
     return len(blocks)

@@ -21,8 +21,17 @@ COUNTS = {
 QUEUE_ROW = {
     "type": "object",
     "description": "a queue_configs row",
-    "required": ["id", "queue_name", "table_name", "server_id", "max_workers", "scan_interval",
-                 "status", "created_at", "updated_at"],
+    "required": [
+        "id",
+        "queue_name",
+        "table_name",
+        "server_id",
+        "max_workers",
+        "scan_interval",
+        "status",
+        "created_at",
+        "updated_at",
+    ],
     "properties": {
         "id": {"type": "integer", "minimum": 1},
         "queue_name": {"type": "string"},
@@ -44,26 +53,35 @@ SCHEMAS: dict[str, Any] = {
         "required": ["code", "message", "data"],
         "additionalProperties": False,
         "properties": {
-            "code": {"type": "integer", "minimum": 400, "maximum": 599,
-                     "description": "the HTTP status"},
+            "code": {"type": "integer", "minimum": 400, "maximum": 599, "description": "the HTTP status"},
             "message": {"type": "string", "description": "why; names the field at fault"},
             "data": {"nullable": True, "enum": [None]},
         },
     },
     "QueueRow": QUEUE_ROW,
     "Queue": {
-        "allOf": [ref("QueueRow"), {
-            "type": "object",
-            "required": ["counts", "oldest_pending_age", "table_error"],
-            "properties": {
-                "counts": {**COUNTS, "nullable": True},
-                "oldest_pending_age": {"type": "number", "nullable": True, "minimum": 0,
-                                       "description": "seconds since the oldest due pending task "
-                                                      "was due, by the database clock"},
-                "table_error": {"type": "string", "nullable": True,
-                                "description": "why the task table could not be counted"},
+        "allOf": [
+            ref("QueueRow"),
+            {
+                "type": "object",
+                "required": ["counts", "oldest_pending_age", "table_error"],
+                "properties": {
+                    "counts": {**COUNTS, "nullable": True},
+                    "oldest_pending_age": {
+                        "type": "number",
+                        "nullable": True,
+                        "minimum": 0,
+                        "description": "seconds since the oldest due pending task "
+                        "was due, by the database clock",
+                    },
+                    "table_error": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "why the task table could not be counted",
+                    },
+                },
             },
-        }],
+        ],
     },
     "Throughput": {
         "type": "object",
@@ -71,23 +89,42 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "now": {"type": "string", "description": "the current minute, YYYY-MM-DD HH:MM"},
             "minutes": {"type": "integer"},
-            "queues": {"type": "object", "additionalProperties": {"type": "array", "items": {
+            "queues": {
                 "type": "object",
-                "required": ["minute", "done", "failed"],
-                "properties": {"minute": {"type": "string"}, "done": COUNT, "failed": COUNT},
-            }}},
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["minute", "done", "failed"],
+                        "properties": {"minute": {"type": "string"}, "done": COUNT, "failed": COUNT},
+                    },
+                },
+            },
         },
     },
     "Woken": {
         "type": "object",
         "required": ["table", "woken"],
-        "properties": {"table": {"type": "string"},
-                       "woken": {"type": "boolean", "description": "this server runs that queue"}},
+        "properties": {
+            "table": {"type": "string"},
+            "woken": {"type": "boolean", "description": "this server runs that queue"},
+        },
     },
     "Server": {
         "type": "object",
-        "required": ["server_id", "host", "pid", "admin_address", "started_at", "last_heartbeat",
-                     "state", "queues", "running", "alive", "heartbeat_age"],
+        "required": [
+            "server_id",
+            "host",
+            "pid",
+            "admin_address",
+            "started_at",
+            "last_heartbeat",
+            "state",
+            "queues",
+            "running",
+            "alive",
+            "heartbeat_age",
+        ],
         "properties": {
             "server_id": {"type": "string"},
             "host": {"type": "string"},
@@ -99,22 +136,40 @@ SCHEMAS: dict[str, Any] = {
             "state": {"type": "string"},
             "queues": {"type": "array", "items": {"type": "string"}},
             "running": COUNT,
-            "alive": {"type": "boolean",
-                      "description": "heartbeat within executor.heartbeat_timeout and not offline"},
+            "alive": {
+                "type": "boolean",
+                "description": "heartbeat within executor.heartbeat_timeout and not offline",
+            },
             "heartbeat_age": {"type": "number", "nullable": True},
         },
     },
     "Task": {
         "type": "object",
-        "required": ["id", "task_type", "task_params", "status", "schedule_time", "start_time",
-                     "end_time", "retry_count", "max_retries", "error_msg", "server_id"],
+        "required": [
+            "id",
+            "task_type",
+            "task_params",
+            "status",
+            "schedule_time",
+            "start_time",
+            "end_time",
+            "retry_count",
+            "max_retries",
+            "error_msg",
+            "server_id",
+        ],
         "properties": {
             "id": {"type": "integer", "minimum": 1},
             "task_type": {"type": "string"},
-            "task_params": {"nullable": True,
-                            "description": "parsed JSON; the raw text if it does not parse"},
-            "status": {"type": "integer", "enum": [0, 1, 2, 3, 4],
-                       "description": "0 pending, 1 running, 2 done, 3 failed, 4 cancelled"},
+            "task_params": {
+                "nullable": True,
+                "description": "parsed JSON; the raw text if it does not parse",
+            },
+            "status": {
+                "type": "integer",
+                "enum": [0, 1, 2, 3, 4],
+                "description": "0 pending, 1 running, 2 done, 3 failed, 4 cancelled",
+            },
             "schedule_time": DATETIME,
             "start_time": OPTIONAL_DATETIME,
             "end_time": OPTIONAL_DATETIME,
@@ -132,18 +187,25 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "items": {"type": "array", "items": ref("Task")},
-            "next_offset": {"type": "integer", "nullable": True,
-                            "description": "pass back as offset for the next page; null at the end"},
+            "next_offset": {
+                "type": "integer",
+                "nullable": True,
+                "description": "pass back as offset for the next page; null at the end",
+            },
         },
     },
     "TaskCreated": {
-        "type": "object", "required": ["id"], "properties": {"id": {"type": "integer", "minimum": 1}},
+        "type": "object",
+        "required": ["id"],
+        "properties": {"id": {"type": "integer", "minimum": 1}},
     },
     "TasksCreated": {
         "type": "object",
         "required": ["ids", "count"],
-        "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-                       "count": {"type": "integer", "minimum": 1}},
+        "properties": {
+            "ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+            "count": {"type": "integer", "minimum": 1},
+        },
     },
     "TaskLog": {
         "type": "object",
@@ -151,8 +213,11 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "log_id": {"type": "string", "description": "{table_name}-{id}"},
             "server_id": {"type": "string", "description": "the server that ran the latest attempt"},
-            "source": {"type": "string", "enum": ["local", "remote"],
-                       "description": "read here, or fetched from that server"},
+            "source": {
+                "type": "string",
+                "enum": ["local", "remote"],
+                "description": "read here, or fetched from that server",
+            },
             "log": {"type": "string"},
             "truncated": {"type": "boolean", "description": "only the end of a very long log"},
         },
@@ -166,7 +231,7 @@ SCHEMAS: dict[str, Any] = {
 
 ERRORS = {
     400: "invalid input: malformed JSON, a missing, unknown or wrongly typed field, a value out of "
-         "range; the message names the field",
+    "range; the message names the field",
     401: "admin.token is set and the request has no `Authorization: Bearer <token>` with it",
     413: "the body is larger than the limit",
     500: "unexpected error; the detail is in the executor log",
@@ -184,15 +249,18 @@ def document(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
             "title": "geventq admin API",
             "version": version,
             "description": "Every JSON response is the envelope {code, message, data}: code 0 with "
-                           "HTTP 200/201 on success, the HTTP status on error (data null).",
+            "HTTP 200/201 on success, the HTTP status on error (data null).",
         },
         "paths": paths,
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearerAuth": {
-                "type": "http", "scheme": "bearer",
-                "description": "required on /admin/ when admin.token is set",
-            }},
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "required on /admin/ when admin.token is set",
+                }
+            },
         },
     }
 
@@ -206,8 +274,10 @@ def operation(endpoint: Endpoint) -> dict[str, Any]:
         "responses": responses(endpoint),
     }
     if endpoint.body is not None:
-        spec["requestBody"] = {"required": True, "content": {
-            "application/json": {"schema": endpoint.body.json_schema()}}}
+        spec["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": endpoint.body.json_schema()}},
+        }
     spec["security"] = [{"bearerAuth": []}, {}] if endpoint.auth else []
     return spec
 
@@ -224,14 +294,23 @@ def responses(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.raw:
         success = {"description": "success", "content": {endpoint.raw: {"schema": endpoint.data}}}
     else:
-        success = {"description": "success", "content": {"application/json": {"schema": {
-            "type": "object",
-            "required": ["code", "message", "data"],
-            "additionalProperties": False,
-            "properties": {"code": {"type": "integer", "enum": [0]},
-                           "message": {"type": "string", "enum": ["success"]},
-                           "data": endpoint.data},
-        }}}}
+        success = {
+            "description": "success",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["code", "message", "data"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "code": {"type": "integer", "enum": [0]},
+                            "message": {"type": "string", "enum": ["success"]},
+                            "data": endpoint.data,
+                        },
+                    }
+                }
+            },
+        }
     answers = {str(endpoint.status): success}
     errors = dict(endpoint.errors)
     if endpoint.query.fields or endpoint.body is not None:
@@ -244,6 +323,8 @@ def responses(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.uses_database:
         errors.setdefault(503, ERRORS[503])
     for status in sorted(errors):
-        answers[str(status)] = {"description": errors[status], "content": {
-            "application/json": {"schema": ref("Error")}}}
+        answers[str(status)] = {
+            "description": errors[status],
+            "content": {"application/json": {"schema": ref("Error")}},
+        }
     return answers

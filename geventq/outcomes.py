@@ -97,10 +97,18 @@ class OutcomeRecorder:
 
     def _write_failure(self, cur, attempt: Attempt, outcome: Outcome) -> int:
         if outcome.kind is OutcomeKind.RETRY:
-            return store.retry_task_later(cur, attempt.table, self.server_id, attempt.id,
-                                          attempt.retry_count, outcome.error or "", outcome.delay)
-        return store.fail_task(cur, attempt.table, self.server_id, attempt.id,
-                               attempt.retry_count, outcome.error or "")
+            return store.retry_task_later(
+                cur,
+                attempt.table,
+                self.server_id,
+                attempt.id,
+                attempt.retry_count,
+                outcome.error or "",
+                outcome.delay,
+            )
+        return store.fail_task(
+            cur, attempt.table, self.server_id, attempt.id, attempt.retry_count, outcome.error or ""
+        )
 
     def _execute(self, statement, *args) -> int | None:
         """Rows matched, or None when the database is away (try later)."""
@@ -121,17 +129,22 @@ class OutcomeRecorder:
         if 0 <= written < len(attempts):
             logger.warning(
                 "{} of {} {} outcomes on {} were fenced out: those attempts were rescued "
-                "or reconciled meanwhile ({})", len(attempts) - written, len(attempts), outcome.kind,
-                attempts[0].table_name, [attempt.id for attempt in attempts][:20])
+                "or reconciled meanwhile ({})",
+                len(attempts) - written,
+                len(attempts),
+                outcome.kind,
+                attempts[0].table_name,
+                [attempt.id for attempt in attempts][:20],
+            )
 
     def _log_error(self, error: Exception) -> None:
         if self._errors.ready():
-            logger.warning("outcomes waiting for the database ({} buffered): {}",
-                           len(self._pending), error)
+            logger.warning("outcomes waiting for the database ({} buffered): {}", len(self._pending), error)
 
 
-def group_outcomes(batch: list[tuple[Attempt, Outcome]]
-                   ) -> tuple[dict[tuple[QuotedTable, int], list[Attempt]], list[tuple[Attempt, Outcome]]]:
+def group_outcomes(
+    batch: list[tuple[Attempt, Outcome]],
+) -> tuple[dict[tuple[QuotedTable, int], list[Attempt]], list[tuple[Attempt, Outcome]]]:
     """Successes of one table and retry_count share one fenced UPDATE (the
     fence names one retry_count); failures carry their own error and delay,
     so they go one by one. Order within each is kept."""

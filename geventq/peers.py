@@ -106,8 +106,7 @@ class Peers:
     def _post_wake(self, url: str, table_name: str) -> None:
         target = "/admin/queue/wake?" + urllib.parse.urlencode({"table": table_name})
         try:
-            status, _ = self._connections.request(url, "POST", target, self._auth_headers(),
-                                                  WAKE_TIMEOUT)
+            status, _ = self._connections.request(url, "POST", target, self._auth_headers(), WAKE_TIMEOUT)
             if status != 200:
                 logger.debug("waking {} at {}: HTTP {}", table_name, url, status)
         except (OSError, http.client.HTTPException) as error:
@@ -125,9 +124,15 @@ class Peers:
             except DatabaseError as error:
                 logger.debug("peer wakes: cannot read the servers table: {}", error)
                 return False
-            self._peers = [{"server_id": row["server_id"], "queues": parse_queue_list(row["queues"]),
-                            "url": base_url(row["admin_address"], row.get("host", ""))}
-                           for row in rows if row["admin_address"]]
+            self._peers = [
+                {
+                    "server_id": row["server_id"],
+                    "queues": parse_queue_list(row["queues"]),
+                    "url": base_url(row["admin_address"], row.get("host", "")),
+                }
+                for row in rows
+                if row["admin_address"]
+            ]
             self._queue_of_table = {queue["table_name"]: queue["queue_name"] for queue in queues}
             self._fetched_at = time.monotonic()
             self._connections.keep_only({peer["url"] for peer in self._peers})
@@ -135,8 +140,9 @@ class Peers:
 
     # --- job logs --------------------------------------------------------------
 
-    def fetch_log(self, peer: dict[str, Any], table_name: str, task_id: int,
-                  authorization: str | None) -> str:
+    def fetch_log(
+        self, peer: dict[str, Any], table_name: str, task_id: int, authorization: str | None
+    ) -> str:
         """The job log text of a task, as the server that ran it has it."""
         url = base_url(peer["admin_address"], peer.get("host", ""))
         target = "/admin/task/log?" + urllib.parse.urlencode({"table": table_name, "id": task_id, "local": 1})
@@ -162,8 +168,9 @@ class KeepAlive:
     def __init__(self):
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
 
-    def request(self, url: str, method: str, target: str, headers: dict[str, str],
-                timeout: float) -> tuple[int, bytes]:
+    def request(
+        self, url: str, method: str, target: str, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
         idle = self._idle.setdefault(url, [])
         reused = bool(idle)
         conn = idle.pop() if idle else self._connect(url, timeout)

@@ -59,10 +59,17 @@ class WorkerPool(Pool):
             self._semaphore.release()
 
 
-
 class QueueRunner:
-    def __init__(self, row: dict[str, Any], *, claimer: Claimer, lease: Lease, claimed: ClaimedAttempts,
-                 listeners: Listeners, attempts: AttemptRunner):
+    def __init__(
+        self,
+        row: dict[str, Any],
+        *,
+        claimer: Claimer,
+        lease: Lease,
+        claimed: ClaimedAttempts,
+        listeners: Listeners,
+        attempts: AttemptRunner,
+    ):
         self.queue_name: str = row["queue_name"]
         self.table_name: str = row["table_name"]
         self.table: QuotedTable = quote_table(self.table_name, None)
@@ -86,8 +93,13 @@ class QueueRunner:
 
     def start(self) -> None:
         self._scanner = gevent.spawn(self._scan_loop)
-        logger.info("queue {} started on table {} (max_workers={}, scan_interval={}s)",
-                    self.queue_name, self.table_name, self.pool.size, self.scan_interval)
+        logger.info(
+            "queue {} started on table {} (max_workers={}, scan_interval={}s)",
+            self.queue_name,
+            self.table_name,
+            self.pool.size,
+            self.scan_interval,
+        )
 
     def apply(self, row: dict[str, Any]) -> None:
         """Take a changed queue_configs row: resize in place, new intervals."""
@@ -176,8 +188,11 @@ class QueueRunner:
                 # been renewed since): another server may have rescued these
                 # already, so they must not start here. They stay claimed until
                 # that rescue, or our own reconciliation once the lease is back.
-                logger.warning("queue {}: lease lapsed during a claim; not starting {} claimed tasks",
-                               self.queue_name, len(rows))
+                logger.warning(
+                    "queue {}: lease lapsed during a claim; not starting {} claimed tasks",
+                    self.queue_name,
+                    len(rows),
+                )
                 return None
             return self._start_claimed(rows)
         finally:

@@ -27,16 +27,25 @@ def backoff_seconds(retry_count: int, base: float, cap: float) -> float:
 
 
 class AttemptRunner:
-    def __init__(self, *, handlers: Mapping[str, Callable[[JobContext], Any]], job_logs: JobLogs,
-                 recorder: OutcomeRecorder, claimed: ClaimedAttempts, listeners: Listeners,
-                 server_id: str, config: Config, handler_db: Database):
+    def __init__(
+        self,
+        *,
+        handlers: Mapping[str, Callable[[JobContext], Any]],
+        job_logs: JobLogs,
+        recorder: OutcomeRecorder,
+        claimed: ClaimedAttempts,
+        listeners: Listeners,
+        server_id: str,
+        config: Config,
+        handler_db: Database,
+    ):
         self.handlers = handlers
         self.job_logs = job_logs
         self.recorder = recorder
         self.claimed = claimed
         self.listeners = listeners
         self.server_id = server_id
-        self.config = config          # handed to handlers as ctx.config
+        self.config = config  # handed to handlers as ctx.config
         self.handler_db = handler_db  # handed to handlers as ctx.db
         self.backoff_base = config.queue.retry_backoff_base
         self.backoff_max = config.queue.retry_backoff_max
@@ -46,13 +55,19 @@ class AttemptRunner:
         shutdown stops the handler with an exception that goes on up: then
         nothing is recorded here."""
         log_id, job_logs = attempt.log_id, self.job_logs
-        job_logs.begin(log_id, f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
-                       f"/{attempt.max_retries + 1} on {self.server_id} (queue {attempt.queue_name})")
+        job_logs.begin(
+            log_id,
+            f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
+            f"/{attempt.max_retries + 1} on {self.server_id} (queue {attempt.queue_name})",
+        )
         try:
             outcome = self._execute(attempt, task_timeout)
         except LeaseLost:
-            job_logs.line(log_id, "WARNING", "stopped: this server's heartbeat lease lapsed; "
-                          "another server may run this task again")
+            job_logs.line(
+                log_id,
+                "WARNING",
+                "stopped: this server's heartbeat lease lapsed; another server may run this task again",
+            )
             self.claimed.drop(attempt)
             raise
         except BaseException:
@@ -95,17 +110,29 @@ class AttemptRunner:
             params = ujson.loads(raw) if raw else {}
         except ValueError as error:
             raise PermanentFailure(f"task_params is not valid JSON: {error}") from None
-        handler(JobContext(
-            task_id=attempt.id, task_type=attempt.task_type, params=params, job_param=raw,
-            queue_name=attempt.queue_name, table_name=attempt.table_name,
-            retry_count=attempt.retry_count, max_retries=attempt.max_retries,
-            schedule_time=attempt.schedule_time, created_at=attempt.created_at,
-            server_id=self.server_id, log_id=attempt.log_id,
-            log=logger.bind(log_id=attempt.log_id), config=self.config, db=self.handler_db,
-        ))
+        handler(
+            JobContext(
+                task_id=attempt.id,
+                task_type=attempt.task_type,
+                params=params,
+                job_param=raw,
+                queue_name=attempt.queue_name,
+                table_name=attempt.table_name,
+                retry_count=attempt.retry_count,
+                max_retries=attempt.max_retries,
+                schedule_time=attempt.schedule_time,
+                created_at=attempt.created_at,
+                server_id=self.server_id,
+                log_id=attempt.log_id,
+                log=logger.bind(log_id=attempt.log_id),
+                config=self.config,
+                db=self.handler_db,
+            )
+        )
 
-    def _failure(self, attempt: Attempt, error: str, *, permanent: bool = False,
-                 timed_out: bool = False) -> Outcome:
+    def _failure(
+        self, attempt: Attempt, error: str, *, permanent: bool = False, timed_out: bool = False
+    ) -> Outcome:
         error = error[:4000]
         if permanent or attempt.retry_count >= attempt.max_retries:
             outcome = Outcome.failed(error, timed_out=timed_out)

@@ -27,8 +27,9 @@ def split_statements(script: str) -> list[str]:
 
 
 # A statement's verb and table, for progress lines: "INSERT IGNORE INTO `t`" -> insert, t.
-_STATEMENT_HEAD = re.compile(r"^(\w+)\b.*?\b(?:TABLE|INTO|FROM)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?`?(\w+)",
-                             re.I | re.S)
+_STATEMENT_HEAD = re.compile(
+    r"^(\w+)\b.*?\b(?:TABLE|INTO|FROM)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?`?(\w+)", re.I | re.S
+)
 
 
 def statement_groups(statements: list[str]) -> list[tuple[str, list[str]]]:
@@ -48,8 +49,14 @@ def apply_script(cur, script_path: Path) -> None:
     """Run init.sql, a progress line per step."""
     groups = statement_groups(split_statements(script_path.read_text(encoding="utf-8")))
     for number, (label, statements) in enumerate(groups, 1):
-        logger.info("{} [{}/{}] {}{}", script_path.name, number, len(groups), label,
-                    f" ({len(statements)} statements)" if len(statements) > 1 else "")
+        logger.info(
+            "{} [{}/{}] {}{}",
+            script_path.name,
+            number,
+            len(groups),
+            label,
+            f" ({len(statements)} statements)" if len(statements) > 1 else "",
+        )
         store.run_script(cur, statements)
 
 

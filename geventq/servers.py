@@ -49,7 +49,8 @@ def check_server_id_free(db: Database, server_id: str, heartbeat_timeout: float)
         return
     raise ServerAlreadyRunning(
         f"executor.server_id {server_id!r} is already running on {row['host']} (pid {row['pid']}, "
-        f"last heartbeat {float(row['heartbeat_age']):.1f}s ago); give this server another id")
+        f"last heartbeat {float(row['heartbeat_age']):.1f}s ago); give this server another id"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -71,8 +72,7 @@ class Registration:
 
     def write(self, cur) -> None:
         """Also what the heartbeat runs when our row was deleted under us."""
-        store.register_server(cur, self.server_id, this_host(), os.getpid(), self.admin_address,
-                              _version())
+        store.register_server(cur, self.server_id, this_host(), os.getpid(), self.admin_address, _version())
 
     def register(self, db: Database, lease: Lease) -> None:
         """Write our row before anything runs; starts the lease."""
@@ -81,8 +81,7 @@ class Registration:
         lease.renew(sent_at)
 
     def mark_offline(self, db: Database) -> None:
-        db.retrying(store.mark_server_offline, self.server_id, what="marking the server offline",
-                    attempts=20)
+        db.retrying(store.mark_server_offline, self.server_id, what="marking the server offline", attempts=20)
 
 
 def recover_own_orphans(db: Database, server_id: str, tables: Mapping[str, QuotedTable]) -> int:
@@ -123,8 +122,12 @@ class Rescue:
                 logger.warning("rescue in {} failed: {}", table_name, error)
                 continue
             if count:
-                logger.warning("rescued {} tasks in {} from servers whose heartbeat expired "
-                               "(claimed before {})", count, table_name, decided_at)
+                logger.warning(
+                    "rescued {} tasks in {} from servers whose heartbeat expired (claimed before {})",
+                    count,
+                    table_name,
+                    decided_at,
+                )
                 rescued += count
                 self.listeners.rescued(table_name, count)
         return rescued
@@ -134,8 +137,14 @@ class Reconcile:
     """Requeues our own status-1 rows that nothing here runs: a claim whose
     COMMIT reached the database but whose reply never reached us."""
 
-    def __init__(self, db: Database, server_id: str, catalog: QueueCatalog, queues: RunningQueues,
-                 claimed: ClaimedAttempts):
+    def __init__(
+        self,
+        db: Database,
+        server_id: str,
+        catalog: QueueCatalog,
+        queues: RunningQueues,
+        claimed: ClaimedAttempts,
+    ):
         self.db = db
         self.server_id = server_id
         self.catalog = catalog
@@ -164,10 +173,17 @@ class Reconcile:
         for row in rows:
             if self.claimed.holds(table_name, row["id"]):
                 continue
-            requeued += self.db.call(store.requeue_unattended_claim, table, self.server_id,
-                                     row["id"], row["retry_count"], UNATTENDED_CLAIM_AGE)
-            logger.warning("task {}-{} was claimed by us but is not running here; requeued",
-                           table_name, row["id"])
+            requeued += self.db.call(
+                store.requeue_unattended_claim,
+                table,
+                self.server_id,
+                row["id"],
+                row["retry_count"],
+                UNATTENDED_CLAIM_AGE,
+            )
+            logger.warning(
+                "task {}-{} was claimed by us but is not running here; requeued", table_name, row["id"]
+            )
         return requeued
 
 
@@ -176,8 +192,18 @@ class Maintenance:
     heartbeat thread's errors, rescue dead servers' tasks, reconcile our own
     unattended claims, and run the housekeeping that is due."""
 
-    def __init__(self, *, heartbeat: Heartbeat, lease: Lease, job_logs: JobLogs, rescue: Rescue,
-                 reconcile: Reconcile, housekeeping: Housekeeping, interval: float, db_address: str):
+    def __init__(
+        self,
+        *,
+        heartbeat: Heartbeat,
+        lease: Lease,
+        job_logs: JobLogs,
+        rescue: Rescue,
+        reconcile: Reconcile,
+        housekeeping: Housekeeping,
+        interval: float,
+        db_address: str,
+    ):
         self.heartbeat = heartbeat
         self.lease = lease
         self.job_logs = job_logs
@@ -226,4 +252,5 @@ class Maintenance:
 
 def _version() -> str:
     from geventq import __version__
+
     return __version__

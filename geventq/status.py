@@ -15,12 +15,25 @@ from geventq.db import Database
 from geventq.errors import DatabaseError, NoSuchTable
 from geventq.peers import parse_queue_list
 
-QUEUE_COLUMNS = ("QUEUE", "TABLE", "SERVER", "WORKERS", "SCAN", "ENABLED", "PENDING", "RUNNING",
-                 "DONE", "FAILED", "CANCELLED", "OLDEST DUE")
+QUEUE_COLUMNS = (
+    "QUEUE",
+    "TABLE",
+    "SERVER",
+    "WORKERS",
+    "SCAN",
+    "ENABLED",
+    "PENDING",
+    "RUNNING",
+    "DONE",
+    "FAILED",
+    "CANCELLED",
+    "OLDEST DUE",
+)
 SERVER_COLUMNS = ("SERVER", "HOST", "PID", "STATE", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
 # Columns aligned right: the numbers.
-QUEUE_NUMBERS = frozenset({"WORKERS", "SCAN", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED",
-                           "OLDEST DUE"})
+QUEUE_NUMBERS = frozenset(
+    {"WORKERS", "SCAN", "PENDING", "RUNNING", "DONE", "FAILED", "CANCELLED", "OLDEST DUE"}
+)
 SERVER_NUMBERS = frozenset({"PID", "HEARTBEAT", "RUNNING"})
 COUNTS = tuple(status.label for status in Status)  # a queue's `counts`, in the columns' order
 
@@ -34,8 +47,7 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
         hint = ""
         if isinstance(error, NoSuchTable):  # no geventq schema here yet
             hint = " (start an executor once: it creates the database and applies init.sql)"
-        print(f"geventq status: database {config.database.database} at {db.address}: {error}{hint}",
-              file=err)
+        print(f"geventq status: database {config.database.database} at {db.address}: {error}{hint}", file=err)
         return 1
     finally:
         db.close()
@@ -45,24 +57,35 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
 
 def read_status(cur, heartbeat_timeout: float) -> tuple[Any, list[dict], list[dict]]:
     """The database clock, every queue with its counts, every server; one connection."""
-    return (store.database_now(cur), admin_store.queue_overview(cur),
-            admin_store.list_servers(cur, heartbeat_timeout))
+    return (
+        store.database_now(cur),
+        admin_store.queue_overview(cur),
+        admin_store.list_servers(cur, heartbeat_timeout),
+    )
 
 
 def render(config: Config, address: str, now: Any, queues: list[dict], servers: list[dict]) -> str:
     clock = now.strftime("%Y-%m-%d %H:%M:%S") if now is not None else "?"
-    lines = [f"geventq status: database {config.database.database} at {address}, "
-             f"{clock} (database clock)", "",
-             f"Queues ({len(queues)})"]
+    lines = [
+        f"geventq status: database {config.database.database} at {address}, {clock} (database clock)",
+        "",
+        f"Queues ({len(queues)})",
+    ]
     if queues:
         lines += table(QUEUE_COLUMNS, [queue_cells(queue) for queue in queues], QUEUE_NUMBERS)
-        lines += [f"  ! {queue['queue_name']}: {queue['table_error']}"
-                  for queue in queues if queue.get("table_error")]
+        lines += [
+            f"  ! {queue['queue_name']}: {queue['table_error']}"
+            for queue in queues
+            if queue.get("table_error")
+        ]
     else:
         lines.append("  none: queue_configs is empty")
     alive = sum(1 for server in servers if server["alive"])
-    lines += ["", f"Servers ({alive} alive of {len(servers)}, "
-                  f"heartbeat_timeout {config.executor.heartbeat_timeout:g}s)"]
+    lines += [
+        "",
+        f"Servers ({alive} alive of {len(servers)}, "
+        f"heartbeat_timeout {config.executor.heartbeat_timeout:g}s)",
+    ]
     if servers:
         lines += table(SERVER_COLUMNS, [server_cells(server) for server in servers], SERVER_NUMBERS)
     else:
@@ -117,8 +140,10 @@ def table(headers: Sequence[str], rows: list[list[str]], right: frozenset[str]) 
     widths = [max(len(header), *(len(row[index]) for row in rows)) for index, header in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
-        parts = [cell.rjust(width) if header in right else cell.ljust(width)
-                 for cell, width, header in zip(cells, widths, headers, strict=True)]
+        parts = [
+            cell.rjust(width) if header in right else cell.ljust(width)
+            for cell, width, header in zip(cells, widths, headers, strict=True)
+        ]
         return ("  " + "  ".join(parts)).rstrip()
 
     return [line(headers), *(line(row) for row in rows)]

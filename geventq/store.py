@@ -40,6 +40,7 @@ def micros(seconds: float) -> int:
 
 # --- schema ------------------------------------------------------------------
 
+
 def server_version(cur) -> str:
     cur.execute("SELECT VERSION() AS v")
     return cur.fetchone()["v"]
@@ -55,13 +56,14 @@ def supports_skip_locked(version: str) -> bool:
 
 
 def create_database(cur, name: str) -> None:
-    cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_database(name)} "
-                "DEFAULT CHARACTER SET utf8mb4")
+    cur.execute(f"CREATE DATABASE IF NOT EXISTS {quote_database(name)} DEFAULT CHARACTER SET utf8mb4")
 
 
 def table_exists(cur, database: str, table: str) -> bool:
-    cur.execute("SELECT 1 FROM information_schema.tables "
-                "WHERE table_schema = %s AND table_name = %s", (database, table))
+    cur.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+        (database, table),
+    )
     return cur.fetchone() is not None
 
 
@@ -73,8 +75,11 @@ def run_script(cur, statements: Iterable[str]) -> None:
 
 def table_columns(cur, table: str) -> set[str]:
     """The column names of one of geventq's own tables in the current database."""
-    cur.execute("SELECT column_name AS c FROM information_schema.columns "
-                "WHERE table_schema = DATABASE() AND table_name = %s", (table,))
+    cur.execute(
+        "SELECT column_name AS c FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = %s",
+        (table,),
+    )
     return {row["c"].lower() for row in cur.fetchall()}
 
 
@@ -82,10 +87,14 @@ def table_columns(cur, table: str) -> set[str]:
 # made by an older init.sql gets them at start-up, with defaults, so nothing
 # becomes required. (table, column) -> the statement that adds it.
 NEW_COLUMNS: dict[tuple[str, str], str] = {
-    ("queue_configs", "task_timeout"):
-        "ALTER TABLE queue_configs ADD COLUMN task_timeout INT NOT NULL DEFAULT 0",
-    ("queue_configs", "retention_days"):
-        "ALTER TABLE queue_configs ADD COLUMN retention_days INT NOT NULL DEFAULT 0",
+    (
+        "queue_configs",
+        "task_timeout",
+    ): "ALTER TABLE queue_configs ADD COLUMN task_timeout INT NOT NULL DEFAULT 0",
+    (
+        "queue_configs",
+        "retention_days",
+    ): "ALTER TABLE queue_configs ADD COLUMN retention_days INT NOT NULL DEFAULT 0",
 }
 
 
@@ -95,6 +104,7 @@ def add_column(cur, table: str, column: str) -> None:
 
 # --- queues ------------------------------------------------------------------
 
+
 def list_queue_configs(cur) -> list[dict[str, Any]]:
     cur.execute("SELECT * FROM queue_configs ORDER BY id")
     return list(cur.fetchall())
@@ -102,14 +112,17 @@ def list_queue_configs(cur) -> list[dict[str, Any]]:
 
 # --- servers -----------------------------------------------------------------
 
+
 def get_server(cur, server_id: str) -> dict[str, Any] | None:
-    cur.execute("SELECT *, TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(3)) / 1e6 AS heartbeat_age "
-                "FROM servers WHERE server_id = %s", (server_id,))
+    cur.execute(
+        "SELECT *, TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(3)) / 1e6 AS heartbeat_age "
+        "FROM servers WHERE server_id = %s",
+        (server_id,),
+    )
     return cur.fetchone()
 
 
-def register_server(cur, server_id: str, host: str, pid: int, admin_address: str,
-                    version: str) -> None:
+def register_server(cur, server_id: str, host: str, pid: int, admin_address: str, version: str) -> None:
     cur.execute(
         "INSERT INTO servers (server_id, host, pid, admin_address, version, started_at, "
         "last_heartbeat, state, queues, running) "
@@ -123,14 +136,18 @@ def register_server(cur, server_id: str, host: str, pid: int, admin_address: str
 
 def beat(cur, server_id: str, state: str, queues_json: str, running: int) -> int:
     """Renew the heartbeat; 0 rows means the row was deleted under us."""
-    cur.execute("UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s "
-                "WHERE server_id = %s", (state, queues_json, running, server_id))
+    cur.execute(
+        "UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s "
+        "WHERE server_id = %s",
+        (state, queues_json, running, server_id),
+    )
     return cur.rowcount
 
 
 def mark_server_offline(cur, server_id: str) -> None:
-    cur.execute("UPDATE servers SET state = 'offline', running = 0, queues = '[]' "
-                "WHERE server_id = %s", (server_id,))
+    cur.execute(
+        "UPDATE servers SET state = 'offline', running = 0, queues = '[]' WHERE server_id = %s", (server_id,)
+    )
 
 
 def database_now(cur) -> Any:
@@ -140,8 +157,10 @@ def database_now(cur) -> Any:
 
 # --- claiming ------------------------------------------------------------------
 
-def claim_due_tasks_skip_locked(cur, table: QuotedTable, server_id: str,
-                                task_types: Sequence[str], limit: int) -> list[dict]:
+
+def claim_due_tasks_skip_locked(
+    cur, table: QuotedTable, server_id: str, task_types: Sequence[str], limit: int
+) -> list[dict]:
     """Lock up to `limit` due tasks and mark them ours, in the caller's
     transaction. The WHERE and ORDER BY match the (status, schedule_time)
     index (InnoDB appends id), so the scan walks the index in order and locks
@@ -155,8 +174,7 @@ def claim_due_tasks_skip_locked(cur, table: QuotedTable, server_id: str,
     rows = cur.fetchall()
     if rows:
         cur.execute(
-            f"UPDATE {table} SET status = 1, server_id = %(sid)s, start_time = NOW(3) "
-            "WHERE id IN %(ids)s",
+            f"UPDATE {table} SET status = 1, server_id = %(sid)s, start_time = NOW(3) WHERE id IN %(ids)s",
             {"sid": server_id, "ids": tuple(row["id"] for row in rows)},
         )
     return list(rows)
@@ -202,19 +220,19 @@ def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int) 
 FENCED_GROUP = "WHERE id IN %(ids)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s"
 FENCED_ONE = "WHERE id = %(id)s AND status = 1 AND server_id = %(sid)s AND retry_count = %(rc)s"
 
-def finish_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
-                 ids: Sequence[int]) -> int:
+
+def finish_tasks(cur, table: QuotedTable, server_id: str, retry_count: int, ids: Sequence[int]) -> int:
     """Mark a group of claimed attempts done; returns how many were still ours."""
     cur.execute(
-        f"UPDATE {checked(table)} SET status = 2, end_time = NOW(3), error_msg = NULL "
-        + FENCED_GROUP,
+        f"UPDATE {checked(table)} SET status = 2, end_time = NOW(3), error_msg = NULL " + FENCED_GROUP,
         {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
 
 
-def retry_task_later(cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int,
-                     error: str, delay_seconds: float) -> int:
+def retry_task_later(
+    cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int, error: str, delay_seconds: float
+) -> int:
     cur.execute(
         f"UPDATE {checked(table)} SET status = 0, error_msg = %(err)s, end_time = NULL, "
         "schedule_time = NOW(3) + INTERVAL %(delay)s MICROSECOND, retry_count = retry_count + 1 "
@@ -224,22 +242,18 @@ def retry_task_later(cur, table: QuotedTable, server_id: str, task_id: int, retr
     return cur.rowcount
 
 
-def fail_task(cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int,
-              error: str) -> int:
+def fail_task(cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int, error: str) -> int:
     cur.execute(
-        f"UPDATE {checked(table)} SET status = 3, error_msg = %(err)s, end_time = NOW(3) "
-        + FENCED_ONE,
+        f"UPDATE {checked(table)} SET status = 3, error_msg = %(err)s, end_time = NOW(3) " + FENCED_ONE,
         {"err": error, "id": task_id, "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
 
 
-def release_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
-                  ids: Sequence[int]) -> int:
+def release_tasks(cur, table: QuotedTable, server_id: str, retry_count: int, ids: Sequence[int]) -> int:
     """Hand unfinished attempts back on shutdown: not counted as an attempt."""
     cur.execute(
-        f"UPDATE {checked(table)} SET status = 0, start_time = NULL "
-        + FENCED_GROUP,
+        f"UPDATE {checked(table)} SET status = 0, start_time = NULL " + FENCED_GROUP,
         {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
     )
     return cur.rowcount
@@ -250,9 +264,11 @@ def release_tasks(cur, table: QuotedTable, server_id: str, retry_count: int,
 # expression reads the value the attempt was claimed with, whichever
 # assignment order the server's sql_mode uses.
 def _requeue_lost_attempt(error_sql: str = "%(err)s") -> str:
-    return ("status = IF(retry_count < max_retries, 0, 3), "
-            "end_time = IF(retry_count < max_retries, NULL, NOW(3)), "
-            f"error_msg = {error_sql}, retry_count = retry_count + 1")
+    return (
+        "status = IF(retry_count < max_retries, 0, 3), "
+        "end_time = IF(retry_count < max_retries, NULL, NOW(3)), "
+        f"error_msg = {error_sql}, retry_count = retry_count + 1"
+    )
 
 
 def rescue_decision(cur, heartbeat_timeout: float) -> tuple[Any, list[str]]:
@@ -283,8 +299,9 @@ def rescue_dead_servers_tasks(cur, table: QuotedTable, decided_at: Any, alive: S
     alive_clause = "AND server_id NOT IN %(alive)s " if alive else ""
     cur.execute(
         f"UPDATE {checked(table)} SET "
-        + _requeue_lost_attempt("CONCAT('server ', server_id, "
-                                "' stopped heartbeating while running this attempt')")
+        + _requeue_lost_attempt(
+            "CONCAT('server ', server_id, ' stopped heartbeating while running this attempt')"
+        )
         + f" WHERE status = 1 {alive_clause}"
         "AND (start_time IS NULL OR start_time < %(decided)s)",
         {"alive": tuple(alive), "decided": decided_at},
@@ -315,22 +332,30 @@ def find_own_claims(cur, table: QuotedTable, server_id: str, older_than: float) 
     return list(cur.fetchall())
 
 
-def requeue_unattended_claim(cur, table: QuotedTable, server_id: str, task_id: int,
-                             retry_count: int, older_than: float) -> int:
+def requeue_unattended_claim(
+    cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int, older_than: float
+) -> int:
     """A claim whose COMMIT landed but whose reply was lost: nobody runs it.
     Fenced like an outcome, and again on the claim's age: a shutdown hand-back
     keeps retry_count, so only start_time tells a newer claim of the same
     attempt apart from the one that was found unattended."""
     cur.execute(
         f"UPDATE {checked(table)} SET {_requeue_lost_attempt()} "
-        + FENCED_ONE + " AND start_time < NOW(3) - INTERVAL %(age)s MICROSECOND",
-        {"err": f"claim by {server_id} was lost before it started", "id": task_id,
-         "sid": server_id, "rc": retry_count, "age": micros(older_than)},
+        + FENCED_ONE
+        + " AND start_time < NOW(3) - INTERVAL %(age)s MICROSECOND",
+        {
+            "err": f"claim by {server_id} was lost before it started",
+            "id": task_id,
+            "sid": server_id,
+            "rc": retry_count,
+            "age": micros(older_than),
+        },
     )
     return cur.rowcount
 
 
 # --- named locks ---------------------------------------------------------------
+
 
 def try_lock(cur, name: str) -> bool:
     """A server-wide named lock held by this connection, without waiting."""
@@ -344,6 +369,7 @@ def release_lock(cur, name: str) -> None:
 
 
 # --- retention -------------------------------------------------------------------
+
 
 def delete_finished_tasks(cur, table: QuotedTable, older_than_days: int, limit: int) -> int:
     """One small batch of finished tasks past retention. schedule_time is

@@ -28,9 +28,17 @@ class QueueSync:
     """Reads queue_configs into the catalog, and (with `queue.enable`) starts,
     retires and re-sizes this server's queues to match it."""
 
-    def __init__(self, db: Database, catalog: QueueCatalog, queues: RunningQueues, *,
-                 server_id: str, interval: float, run_queues: bool,
-                 make_runner: Callable[[dict[str, Any]], QueueRunner]):
+    def __init__(
+        self,
+        db: Database,
+        catalog: QueueCatalog,
+        queues: RunningQueues,
+        *,
+        server_id: str,
+        interval: float,
+        run_queues: bool,
+        make_runner: Callable[[dict[str, Any]], QueueRunner],
+    ):
         self.db = db
         self.catalog = catalog
         self.queues = queues
@@ -77,8 +85,11 @@ class QueueSync:
         rows = self.read_catalog()
         if not self.run_queues:
             return
-        wanted = {row["queue_name"]: row for row in rows
-                  if wanted_here(row, self.server_id) and row["table_name"] in self.catalog.tables}
+        wanted = {
+            row["queue_name"]: row
+            for row in rows
+            if wanted_here(row, self.server_id) and row["table_name"] in self.catalog.tables
+        }
         for name, runner in list(self.queues.active.items()):
             row = wanted.get(name)
             if row is None or row["table_name"] != runner.table_name:

@@ -74,8 +74,9 @@ def type_name(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
-    return {int: "a number", float: "a number", str: "a string", list: "an array",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def clip(text: str, limit: int = 80) -> str:
@@ -141,9 +142,15 @@ class Number(Kind):
     def expectation(self) -> str:
         if self.minimum is not None and self.maximum is not None:
             return f"{self.noun} from {self._bound(self.minimum)} to {self._bound(self.maximum)}"
-        bounds = [f"{words} {self._bound(bound)}" for words, bound in (
-            ("greater than", self.greater_than), ("at least", self.minimum), ("at most", self.maximum))
-            if bound is not None]
+        bounds = [
+            f"{words} {self._bound(bound)}"
+            for words, bound in (
+                ("greater than", self.greater_than),
+                ("at least", self.minimum),
+                ("at most", self.maximum),
+            )
+            if bound is not None
+        ]
         return " ".join([self.noun, " and ".join(bounds)]) if bounds else self.noun
 
     def check(self, value: Any) -> Any:
@@ -212,7 +219,8 @@ class String(Kind):
             return f"a string matching {self.pattern}"
         if self.max_length is None:
             return {0: "a string", 1: "a non-empty string"}.get(
-                self.min_length, f"a string of at least {self.min_length} characters")
+                self.min_length, f"a string of at least {self.min_length} characters"
+            )
         if self.min_length:
             return f"a string of {self.min_length} to {self.max_length} characters"
         return f"a string of at most {self.max_length} characters"
@@ -310,4 +318,3 @@ def _number_from_text(text: str, read: type[float] | type[int], kind: Kind) -> A
         return read(text)
     except ValueError:
         raise mismatch(kind.expectation(), repr(clip(text))) from None
-

@@ -166,8 +166,11 @@ def source_columns(cur: Any, request: SyncRequest) -> Columns:
             f"table_name: no table {request.table} in database {request.source_db} (source_db)"
         )
     id_column = next((c for c in columns if c["name"].lower() == "id"), None)
-    if (id_column is None or id_column["type"].lower() not in INTEGER_TYPES
-            or not has_unique_index_on(cur, request.source_db, request.table, id_column["name"])):
+    if (
+        id_column is None
+        or id_column["type"].lower() not in INTEGER_TYPES
+        or not has_unique_index_on(cur, request.source_db, request.table, id_column["name"])
+    ):
         raise PermanentFailure(
             f"table_name: {request.source_db}.{request.table} needs an integer `id` column "
             "with a unique index of its own (its primary key) to be synced in batches"
@@ -209,8 +212,10 @@ def fetch_batch(cur: Any, request: SyncRequest, columns: Columns, after: Any) ->
     if after is None:
         cur.execute(f"{select} ORDER BY {columns.quoted_id} LIMIT %s", (request.batch_size,))
     else:
-        cur.execute(f"{select} WHERE {columns.quoted_id} > %s ORDER BY {columns.quoted_id} LIMIT %s",
-                    (after, request.batch_size))
+        cur.execute(
+            f"{select} WHERE {columns.quoted_id} > %s ORDER BY {columns.quoted_id} LIMIT %s",
+            (after, request.batch_size),
+        )
     return list(cur.fetchall())
 
 
@@ -221,12 +226,15 @@ def upsert_statement(request: SyncRequest, columns: Columns) -> str:
     placeholders = ", ".join(["%s"] * len(quoted))
     # VALUES(col) rather than MySQL 8's `AS new` alias: MariaDB only has the former.
     updates = ", ".join(f"{col} = VALUES({col})" for col in quoted)
-    return (f"INSERT INTO {request.target} ({', '.join(quoted)}) VALUES ({placeholders}) "
-            f"ON DUPLICATE KEY UPDATE {updates}")
+    return (
+        f"INSERT INTO {request.target} ({', '.join(quoted)}) VALUES ({placeholders}) "
+        f"ON DUPLICATE KEY UPDATE {updates}"
+    )
 
 
-def copy_in_batches(cur: Any, ctx: JobContext, request: SyncRequest, columns: Columns,
-                    after: Any) -> tuple[int, int]:
+def copy_in_batches(
+    cur: Any, ctx: JobContext, request: SyncRequest, columns: Columns, after: Any
+) -> tuple[int, int]:
     """Copy every source row with id > `after`; returns (rows, batches)."""
     upsert = upsert_statement(request, columns)
     copied = batches = 0
@@ -263,9 +271,15 @@ def delete_rows_missing_from_source(cur: Any, request: SyncRequest, columns: Col
 @task_handler("data_sync")
 def sync_table(ctx: JobContext) -> dict[str, Any]:
     request = parse_sync_params(ctx.params, ctx.config.database.database)
-    ctx.log.info("{} sync of {}.{} into {}.{}, {} rows per batch", request.sync_type,
-                 request.source_db, request.table, request.target_db, request.table,
-                 request.batch_size)
+    ctx.log.info(
+        "{} sync of {}.{} into {}.{}, {} rows per batch",
+        request.sync_type,
+        request.source_db,
+        request.table,
+        request.target_db,
+        request.table,
+        request.batch_size,
+    )
     with ctx.db.cursor() as cur:
         columns = source_columns(cur, request)
         created = prepare_target(cur, ctx, request, columns)
@@ -275,5 +289,10 @@ def sync_table(ctx: JobContext) -> dict[str, Any]:
         copied, batches = copy_in_batches(cur, ctx, request, columns, after)
         deleted = delete_rows_missing_from_source(cur, request, columns) if request.sync_type == "full" else 0
     ctx.log.info("done: {} rows copied in {} batches, {} stale rows deleted", copied, batches, deleted)
-    return {"sync_type": request.sync_type, "copied": copied, "batches": batches,
-            "deleted": deleted, "created_target": created}
+    return {
+        "sync_type": request.sync_type,
+        "copied": copied,
+        "batches": batches,
+        "deleted": deleted,
+        "created_target": created,
+    }

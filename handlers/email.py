@@ -187,8 +187,27 @@ def _domain_of(sender: str) -> str:
 class _TextExtractor(HTMLParser):
     """Visible text of an HTML fragment, with line breaks at block elements."""
 
-    BLOCKS = frozenset({"p", "div", "br", "li", "tr", "table", "ul", "ol", "hr",
-                        "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre"})
+    BLOCKS = frozenset(
+        {
+            "p",
+            "div",
+            "br",
+            "li",
+            "tr",
+            "table",
+            "ul",
+            "ol",
+            "hr",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "blockquote",
+            "pre",
+        }
+    )
     INVISIBLE = frozenset({"script", "style", "head", "title"})
 
     def __init__(self) -> None:
@@ -286,23 +305,42 @@ def send_email(ctx: JobContext) -> dict[str, Any]:
     request = parse_email_params(ctx.params)
     message = build_message(request, sender=ctx.config.smtp.sender)
     recipients = request.envelope_recipients
-    ctx.log.info("e-mail {} to={} cc={} bcc={} subject={!r}", message["Message-ID"],
-                 _listed(request.to), _listed(request.cc), _listed(request.bcc), request.subject)
+    ctx.log.info(
+        "e-mail {} to={} cc={} bcc={} subject={!r}",
+        message["Message-ID"],
+        _listed(request.to),
+        _listed(request.cc),
+        _listed(request.bcc),
+        request.subject,
+    )
     if request.dry_run:
         ctx.log.info("dry run, nothing sent; the message would be:\n{}", _preview(message))
         return {"sent": False, "recipients": len(recipients), "message_id": message["Message-ID"]}
 
     smtp = ctx.config.smtp
-    ctx.log.info("sending through {}:{} (starttls={}, login={})", smtp.host, smtp.port,
-                 smtp.starttls, bool(smtp.username))
+    ctx.log.info(
+        "sending through {}:{} (starttls={}, login={})",
+        smtp.host,
+        smtp.port,
+        smtp.starttls,
+        bool(smtp.username),
+    )
     reply, refused = deliver(message, recipients, smtp)
     if refused:
-        ctx.log.warning("the server refused some recipients: {}",
-                        {rcpt: _format_reply(answer) for rcpt, answer in refused.items()})
-    ctx.log.info("accepted for {} of {} recipients: {}", len(recipients) - len(refused),
-                 len(recipients), reply)
-    return {"sent": True, "recipients": len(recipients), "refused": sorted(refused),
-            "message_id": message["Message-ID"], "reply": reply}
+        ctx.log.warning(
+            "the server refused some recipients: {}",
+            {rcpt: _format_reply(answer) for rcpt, answer in refused.items()},
+        )
+    ctx.log.info(
+        "accepted for {} of {} recipients: {}", len(recipients) - len(refused), len(recipients), reply
+    )
+    return {
+        "sent": True,
+        "recipients": len(recipients),
+        "refused": sorted(refused),
+        "message_id": message["Message-ID"],
+        "reply": reply,
+    }
 
 
 def _listed(addresses: list[Address]) -> str:

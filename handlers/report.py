@@ -101,8 +101,7 @@ def count_all_queues(cur: Any, ctx: JobContext) -> tuple[list[dict[str, Any]], l
             ctx.log.warning("queue {}: {}; left out of the report", name, problem)
             skipped.append(name)
             continue
-        rows.append({"queue_name": name, "table_name": table,
-                     **count_by_status(cur, table, registered)})
+        rows.append({"queue_name": name, "table_name": table, **count_by_status(cur, table, registered)})
     return rows, skipped
 
 

@@ -73,8 +73,17 @@ QUEUES = {
 TABLE_SHARE = (("chaos_open1", 0.4), ("chaos_open2", 0.4), ("chaos_pinned", 0.2))
 HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
 SHUTDOWN_TIMEOUT = 3
-FAULT_WEIGHTS = {"sigkill": 3, "sigterm": 2, "blackhole": 3, "drop": 2, "refuse": 2,
-                 "move": 2, "resize": 2, "disable": 2, "cancel": 1}
+FAULT_WEIGHTS = {
+    "sigkill": 3,
+    "sigterm": 2,
+    "blackhole": 3,
+    "drop": 2,
+    "refuse": 2,
+    "move": 2,
+    "resize": 2,
+    "disable": 2,
+    "cancel": 1,
+}
 # Only when the soak has a database server of its own to crash.
 DBCRASH_WEIGHT = 2
 # The soak's own statements while its database is being crashed: tried again this much later.
@@ -90,6 +99,7 @@ DRAIN_CAP = 300.0
 
 
 # --- the tasks -------------------------------------------------------------------
+
 
 def task_mix(rng: random.Random) -> tuple[dict, int]:
     """(params, max_retries) of one task."""
@@ -120,24 +130,38 @@ def insert_tasks(db: TestDatabase, rng: random.Random, count: int) -> int:
     with db.connect() as conn, conn.cursor() as cur:
         for table, rows in per_table.items():
             for start in range(0, len(rows), 2000):
-                cur.executemany(f"INSERT INTO `{table}` (task_type, task_params, max_retries) "
-                                "VALUES (%s, %s, %s)", rows[start:start + 2000])
+                cur.executemany(
+                    f"INSERT INTO `{table}` (task_type, task_params, max_retries) VALUES (%s, %s, %s)",
+                    rows[start : start + 2000],
+                )
     return count
 
 
 # --- one server: its proxy and its executor process ------------------------------
+
 
 class Server:
     def __init__(self, server_id: str, db: TestDatabase, workdir: Path):
         self.server_id = server_id
         self.db = db
         self.proxy = FaultProxy(upstream=("127.0.0.1", db.port)).start()
-        self.config = write_config(workdir / server_id, db, database={
-            "host": "127.0.0.1", "port": self.proxy.port, "read_timeout": 3, "connect_timeout": 2,
-            "pool_size": 10,
-        }, executor={"heartbeat_interval": HEARTBEAT_INTERVAL, "heartbeat_timeout": HEARTBEAT_TIMEOUT,
-                     "shutdown_timeout": SHUTDOWN_TIMEOUT},
-            queue={"config_sync_interval": 1, "retry_backoff_base": 0.2, "retry_backoff_max": 1})
+        self.config = write_config(
+            workdir / server_id,
+            db,
+            database={
+                "host": "127.0.0.1",
+                "port": self.proxy.port,
+                "read_timeout": 3,
+                "connect_timeout": 2,
+                "pool_size": 10,
+            },
+            executor={
+                "heartbeat_interval": HEARTBEAT_INTERVAL,
+                "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+                "shutdown_timeout": SHUTDOWN_TIMEOUT,
+            },
+            queue={"config_sync_interval": 1, "retry_backoff_base": 0.2, "retry_backoff_max": 1},
+        )
         self.process: ExecutorProcess | None = None
         self.history: list[ExecutorProcess] = []
         self.busy_until = 0.0  # a fault is in force on this server until then
@@ -161,9 +185,11 @@ class Server:
 
 # --- the run ---------------------------------------------------------------------
 
+
 class Chaos:
-    def __init__(self, minutes: float, seed: int, workdir: Path, tasks: int,
-                 own_mariadb: OwnMariaDB | None = None):
+    def __init__(
+        self, minutes: float, seed: int, workdir: Path, tasks: int, own_mariadb: OwnMariaDB | None = None
+    ):
         self.minutes = minutes
         self.tasks = tasks
         self.seed = seed
@@ -221,8 +247,9 @@ class Chaos:
     def say(self, text: str) -> None:
         print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
 
-    def fault(self, kind: str, server: Server | None = None, detail: str = "",
-              pid: int | None = None) -> None:
+    def fault(
+        self, kind: str, server: Server | None = None, detail: str = "", pid: int | None = None
+    ) -> None:
         self.faults[kind] += 1
         with self.records.connect() as conn, conn.cursor() as cur:
             log_fault(cur, kind, server.server_id if server else "", pid, detail)
@@ -237,8 +264,9 @@ class Chaos:
         with self.db.connect() as conn, conn.cursor() as cur:
             cur.execute("DELETE FROM queue_configs")  # the sample queues: nothing to do here
         for name, (table, server_id, workers, timeout) in QUEUES.items():
-            self.db.add_queue(name, table, server_id=server_id, max_workers=workers, scan_interval=1,
-                              task_timeout=timeout)
+            self.db.add_queue(
+                name, table, server_id=server_id, max_workers=workers, scan_interval=1, task_timeout=timeout
+            )
         for server_id in SERVERS:
             self.servers[server_id] = Server(server_id, self.db, self.workdir)
         for server in self.servers.values():
@@ -253,8 +281,10 @@ class Chaos:
         total = self.tasks
         first = total * 3 // 10
         self.inserted += insert_tasks(self.db, self.rng, first)
-        self.say(f"seed {self.seed}: {first} tasks inserted, {total - first} more over the next "
-                 f"{duration * 0.85:.0f}s; faults until {duration:.0f}s")
+        self.say(
+            f"seed {self.seed}: {first} tasks inserted, {total - first} more over the next "
+            f"{duration * 0.85:.0f}s; faults until {duration:.0f}s"
+        )
         self.schedule_inserts(total - first, duration * 0.85)
         self.at(2.0, self.next_fault)
         self.at(PROGRESS_EVERY, self.progress)
@@ -278,8 +308,11 @@ class Chaos:
                 counts[status] += n
         runs = self.records.scalar("SELECT COUNT(*) FROM executions")
         faults = ", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items())) or "none"
-        self.say(f"tasks {self.inserted}: " + ", ".join(f"{s.label} {counts[s]}" for s in Status)
-                 + f" | runs {runs} | faults {faults}")
+        self.say(
+            f"tasks {self.inserted}: "
+            + ", ".join(f"{s.label} {counts[s]}" for s in Status)
+            + f" | runs {runs} | faults {faults}"
+        )
         if not self.stopping_faults or self.events:
             self.at(PROGRESS_EVERY, self.progress)
 
@@ -414,15 +447,18 @@ class Chaos:
 
     def fault_cancel(self) -> None:
         table = self.rng.choice([table for table, *_ in QUEUES.values()])
-        cancelled = self.db.execute(f"UPDATE `{table}` SET status = {Status.CANCELLED:d}, "
-                                    f"end_time = NOW(3) WHERE status = {Status.PENDING:d} "
-                                    "ORDER BY id DESC LIMIT 20")
+        cancelled = self.db.execute(
+            f"UPDATE `{table}` SET status = {Status.CANCELLED:d}, "
+            f"end_time = NOW(3) WHERE status = {Status.PENDING:d} "
+            "ORDER BY id DESC LIMIT 20"
+        )
         self.fault("cancel", detail=f"{cancelled} in {table}")
 
     def set_queue(self, queue: str, **values) -> None:
         assignments = ", ".join(f"{column} = %s" for column in values)
-        self.db.execute(f"UPDATE queue_configs SET {assignments} WHERE queue_name = %s",
-                        (*values.values(), queue))
+        self.db.execute(
+            f"UPDATE queue_configs SET {assignments} WHERE queue_name = %s", (*values.values(), queue)
+        )
 
     # -- the end --
     def heal_and_drain(self) -> bool:
@@ -448,8 +484,11 @@ class Chaos:
         self.at(PROGRESS_EVERY, self.progress)
         drained = self.drain()
         self.events.clear()
-        self.say("drained" if drained else f"NOT drained: no task ended for {DRAIN_STALL:g}s, "
-                 f"or {DRAIN_CAP:g}s passed")
+        self.say(
+            "drained"
+            if drained
+            else f"NOT drained: no task ended for {DRAIN_STALL:g}s, or {DRAIN_CAP:g}s passed"
+        )
         return drained
 
     def drain(self) -> bool:
@@ -464,9 +503,12 @@ class Chaos:
         return True
 
     def unfinished(self) -> int:
-        return sum(self.db.scalar(f"SELECT COUNT(*) FROM `{table}` WHERE status IN "
-                                  f"({Status.PENDING:d}, {Status.RUNNING:d})")
-                   for table, *_ in QUEUES.values())
+        return sum(
+            self.db.scalar(
+                f"SELECT COUNT(*) FROM `{table}` WHERE status IN ({Status.PENDING:d}, {Status.RUNNING:d})"
+            )
+            for table, *_ in QUEUES.values()
+        )
 
     def stop_servers(self) -> dict[str, int]:
         for server in self.servers.values():
@@ -503,15 +545,28 @@ def stop_cpu_hogs(hogs: list[subprocess.Popen]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="length of the fault phase (default 1)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="fault schedule and task mix (default: random)")
-    parser.add_argument("--tasks", type=int, default=None,
-                        help="tasks to insert (default: 20,000 for up to a minute, 15,000 a minute beyond)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="fault schedule and task mix (default: random)"
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="tasks to insert (default: 20,000 for up to a minute, 15,000 a minute beyond)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and logs even on success")
-    parser.add_argument("--cpu-hog", type=int, default=0, metavar="N",
-                        help="run N busy-loop processes for the whole soak (a loaded machine)")
-    parser.add_argument("--own-mariadb", action="store_true",
-                        help="task tables on a private MariaDB that the dbcrash fault kills and restarts")
+    parser.add_argument(
+        "--cpu-hog",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N busy-loop processes for the whole soak (a loaded machine)",
+    )
+    parser.add_argument(
+        "--own-mariadb",
+        action="store_true",
+        help="task tables on a private MariaDB that the dbcrash fault kills and restarts",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
     workdir = Path(tempfile.mkdtemp(prefix="geventq-chaos-"))
@@ -530,12 +585,15 @@ def main(argv: list[str] | None = None) -> int:
             report = check(conn, [table for table, *_ in QUEUES.values()], records)
         sigterm_codes = Counter(code for server in chaos.servers.values() for code in server.exit_codes)
         print()
-        print(f"chaos soak: {args.minutes:g} min of faults, seed {seed}, cpu hogs {args.cpu_hog}, "
-              f"own mariadb: {'yes' if own else 'no'}, "
-              f"{time.monotonic() - began:.0f}s in all, drained: {'yes' if drained else 'NO'}")
+        print(
+            f"chaos soak: {args.minutes:g} min of faults, seed {seed}, cpu hogs {args.cpu_hog}, "
+            f"own mariadb: {'yes' if own else 'no'}, "
+            f"{time.monotonic() - began:.0f}s in all, drained: {'yes' if drained else 'NO'}"
+        )
         print(report.text())
-        print(f"exit codes after SIGTERM during the run: {dict(sigterm_codes) or 'none'}; "
-              f"at the end: {codes}")
+        print(
+            f"exit codes after SIGTERM during the run: {dict(sigterm_codes) or 'none'}; at the end: {codes}"
+        )
         clean_exits = all(code == 0 for code in codes.values()) and set(sigterm_codes) <= {0}
         ok = report.ok and drained and clean_exits
         print("RESULT:", "PASS" if ok else "FAIL")
@@ -556,8 +614,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if own is not None:
                 own.stop()
-            print(f"kept: database {chaos.db.name}, logs in {workdir}"
-                  + (f" (task tables in {own.datadir}, port {own.port})" if own else ""))
+            print(
+                f"kept: database {chaos.db.name}, logs in {workdir}"
+                + (f" (task tables in {own.datadir}, port {own.port})" if own else "")
+            )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,15 @@ def executors(db, tmp_path):
         def config(self, **sections):
             return write_config(tmp_path, db, **sections)
 
-        def start(self, server_id: str = "server-001", wait: bool = True, config_path=None,
-                  extra_args=None, env=None, **sections) -> ExecutorProcess:
+        def start(
+            self,
+            server_id: str = "server-001",
+            wait: bool = True,
+            config_path=None,
+            extra_args=None,
+            env=None,
+            **sections,
+        ) -> ExecutorProcess:
             path = config_path or self.config(**sections)
             process = ExecutorProcess(path, db, server_id, extra_args=extra_args, env=env)
             started.append(process)

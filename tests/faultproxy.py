@@ -163,9 +163,7 @@ class Proxy:
         if self.mode == "refuse":
             self.refused += 1
             return False
-        link.upstream = gsocket.create_connection(
-            self.upstream, UPSTREAM_CONNECT_TIMEOUT
-        )
+        link.upstream = gsocket.create_connection(self.upstream, UPSTREAM_CONNECT_TIMEOUT)
         link.upstream.settimeout(None)
         return True
 
@@ -223,9 +221,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.faultproxy", description=__doc__.split("\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.faultproxy", description=__doc__.split("\n")[0])
     address = {"type": parse_address, "metavar": "HOST:PORT"}
     parser.add_argument(
         "--listen",
@@ -233,12 +229,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="proxy port (0: any free one)",
         **address,
     )
-    parser.add_argument(
-        "--upstream", default=("127.0.0.1", 3306), help="where to forward", **address
-    )
-    parser.add_argument(
-        "--control", default=("127.0.0.1", 0), help="HTTP control port", **address
-    )
+    parser.add_argument("--upstream", default=("127.0.0.1", 3306), help="where to forward", **address)
+    parser.add_argument("--control", default=("127.0.0.1", 0), help="HTTP control port", **address)
     parser.add_argument(
         "--ports-file",
         metavar="PATH",
@@ -348,13 +340,9 @@ class FaultProxy:
                 with open(ports_file) as f:
                     return json.load(f)
             if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"faultproxy exited ({self._process.returncode}) before listening"
-                )
+                raise RuntimeError(f"faultproxy exited ({self._process.returncode}) before listening")
             time.sleep(0.02)
-        raise TimeoutError(
-            f"faultproxy did not publish its ports within {START_DEADLINE:g} s"
-        )
+        raise TimeoutError(f"faultproxy did not publish its ports within {START_DEADLINE:g} s")
 
     def set_mode(self, mode: str) -> None:
         """pass | refuse | drop | blackhole; in force when this returns."""
@@ -367,9 +355,7 @@ class FaultProxy:
         if self.control_port is None:
             raise RuntimeError("FaultProxy not started")
         # http.client rather than urllib: no *_proxy environment variables apply.
-        conn = http.client.HTTPConnection(
-            self.host, self.control_port, timeout=CONTROL_TIMEOUT
-        )
+        conn = http.client.HTTPConnection(self.host, self.control_port, timeout=CONTROL_TIMEOUT)
         try:
             conn.request(method, path)
             response = conn.getresponse()

@@ -89,8 +89,10 @@ def prepare(cur) -> None:
 
 
 def log_fault(cur, kind: str, server_id: str = "", pid: int | None = None, detail: str = "") -> None:
-    cur.execute("INSERT INTO chaos_faults (kind, server_id, pid, at, detail) VALUES (%s, %s, %s, NOW(6), %s)",
-                (kind, server_id, pid, detail[:255]))
+    cur.execute(
+        "INSERT INTO chaos_faults (kind, server_id, pid, at, detail) VALUES (%s, %s, %s, NOW(6), %s)",
+        (kind, server_id, pid, detail[:255]),
+    )
 
 
 @dataclass
@@ -122,12 +124,18 @@ class Report:
         lines = [f"tasks: {self.total_tasks}"]
         for table, counts in self.tasks_by_status.items():
             lines.append(f"  {table}: " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
-        lines.append(f"handler runs: {self.total_runs} ("
-                     + ", ".join(f"{end} {n}" for end, n in self.runs_by_end.most_common()) + ")")
-        lines.append(f"lost attempts (rescued, reconciled, restarted): {self.lost_attempts}; "
-                     f"runs that ended ok but ran again (outcome lost): {self.repeated_ok_runs}")
-        lines.append("faults: " + (", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items()))
-                                   or "none"))
+        lines.append(
+            f"handler runs: {self.total_runs} ("
+            + ", ".join(f"{end} {n}" for end, n in self.runs_by_end.most_common())
+            + ")"
+        )
+        lines.append(
+            f"lost attempts (rescued, reconciled, restarted): {self.lost_attempts}; "
+            f"runs that ended ok but ran again (outcome lost): {self.repeated_ok_runs}"
+        )
+        lines.append(
+            "faults: " + (", ".join(f"{kind} {n}" for kind, n in sorted(self.faults.items())) or "none")
+        )
         lines.append("invariants:")
         for result in self.results:
             verdict = "ok" if result.ok else f"BROKEN ({len(result.violations)})"
@@ -146,8 +154,10 @@ def check(conn, tables: list[str], records=None) -> Report:
     with (records or conn).cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute("SELECT kind, pid, at FROM chaos_faults")
         faults = list(cur.fetchall())
-        cur.execute("SELECT table_name, task_id, retry_count, server_id, pid, started_at, finished_at, "
-                    "ended, began FROM executions ORDER BY started_at, id")
+        cur.execute(
+            "SELECT table_name, task_id, retry_count, server_id, pid, started_at, finished_at, "
+            "ended, began FROM executions ORDER BY started_at, id"
+        )
         runs_by_task: dict[tuple[str, int], list[dict]] = defaultdict(list)
         all_runs = list(cur.fetchall())
         for run in all_runs:
@@ -155,8 +165,10 @@ def check(conn, tables: list[str], records=None) -> Report:
     with conn.cursor(pymysql.cursors.DictCursor) as cur:
         tasks = []
         for table in tables:
-            cur.execute(f"SELECT id, task_type, task_params, status, retry_count, max_retries, error_msg "
-                        f"FROM `{table}`")
+            cur.execute(
+                f"SELECT id, task_type, task_params, status, retry_count, max_retries, error_msg "
+                f"FROM `{table}`"
+            )
             tasks.extend({**row, "table": table} for row in cur.fetchall())
     died_at = {row["pid"]: row["at"] for row in faults if row["pid"] is not None}
     checker = _Checker(died_at)
@@ -166,10 +178,14 @@ def check(conn, tables: list[str], records=None) -> Report:
     for task in tasks:
         by_status.setdefault(task["table"], Counter())[STATUS.get(task["status"], task["status"])] += 1
     return Report(
-        results=list(checker.results.values()), tasks_by_status=by_status,
+        results=list(checker.results.values()),
+        tasks_by_status=by_status,
         runs_by_end=Counter(run["ended"] or "(no finish: process died)" for run in all_runs),
-        faults=Counter(row["kind"] for row in faults), lost_attempts=checker.lost_attempts,
-        repeated_ok_runs=checker.repeated_ok_runs, total_tasks=len(tasks), total_runs=len(all_runs),
+        faults=Counter(row["kind"] for row in faults),
+        lost_attempts=checker.lost_attempts,
+        repeated_ok_runs=checker.repeated_ok_runs,
+        total_tasks=len(tasks),
+        total_runs=len(all_runs),
     )
 
 
@@ -265,17 +281,23 @@ class _Checker:
         """Each run that ended by itself ended as its kind says."""
         succeed_on = int(params.get("succeed_on", 2))
         expected = {
-            "fast": lambda run: "ok", "slow": lambda run: "ok", "exit": lambda run: "ok",
-            "cpu": lambda run: "ok", "cpu_thread": lambda run: "ok",
-            "fail": lambda run: "error", "timeout": lambda run: "timeout",
+            "fast": lambda run: "ok",
+            "slow": lambda run: "ok",
+            "exit": lambda run: "ok",
+            "cpu": lambda run: "ok",
+            "cpu_thread": lambda run: "ok",
+            "fail": lambda run: "error",
+            "timeout": lambda run: "timeout",
             "flaky": lambda run: "ok" if run["retry_count"] + 1 >= succeed_on else "error",
         }.get(kind)
         if expected is None:
             return [f"unknown kind {kind!r}"]
-        problems = [f"run at retry_count {run['retry_count']} ended {run['ended']}, "
-                    f"a {kind} run should end {expected(run)}"
-                    for run in runs if run["ended"] in ("ok", "error", "timeout")
-                    and run["ended"] != expected(run)]
+        problems = [
+            f"run at retry_count {run['retry_count']} ended {run['ended']}, "
+            f"a {kind} run should end {expected(run)}"
+            for run in runs
+            if run["ended"] in ("ok", "error", "timeout") and run["ended"] != expected(run)
+        ]
         never_fails = kind in ("fast", "slow", "exit", "cpu", "cpu_thread")
         if status == Status.FAILED and not lost_last and never_fails:
             problems.append(f"a {kind} task failed without a lost attempt")
@@ -285,8 +307,9 @@ class _Checker:
         """Attempts below the final retry_count not consumed by a failing run."""
         failed = {run["retry_count"] for run in runs if run["ended"] in EXPECTED_ERRORS}
         self.lost_attempts += sum(1 for attempt in range(consumed) if attempt not in failed)
-        self.repeated_ok_runs += sum(1 for run in runs
-                                     if run["ended"] == "ok" and run["retry_count"] < consumed)
+        self.repeated_ok_runs += sum(
+            1 for run in runs if run["ended"] == "ok" and run["retry_count"] < consumed
+        )
 
 
 def _brief(run: dict) -> dict:
@@ -301,8 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3306)
     args = parser.parse_args(argv)
-    conn = pymysql.connect(host=args.host, port=args.port, user="root", password="", database=args.database,
-                           autocommit=True)
+    conn = pymysql.connect(
+        host=args.host, port=args.port, user="root", password="", database=args.database, autocommit=True
+    )
     with conn:
         if args.tables:
             tables = args.tables.split(",")

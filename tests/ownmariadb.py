@@ -44,9 +44,18 @@ class OwnMariaDB:
 
     def install(self) -> Self:
         result = subprocess.run(
-            ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", f"--user={_user()}",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
-            capture_output=True, text=True, timeout=120)
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                f"--user={_user()}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"mariadb-install-db failed:\n{result.stdout}\n{result.stderr}")
         return self
@@ -56,14 +65,26 @@ class OwnMariaDB:
         self.starts += 1
         log = open(self.root / "mariadbd.out", "ab")  # noqa: SIM115 - the server outlives this call
         self.process = subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--user={_user()}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.root / 'mysqld.sock'}",
-             f"--pid-file={self.root / 'mysqld.pid'}", f"--log-error={self.root / 'error.log'}",
-             "--skip-log-bin", "--innodb-buffer-pool-size=128M", "--max-connections=500",
-             # Durable commits, as a production server has them: a crash loses
-             # no committed claim or outcome, which is what the tests rely on.
-             "--innodb-flush-log-at-trx-commit=1"],
-            stdout=log, stderr=subprocess.STDOUT)
+            [
+                "mariadbd",
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                f"--user={_user()}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.root / 'mysqld.sock'}",
+                f"--pid-file={self.root / 'mysqld.pid'}",
+                f"--log-error={self.root / 'error.log'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=128M",
+                "--max-connections=500",
+                # Durable commits, as a production server has them: a crash loses
+                # no committed claim or outcome, which is what the tests rely on.
+                "--innodb-flush-log-at-trx-commit=1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.wait_ready()
         return self
@@ -74,13 +95,15 @@ class OwnMariaDB:
             if self.process.poll() is not None:
                 raise RuntimeError(f"mariadbd exited with {self.process.returncode}:\n{self.error_log()}")
             try:
-                pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
-                                connect_timeout=1).close()
+                pymysql.connect(
+                    host="127.0.0.1", port=self.port, user="root", password="", connect_timeout=1
+                ).close()
                 return
             except pymysql.err.OperationalError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"mariadbd not ready after {START_DEADLINE:g}s:\n"
-                                       f"{self.error_log()}") from None
+                    raise RuntimeError(
+                        f"mariadbd not ready after {START_DEADLINE:g}s:\n{self.error_log()}"
+                    ) from None
                 time.sleep(0.1)
 
     def kill(self) -> None:

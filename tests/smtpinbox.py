@@ -56,8 +56,9 @@ def running_inbox() -> Iterator[tuple[Inbox, int]]:
     inbox = Inbox()
     port = free_port()
     # AUTH without TLS: a local test server only, so login() can be exercised.
-    controller = Controller(inbox, hostname="127.0.0.1", port=port,
-                            auth_require_tls=False, authenticator=inbox.authenticate)
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=port, auth_require_tls=False, authenticator=inbox.authenticate
+    )
     controller.start()
     try:
         yield inbox, port

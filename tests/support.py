@@ -37,8 +37,9 @@ CREATE TABLE IF NOT EXISTS executions (
 )"""
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05, message: str = "condition"
+) -> Any:
     """Poll until predicate() is truthy; its value, or AssertionError at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -67,15 +68,22 @@ class TestDatabase:
         self.port = port
 
     def connect(self, database: str | None = "") -> pymysql.connections.Connection:
-        return pymysql.connect(host=DB_HOST, port=self.port, user=DB_USER, password="",
-                               database=self.name if database == "" else database,
-                               autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+        return pymysql.connect(
+            host=DB_HOST,
+            port=self.port,
+            user=DB_USER,
+            password="",
+            database=self.name if database == "" else database,
+            autocommit=True,
+            cursorclass=pymysql.cursors.DictCursor,
+        )
 
     def create(self, apply_init: bool = True, sample_tasks: bool = False) -> TestDatabase:
         with self.connect(None) as conn, conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE `{self.name}`")
         if apply_init:
             from geventq.schema import INIT_SQL, split_statements
+
             statements = split_statements(INIT_SQL.read_text())
             for statement in statements:
                 if sample_tasks or not statement.lstrip().upper().startswith("INSERT INTO"):
@@ -101,26 +109,46 @@ class TestDatabase:
             cur.execute(sql, args)
             return cur.rowcount
 
-    def add_queue(self, queue_name: str, table_name: str, *, server_id: str = "", max_workers: int = 10,
-                  scan_interval: int = 1, status: int = 1, task_timeout: int = 0) -> int:
+    def add_queue(
+        self,
+        queue_name: str,
+        table_name: str,
+        *,
+        server_id: str = "",
+        max_workers: int = 10,
+        scan_interval: int = 1,
+        status: int = 1,
+        task_timeout: int = 0,
+    ) -> int:
         if "." not in table_name:
             self.execute(f"CREATE TABLE IF NOT EXISTS `{table_name}` LIKE email_tasks")
         with self.connect() as conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, "
-                        "scan_interval, status, task_timeout) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                        (queue_name, table_name, server_id, max_workers, scan_interval, status,
-                         task_timeout))
+            cur.execute(
+                "INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, "
+                "scan_interval, status, task_timeout) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                (queue_name, table_name, server_id, max_workers, scan_interval, status, task_timeout),
+            )
             return cur.lastrowid
 
-    def insert_tasks(self, table: str, task_type: str, count: int = 1, params: dict | None = None,
-                     max_retries: int = 3, delay_seconds: float = 0) -> list[int]:
+    def insert_tasks(
+        self,
+        table: str,
+        task_type: str,
+        count: int = 1,
+        params: dict | None = None,
+        max_retries: int = 3,
+        delay_seconds: float = 0,
+    ) -> list[int]:
         text = json.dumps(params or {})
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute("SELECT NOW(3) + INTERVAL %s MICROSECOND AS t", (int(delay_seconds * 1e6),))
             when = cur.fetchone()["t"]
             rows = [(task_type, text, when, max_retries)] * count
-            cur.executemany(f"INSERT INTO `{table}` (task_type, task_params, schedule_time, max_retries) "
-                            "VALUES (%s, %s, %s, %s)", rows)
+            cur.executemany(
+                f"INSERT INTO `{table}` (task_type, task_params, schedule_time, max_retries) "
+                "VALUES (%s, %s, %s, %s)",
+                rows,
+            )
             first = cur.lastrowid
             return list(range(first, first + count))
 
@@ -137,8 +165,12 @@ def write_config(directory: Path, db: TestDatabase, **sections: dict) -> Path:
     config = {
         # Small pools: the suite runs several executors at once on one MariaDB.
         "database": {"port": db.port, "database": db.name, "read_timeout": 10, "pool_size": 8},
-        "executor": {"server_id": "server-001", "heartbeat_interval": 0.5, "heartbeat_timeout": 3,
-                     "shutdown_timeout": 10},
+        "executor": {
+            "server_id": "server-001",
+            "heartbeat_interval": 0.5,
+            "heartbeat_timeout": 3,
+            "shutdown_timeout": 10,
+        },
         "queue": {"config_sync_interval": 0.5, "retry_backoff_base": 0.2, "retry_backoff_max": 2},
         "admin": {"port": 0},
         "handlers": {"paths": [str(TEST_HANDLERS)]},
@@ -155,21 +187,36 @@ def write_config(directory: Path, db: TestDatabase, **sections: dict) -> Path:
 class ExecutorProcess:
     """A real `python -m geventq` process."""
 
-    def __init__(self, config_path: Path, db: TestDatabase, server_id: str = "server-001",
-                 extra_args: list[str] | None = None, env: dict | None = None):
+    def __init__(
+        self,
+        config_path: Path,
+        db: TestDatabase,
+        server_id: str = "server-001",
+        extra_args: list[str] | None = None,
+        env: dict | None = None,
+    ):
         self.config_path = config_path
         self.db = db
         self.server_id = server_id
-        self.args = [sys.executable, "-m", "geventq", "--config", str(config_path),
-                     "--server-id", server_id, *(extra_args or [])]
+        self.args = [
+            sys.executable,
+            "-m",
+            "geventq",
+            "--config",
+            str(config_path),
+            "--server-id",
+            server_id,
+            *(extra_args or []),
+        ]
         self.output_path = config_path.parent / f"executor-{server_id}-{uuid.uuid4().hex[:6]}.out"
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self, wait: bool = True) -> ExecutorProcess:
         self._output = open(self.output_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.process = subprocess.Popen(self.args, cwd=REPO, stdout=self._output,
-                                        stderr=subprocess.STDOUT, env=self.env)
+        self.process = subprocess.Popen(
+            self.args, cwd=REPO, stdout=self._output, stderr=subprocess.STDOUT, env=self.env
+        )
         if wait:
             self.wait_online()
         return self
@@ -183,6 +230,7 @@ class ExecutorProcess:
             except pymysql.err.MySQLError:
                 return False  # the executor has not created the database yet
             return rows and rows[0]["state"] == "online" and rows[0]["pid"] == self.process.pid
+
         wait_for(online, timeout, message=f"{self.server_id} online")
 
     @property
@@ -220,8 +268,9 @@ class ExecutorProcess:
                 self.kill()
 
 
-def http(method: str, url: str, body: Any = None, headers: dict | None = None,
-         timeout: float = 10) -> tuple[int, Any]:
+def http(
+    method: str, url: str, body: Any = None, headers: dict | None = None, timeout: float = 10
+) -> tuple[int, Any]:
     """(status, parsed JSON body or text) for a request; never raises on 4xx/5xx."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})

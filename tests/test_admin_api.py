@@ -29,6 +29,7 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 # --- fixtures ------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def api_db(mariadb):
     database = TestDatabase().create()
@@ -104,11 +105,19 @@ def checksum(db, table: str):
 @contextlib.contextmanager
 def unchanged(db, *tables):
     """Asserts that the queue rows, the set of tables and `tables` are as before."""
+
     def state():
-        return (db.query("SELECT * FROM queue_configs ORDER BY id"),
-                sorted(row["t"] for row in db.query("SELECT table_name AS t FROM information_schema.tables "
-                                                    "WHERE table_schema = DATABASE()")),
-                [checksum(db, table) for table in tables])
+        return (
+            db.query("SELECT * FROM queue_configs ORDER BY id"),
+            sorted(
+                row["t"]
+                for row in db.query(
+                    "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()"
+                )
+            ),
+            [checksum(db, table) for table in tables],
+        )
+
     before = state()
     yield
     assert state() == before
@@ -125,6 +134,7 @@ def runs_queue(url, server_id, queue_name):
 
 
 # --- health, documents, dashboard -----------------------------------------------------------
+
 
 def test_healthz_answers_server_id_and_database_rtt(url):
     data = ok(call(url, "GET", "/healthz"))
@@ -152,22 +162,37 @@ def test_openapi_document_lists_every_endpoint_of_the_design(url):
     status, doc = call(url, "GET", "/admin/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.0")
     from openapi_spec_validator import validate
+
     validate(doc)
     operations = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
-    for expected in [("POST", "/admin/queue/create"), ("GET", "/admin/queue/list"),
-                     ("PUT", "/admin/queue/update"), ("DELETE", "/admin/queue/delete"),
-                     ("GET", "/admin/server/list"), ("POST", "/admin/task/create"),
-                     ("GET", "/admin/task/list"), ("GET", "/admin/task/get"),
-                     ("POST", "/admin/task/retry"), ("POST", "/admin/task/cancel"),
-                     ("POST", "/admin/task/batch_create"), ("GET", "/admin/task/log"),
-                     ("GET", "/admin/openapi.json"), ("GET", "/healthz"), ("GET", "/")]:
+    for expected in [
+        ("POST", "/admin/queue/create"),
+        ("GET", "/admin/queue/list"),
+        ("PUT", "/admin/queue/update"),
+        ("DELETE", "/admin/queue/delete"),
+        ("GET", "/admin/server/list"),
+        ("POST", "/admin/task/create"),
+        ("GET", "/admin/task/list"),
+        ("GET", "/admin/task/get"),
+        ("POST", "/admin/task/retry"),
+        ("POST", "/admin/task/cancel"),
+        ("POST", "/admin/task/batch_create"),
+        ("GET", "/admin/task/log"),
+        ("GET", "/admin/openapi.json"),
+        ("GET", "/healthz"),
+        ("GET", "/"),
+    ]:
         assert expected in operations
     create = doc["paths"]["/admin/queue/create"]["post"]
     body = create["requestBody"]["content"]["application/json"]["schema"]
     assert body["additionalProperties"] is False
     assert body["properties"]["max_workers"] == {
-        "type": "integer", "minimum": 1, "maximum": 10000,
-        "description": "tasks run at once per server", "default": 10}
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 10000,
+        "description": "tasks run at once per server",
+        "default": 10,
+    }
     assert {"201", "400", "409", "413", "500"} <= set(create["responses"])
 
 
@@ -184,26 +209,45 @@ def test_dashboard_and_static_files_are_served_without_auth(url, guarded):
 
 # --- queues -----------------------------------------------------------------------------
 
+
 def test_queue_create_list_update_delete_round_trip(url, api_db):
     # When a queue is created for a table that does not exist yet
-    row = ok(call(url, "POST", "/admin/queue/create", {
-        "queue_name": "rt_queue", "table_name": "rt_tasks", "max_workers": 3, "scan_interval": 7,
-        "task_timeout": 60}), 201)
+    row = ok(
+        call(
+            url,
+            "POST",
+            "/admin/queue/create",
+            {
+                "queue_name": "rt_queue",
+                "table_name": "rt_tasks",
+                "max_workers": 3,
+                "scan_interval": 7,
+                "task_timeout": 60,
+            },
+        ),
+        201,
+    )
     # Then it answers the row, and the table has the base columns
     assert row["queue_name"] == "rt_queue" and row["table_name"] == "rt_tasks"
     assert (row["server_id"], row["max_workers"], row["scan_interval"], row["status"]) == ("", 3, 7, 1)
     assert row["task_timeout"] == 60 and row["retention_days"] == 0
-    columns = {r["c"] for r in api_db.query(
-        "SELECT column_name AS c FROM information_schema.columns WHERE table_schema = DATABASE() "
-        "AND table_name = 'rt_tasks'")}
+    columns = {
+        r["c"]
+        for r in api_db.query(
+            "SELECT column_name AS c FROM information_schema.columns WHERE table_schema = DATABASE() "
+            "AND table_name = 'rt_tasks'"
+        )
+    }
     assert columns >= set(admin_store.TASK_BASE_COLUMNS)
     # And the server that received it runs it at once (its own sync interval is 30 s)
     wait_for(lambda: runs_queue(url, "server-a", "rt_queue"), timeout=5, message="rt_queue running")
 
     # And list shows it with counts and the age of its oldest due pending task
-    api_db.execute("INSERT INTO rt_tasks (task_type, status, schedule_time) VALUES "
-                   "('x', 0, NOW(3) - INTERVAL 90 SECOND), ('x', 2, NOW(3)), ('x', 4, NOW(3)), "
-                   "('x', 0, NOW(3) + INTERVAL 1 HOUR)")
+    api_db.execute(
+        "INSERT INTO rt_tasks (task_type, status, schedule_time) VALUES "
+        "('x', 0, NOW(3) - INTERVAL 90 SECOND), ('x', 2, NOW(3)), ('x', 4, NOW(3)), "
+        "('x', 0, NOW(3) + INTERVAL 1 HOUR)"
+    )
     listed = queue_by_name(url, "rt_queue")
     assert listed["counts"] == {"pending": 2, "running": 0, "done": 1, "failed": 0, "cancelled": 1}
     assert 89 < listed["oldest_pending_age"] < 150
@@ -228,8 +272,12 @@ def test_queue_create_list_update_delete_round_trip(url, api_db):
 def test_queue_create_takes_an_existing_table_with_the_base_columns(url, api_db):
     api_db.execute("CREATE TABLE own_tasks LIKE email_tasks")
     api_db.execute("INSERT INTO own_tasks (task_type) VALUES ('noop')")
-    row = ok(call(url, "POST", "/admin/queue/create", {"queue_name": "own", "table_name": "own_tasks",
-                                                       "status": 0}), 201)
+    row = ok(
+        call(
+            url, "POST", "/admin/queue/create", {"queue_name": "own", "table_name": "own_tasks", "status": 0}
+        ),
+        201,
+    )
     assert api_db.scalar("SELECT COUNT(*) FROM own_tasks") == 1
     ok(call(url, "DELETE", "/admin/queue/delete", id=row["id"]))
 
@@ -238,28 +286,56 @@ def test_queue_create_refuses_duplicates_and_unfit_tables_without_half_writes(ur
     api_db.execute("CREATE TABLE thin_table (id INT PRIMARY KEY, task_type VARCHAR(50))")
     with unchanged(api_db, "email_tasks"):
         # A duplicate queue_name with a new table: 409, and no table is left behind
-        error(call(url, "POST", "/admin/queue/create", {"queue_name": "email_queue",
-                                                        "table_name": "never_made"}), 409, "queue_name")
+        error(
+            call(
+                url, "POST", "/admin/queue/create", {"queue_name": "email_queue", "table_name": "never_made"}
+            ),
+            409,
+            "queue_name",
+        )
         # A duplicate table_name (the unique key ignores case, so does the check)
-        error(call(url, "POST", "/admin/queue/create", {"queue_name": "fresh",
-                                                        "table_name": "EMAIL_TASKS"}), 409, "table_name")
-        error(call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "thin_table"}),
-              400, "table_name", "lacks the base task columns")
-        error(call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "nodb_x.t"}),
-              400, "table_name", "does not exist")
-        error(call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "mysql.t"}),
-              400, "table_name", "system database")
+        error(
+            call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "EMAIL_TASKS"}),
+            409,
+            "table_name",
+        )
+        error(
+            call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "thin_table"}),
+            400,
+            "table_name",
+            "lacks the base task columns",
+        )
+        error(
+            call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "nodb_x.t"}),
+            400,
+            "table_name",
+            "does not exist",
+        )
+        error(
+            call(url, "POST", "/admin/queue/create", {"queue_name": "fresh", "table_name": "mysql.t"}),
+            400,
+            "table_name",
+            "system database",
+        )
         # Renaming onto another queue's names: 409 as well
         quiet = queue_by_name(url, "quiet_queue")
-        error(call(url, "PUT", "/admin/queue/update", {"queue_name": "email_queue"}, id=quiet["id"]),
-              409, "queue_name")
-        error(call(url, "PUT", "/admin/queue/update", {"table_name": "email_tasks"}, id=quiet["id"]),
-              409, "table_name")
+        error(
+            call(url, "PUT", "/admin/queue/update", {"queue_name": "email_queue"}, id=quiet["id"]),
+            409,
+            "queue_name",
+        )
+        error(
+            call(url, "PUT", "/admin/queue/update", {"table_name": "email_tasks"}, id=quiet["id"]),
+            409,
+            "table_name",
+        )
 
 
 def test_queue_update_to_a_new_table_creates_it(url, api_db):
-    row = ok(call(url, "POST", "/admin/queue/create", {"queue_name": "mv", "table_name": "mv_tasks",
-                                                       "status": 0}), 201)
+    row = ok(
+        call(url, "POST", "/admin/queue/create", {"queue_name": "mv", "table_name": "mv_tasks", "status": 0}),
+        201,
+    )
     moved = ok(call(url, "PUT", "/admin/queue/update", {"table_name": "mv_tasks_2"}, id=row["id"]))
     assert moved["table_name"] == "mv_tasks_2"
     assert api_db.scalar("SELECT COUNT(*) FROM mv_tasks_2") == 0
@@ -277,9 +353,11 @@ def test_server_list_shows_liveness_queues_and_running_counts(url, server):
 
 
 def test_server_list_marks_a_silent_server_dead(url, api_db):
-    api_db.execute("INSERT INTO servers (server_id, host, pid, admin_address, started_at, last_heartbeat, "
-                   "state, queues, running) VALUES ('ghost', 'h', 1, '127.0.0.1:1', "
-                   "NOW(3) - INTERVAL 1 HOUR, NOW(3) - INTERVAL 1 HOUR, 'online', 'not json', 0)")
+    api_db.execute(
+        "INSERT INTO servers (server_id, host, pid, admin_address, started_at, last_heartbeat, "
+        "state, queues, running) VALUES ('ghost', 'h', 1, '127.0.0.1:1', "
+        "NOW(3) - INTERVAL 1 HOUR, NOW(3) - INTERVAL 1 HOUR, 'online', 'not json', 0)"
+    )
     ghost = next(row for row in ok(call(url, "GET", "/admin/server/list")) if row["server_id"] == "ghost")
     assert ghost["alive"] is False and ghost["heartbeat_age"] > 3000 and ghost["queues"] == []
     api_db.execute("DELETE FROM servers WHERE server_id = 'ghost'")
@@ -287,16 +365,44 @@ def test_server_list_marks_a_silent_server_dead(url, api_db):
 
 # --- tasks ------------------------------------------------------------------------------------
 
+
 def test_task_create_get_list_cancel_retry_round_trip(url, api_db):
     table = "quiet_tasks"  # a disabled queue: tasks stay as the API leaves them
-    first = ok(call(url, "POST", "/admin/task/create", {"task_type": "noop", "task_params": {"to": ["a"]}},
-                    table=table), 201)["id"]
-    second = ok(call(url, "POST", "/admin/task/create", {
-        "task_type": "other", "task_params": '{"n": 2}', "schedule_time": "2030-01-31 08:00:00",
-        "max_retries": 0}, table=table), 201)["id"]
-    third = ok(call(url, "POST", "/admin/task/create", {
-        "task_type": "noop", "task_params": [1, 2], "schedule_time": "2030-01-31T08:00:00.250Z"},
-        table=table), 201)["id"]
+    first = ok(
+        call(
+            url,
+            "POST",
+            "/admin/task/create",
+            {"task_type": "noop", "task_params": {"to": ["a"]}},
+            table=table,
+        ),
+        201,
+    )["id"]
+    second = ok(
+        call(
+            url,
+            "POST",
+            "/admin/task/create",
+            {
+                "task_type": "other",
+                "task_params": '{"n": 2}',
+                "schedule_time": "2030-01-31 08:00:00",
+                "max_retries": 0,
+            },
+            table=table,
+        ),
+        201,
+    )["id"]
+    third = ok(
+        call(
+            url,
+            "POST",
+            "/admin/task/create",
+            {"task_type": "noop", "task_params": [1, 2], "schedule_time": "2030-01-31T08:00:00.250Z"},
+            table=table,
+        ),
+        201,
+    )["id"]
 
     task = ok(call(url, "GET", "/admin/task/get", table=table, id=first))
     assert task["task_params"] == {"to": ["a"]} and task["status"] == PENDING
@@ -324,12 +430,19 @@ def test_task_create_get_list_cancel_retry_round_trip(url, api_db):
     assert cancelled["status"] == CANCELLED and cancelled["end_time"] is not None
     error(call(url, "POST", "/admin/task/cancel", table=table, id=second), 409, "cancelled", "id")
     # retry: cancelled or failed back to pending with a fresh budget; pending is 409
-    api_db.execute(f"UPDATE {table} SET status = {FAILED:d}, retry_count = 3, error_msg = 'x', "
-                   "end_time = NOW(3) WHERE id = %s", (first,))
+    api_db.execute(
+        f"UPDATE {table} SET status = {FAILED:d}, retry_count = 3, error_msg = 'x', "
+        "end_time = NOW(3) WHERE id = %s",
+        (first,),
+    )
     for task_id in (first, second):
         retried = ok(call(url, "POST", "/admin/task/retry", table=table, id=task_id))
         assert (retried["status"], retried["retry_count"], retried["error_msg"], retried["end_time"]) == (
-            PENDING, 0, None, None)
+            PENDING,
+            0,
+            None,
+            None,
+        )
     error(call(url, "POST", "/admin/task/retry", table=table, id=first), 409, "pending")
     # a running task cannot be cancelled (owned by a live server, so no rescue touches it)
     api_db.execute(f"UPDATE {table} SET status = {RUNNING:d}, server_id = 'server-a' WHERE id = %s", (third,))
@@ -352,11 +465,19 @@ def test_batch_create_inserts_all_in_one_statement_or_nothing(url, api_db):
 
     with unchanged(api_db, table):
         bad = [*tasks[:3], {"task_type": "noop", "max_retries": 101}, {"task_typ": "x"}]
-        error(call(url, "POST", "/admin/task/batch_create", bad, table=table), 400,
-              "[3].max_retries", "[4].task_typ", "[4].task_type: required")
+        error(
+            call(url, "POST", "/admin/task/batch_create", bad, table=table),
+            400,
+            "[3].max_retries",
+            "[4].task_typ",
+            "[4].task_type: required",
+        )
         error(call(url, "POST", "/admin/task/batch_create", [], table=table), 400, "body")
-        error(call(url, "POST", "/admin/task/batch_create", [{"task_type": "n"}] * 10_001, table=table),
-              400, "10,000")
+        error(
+            call(url, "POST", "/admin/task/batch_create", [{"task_type": "n"}] * 10_001, table=table),
+            400,
+            "10,000",
+        )
         error(call(url, "POST", "/admin/task/batch_create", {"task_type": "n"}, table=table), 400, "array")
         big = b"[" + b" " * (16 * MIB) + b"]"
         error(call(url, "POST", "/admin/task/batch_create", big, table=table), 413, "16 MiB")
@@ -365,8 +486,10 @@ def test_batch_create_inserts_all_in_one_statement_or_nothing(url, api_db):
 def test_batch_ids_without_returning_are_read_back_in_a_snapshot(api_db, tmp_path):
     # MySQL has no INSERT … RETURNING; the fallback must give the same ids.
     database = Database(config.load(write_config(tmp_path, api_db), environ={}).database, size=1)
-    tasks = [{"task_type": "noop", "task_params": f'{{"j": {j}}}', "schedule_time": None,
-              "max_retries": 1} for j in range(50)]
+    tasks = [
+        {"task_type": "noop", "task_params": f'{{"j": {j}}}', "schedule_time": None, "max_retries": 1}
+        for j in range(50)
+    ]
     table = quote_table("quiet_tasks", None)
     try:
         ids = database.call(admin_store.insert_tasks, table, tasks, False, 16 * MIB, snapshot=True)
@@ -381,16 +504,24 @@ def test_batch_ids_without_returning_are_read_back_in_a_snapshot(api_db, tmp_pat
 def test_task_log_is_read_where_the_task_ran(url, api_db):
     created = ok(call(url, "POST", "/admin/task/create", {"task_type": "record"}, table="email_tasks"), 201)
     wait_for(lambda: api_db.task("email_tasks", created["id"])["status"] == DONE, message="done")
-    log = wait_for(lambda: (data := ok(call(url, "GET", "/admin/task/log", table="email_tasks",
-                                            id=created["id"])))["log"].count("done in") and data)
+    log = wait_for(
+        lambda: (
+            (data := ok(call(url, "GET", "/admin/task/log", table="email_tasks", id=created["id"])))[
+                "log"
+            ].count("done in")
+            and data
+        )
+    )
     assert log["source"] == "local" and log["server_id"] == "server-a"
     assert log["log_id"] == f"email_tasks-{created['id']}" and "recorded run" in log["log"]
 
 
 def test_throughput_counts_finished_tasks_per_minute(url, api_db):
-    api_db.execute("INSERT INTO report_tasks (task_type, status, end_time) VALUES "
-                   "('x', 2, NOW(3)), ('x', 2, NOW(3)), ('x', 3, NOW(3)), "
-                   "('x', 2, NOW(3) - INTERVAL 2 HOUR)")
+    api_db.execute(
+        "INSERT INTO report_tasks (task_type, status, end_time) VALUES "
+        "('x', 2, NOW(3)), ('x', 2, NOW(3)), ('x', 3, NOW(3)), "
+        "('x', 2, NOW(3) - INTERVAL 2 HOUR)"
+    )
     data = ok(call(url, "GET", "/admin/queue/throughput", minutes=5))
     series = data["queues"]["report_queue"]
     assert len(series) == 5 and series[-1]["minute"] == data["now"]
@@ -470,21 +601,24 @@ def test_bad_queue_updates_and_ids(url, api_db):
         error(call(url, "DELETE", "/admin/queue/delete"), 400, "id")
 
 
-@pytest.mark.parametrize(("path", "query", "why"), [
-    ("/admin/task/list", {"table": "quiet_tasks", "limit": 0}, "limit"),
-    ("/admin/task/list", {"table": "quiet_tasks", "limit": 1001}, "limit"),
-    ("/admin/task/list", {"table": "quiet_tasks", "offset": -1}, "offset"),
-    ("/admin/task/list", {"table": "quiet_tasks", "status": 5}, "status"),
-    ("/admin/task/list", {"table": "quiet_tasks", "status": "done"}, "status"),
-    ("/admin/task/list", {"table": "quiet_tasks", "task_type": ""}, "task_type"),
-    ("/admin/task/list", {"table": "quiet_tasks", "sort": "id"}, "sort: unknown field"),
-    ("/admin/task/list", {}, "table: required"),
-    ("/admin/task/get", {"table": "quiet_tasks"}, "id: required"),
-    ("/admin/task/get", {"table": "quiet_tasks", "id": "1 OR 1=1"}, "id"),
-    ("/admin/task/get", {"table": "quiet_tasks", "id": "9" * 30}, "id"),
-    ("/admin/queue/throughput", {"minutes": 0}, "minutes"),
-    ("/admin/queue/throughput", {"minutes": 1441}, "minutes"),
-])
+@pytest.mark.parametrize(
+    ("path", "query", "why"),
+    [
+        ("/admin/task/list", {"table": "quiet_tasks", "limit": 0}, "limit"),
+        ("/admin/task/list", {"table": "quiet_tasks", "limit": 1001}, "limit"),
+        ("/admin/task/list", {"table": "quiet_tasks", "offset": -1}, "offset"),
+        ("/admin/task/list", {"table": "quiet_tasks", "status": 5}, "status"),
+        ("/admin/task/list", {"table": "quiet_tasks", "status": "done"}, "status"),
+        ("/admin/task/list", {"table": "quiet_tasks", "task_type": ""}, "task_type"),
+        ("/admin/task/list", {"table": "quiet_tasks", "sort": "id"}, "sort: unknown field"),
+        ("/admin/task/list", {}, "table: required"),
+        ("/admin/task/get", {"table": "quiet_tasks"}, "id: required"),
+        ("/admin/task/get", {"table": "quiet_tasks", "id": "1 OR 1=1"}, "id"),
+        ("/admin/task/get", {"table": "quiet_tasks", "id": "9" * 30}, "id"),
+        ("/admin/queue/throughput", {"minutes": 0}, "minutes"),
+        ("/admin/queue/throughput", {"minutes": 1441}, "minutes"),
+    ],
+)
 def test_bad_query_parameters_are_400_naming_them(url, path, query, why):
     error(call(url, "GET", path, **query), 400, why)
 
@@ -513,24 +647,47 @@ def test_unknown_paths_and_wrong_methods_answer_in_the_envelope(url):
 
 
 INJECTIONS = [
-    "email_tasks; DROP TABLE queue_configs", "email_tasks`; DROP TABLE queue_configs; --",
-    "`email_tasks`", "email tasks", "email_tasks ", "a" * 300, "x" * 64 + "y", "queue_configs",
-    "servers", "otherdb.servers", "OtherDB.Queue_Configs", "a.b.c", "../email_tasks", "email_tasks--",
-    "email_tasks/*", "1email_tasks", "émail_tasks", "email_tasks\x00", "",
+    "email_tasks; DROP TABLE queue_configs",
+    "email_tasks`; DROP TABLE queue_configs; --",
+    "`email_tasks`",
+    "email tasks",
+    "email_tasks ",
+    "a" * 300,
+    "x" * 64 + "y",
+    "queue_configs",
+    "servers",
+    "otherdb.servers",
+    "OtherDB.Queue_Configs",
+    "a.b.c",
+    "../email_tasks",
+    "email_tasks--",
+    "email_tasks/*",
+    "1email_tasks",
+    "émail_tasks",
+    "email_tasks\x00",
+    "",
 ]
 
 
 @pytest.mark.parametrize("name", INJECTIONS)
 def test_injection_attempts_in_table_names_are_refused_and_change_nothing(url, api_db, name):
     with unchanged(api_db, "email_tasks", "quiet_tasks"):
-        for method, path, body in (("POST", "/admin/task/create", {"task_type": "noop"}),
-                                   ("POST", "/admin/task/batch_create", [{"task_type": "noop"}]),
-                                   ("GET", "/admin/task/list", None), ("GET", "/admin/task/get", None),
-                                   ("POST", "/admin/task/cancel", None), ("POST", "/admin/task/retry", None),
-                                   ("GET", "/admin/task/log", None), ("POST", "/admin/queue/wake", None)):
-            query = {"table": name} if path in ("/admin/task/create", "/admin/task/batch_create",
-                                                "/admin/task/list", "/admin/queue/wake") \
+        for method, path, body in (
+            ("POST", "/admin/task/create", {"task_type": "noop"}),
+            ("POST", "/admin/task/batch_create", [{"task_type": "noop"}]),
+            ("GET", "/admin/task/list", None),
+            ("GET", "/admin/task/get", None),
+            ("POST", "/admin/task/cancel", None),
+            ("POST", "/admin/task/retry", None),
+            ("GET", "/admin/task/log", None),
+            ("POST", "/admin/queue/wake", None),
+        ):
+            query = (
+                {"table": name}
+                if path
+                in ("/admin/task/create", "/admin/task/batch_create", "/admin/task/list", "/admin/queue/wake")
                 else {"table": name, "id": 1}
+            )
             status, body_out = call(url, method, path, body, **query)
             assert status in (400, 404), (path, name, status, body_out)
             assert body_out["data"] is None and "table" in body_out["message"]
@@ -541,29 +698,46 @@ def test_injection_attempts_in_table_names_are_refused_and_change_nothing(url, a
 
 # --- errors nobody expected -------------------------------------------------------------
 
+
 def test_an_unexpected_error_is_a_500_envelope_with_the_detail_in_the_log(url, api_db, server):
     # A registered table whose task_type column cannot take the value: the
     # INSERT fails in a way no validation foresees.
     api_db.execute("CREATE TABLE odd_tasks LIKE email_tasks")
     api_db.execute("ALTER TABLE odd_tasks MODIFY task_type INT NOT NULL")
     api_db.add_queue("odd_queue", "odd_tasks", status=0)
-    message = error(call(url, "POST", "/admin/task/create", {"task_type": "not-a-number"}, table="odd_tasks"),
-                    500, "internal server error")
+    message = error(
+        call(url, "POST", "/admin/task/create", {"task_type": "not-a-number"}, table="odd_tasks"),
+        500,
+        "internal server error",
+    )
     assert "Traceback" not in message and "odd_tasks" not in message
-    wait_for(lambda: "admin POST /admin/task/create failed" in server.output, timeout=5,
-             message="the failure in the executor log")
+    wait_for(
+        lambda: "admin POST /admin/task/create failed" in server.output,
+        timeout=5,
+        message="the failure in the executor log",
+    )
     assert "Incorrect integer value" in server.output
 
 
 # --- auth --------------------------------------------------------------------------------
 
+
 def test_auth_with_a_token(guarded):
     base = guarded.admin_url
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                    {"Authorization": TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ):
         error(call(base, "GET", "/admin/queue/list", headers=headers), 401, "Bearer")
-        error(call(base, "POST", "/admin/task/create", {"task_type": "n"}, headers=headers,
-                   table="quiet_tasks"), 401)
+        error(
+            call(
+                base, "POST", "/admin/task/create", {"task_type": "n"}, headers=headers, table="quiet_tasks"
+            ),
+            401,
+        )
     # unknown /admin paths do not tell what exists without the token
     error(call(base, "GET", "/admin/secret"), 401)
     error(call(base, "GET", "/admin/openapi.json"), 401)
@@ -580,57 +754,91 @@ def test_no_token_means_no_auth(url):
 
 # --- wake-ups and other servers --------------------------------------------------------------------
 
+
 def pickup_seconds(api_db, table: str, task_id: int) -> float:
-    return float(api_db.scalar(
-        "SELECT TIMESTAMPDIFF(MICROSECOND, t.created_at, e.started_at) / 1e6 FROM executions e "
-        f"JOIN {table} t ON t.id = e.task_id WHERE e.table_name = %s AND e.task_id = %s",
-        (table, task_id)))
+    return float(
+        api_db.scalar(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, t.created_at, e.started_at) / 1e6 FROM executions e "
+            f"JOIN {table} t ON t.id = e.task_id WHERE e.table_name = %s AND e.task_id = %s",
+            (table, task_id),
+        )
+    )
 
 
 def started(api_db, table: str, task_id: int) -> bool:
-    return bool(api_db.scalar("SELECT COUNT(*) FROM executions WHERE table_name = %s AND task_id = %s",
-                              (table, task_id)))
+    return bool(
+        api_db.scalar(
+            "SELECT COUNT(*) FROM executions WHERE table_name = %s AND task_id = %s", (table, task_id)
+        )
+    )
 
 
 def test_task_create_wakes_the_local_scanner(url, api_db):
     # Given a queue scanned every 30 s, running here and idle after its first scan
-    ok(call(url, "POST", "/admin/queue/create", {"queue_name": "slow_queue", "table_name": "slow_tasks",
-                                                 "scan_interval": 30}), 201)
+    ok(
+        call(
+            url,
+            "POST",
+            "/admin/queue/create",
+            {"queue_name": "slow_queue", "table_name": "slow_tasks", "scan_interval": 30},
+        ),
+        201,
+    )
     wait_for(lambda: runs_queue(url, "server-a", "slow_queue"), timeout=5, message="slow_queue running")
     time.sleep(0.5)
     # When tasks are created through the API, one at a time
     latencies = []
     for _ in range(10):
-        task_id = ok(call(url, "POST", "/admin/task/create", {"task_type": "record"}, table="slow_tasks"),
-                     201)["id"]
+        task_id = ok(
+            call(url, "POST", "/admin/task/create", {"task_type": "record"}, table="slow_tasks"), 201
+        )["id"]
         # Then each starts well before the next scan
-        wait_for(lambda task_id=task_id: started(api_db, "slow_tasks", task_id), timeout=2,
-                 message="task started after create")
+        wait_for(
+            lambda task_id=task_id: started(api_db, "slow_tasks", task_id),
+            timeout=2,
+            message="task started after create",
+        )
         latencies.append(pickup_seconds(api_db, "slow_tasks", task_id))
     # And so do tasks of a batch
-    ids = ok(call(url, "POST", "/admin/task/batch_create", [{"task_type": "record"}] * 5,
-                  table="slow_tasks"), 201)["ids"]
-    wait_for(lambda: all(started(api_db, "slow_tasks", task_id) for task_id in ids), timeout=2,
-             message="batch started")
+    ids = ok(
+        call(url, "POST", "/admin/task/batch_create", [{"task_type": "record"}] * 5, table="slow_tasks"), 201
+    )["ids"]
+    wait_for(
+        lambda: all(started(api_db, "slow_tasks", task_id) for task_id in ids),
+        timeout=2,
+        message="batch started",
+    )
     print(f"\nlocal pickup after task/create: max {max(latencies) * 1000:.1f} ms")
     assert max(latencies) < 1.0
 
 
 def test_task_create_wakes_the_server_that_runs_the_queue_and_its_log_is_fetched_from_it(
-        url, api_db, server_b):
+    url, api_db, server_b
+):
     # Given a queue pinned to server B, scanned every 30 s
-    ok(call(url, "POST", "/admin/queue/create", {"queue_name": "b_queue", "table_name": "b_tasks",
-                                                 "server_id": "server-b", "scan_interval": 30}), 201)
+    ok(
+        call(
+            url,
+            "POST",
+            "/admin/queue/create",
+            {"queue_name": "b_queue", "table_name": "b_tasks", "server_id": "server-b", "scan_interval": 30},
+        ),
+        201,
+    )
     wait_for(lambda: runs_queue(url, "server-b", "b_queue"), timeout=5, message="server B runs b_queue")
     time.sleep(1.2)  # A's cached view of the servers table catches up
     # When a task is created through server A's API
     latencies = []
     for _ in range(5):
-        task_id = ok(call(url, "POST", "/admin/task/create", {"task_type": "record"}, table="b_tasks"),
-                     201)["id"]
+        task_id = ok(call(url, "POST", "/admin/task/create", {"task_type": "record"}, table="b_tasks"), 201)[
+            "id"
+        ]
         # Then server B starts it at once
-        wait_for(lambda task_id=task_id: started(api_db, "b_tasks", task_id), timeout=2,
-                 message="task started on server B")
+        wait_for(
+            lambda task_id=task_id: started(api_db, "b_tasks", task_id),
+            timeout=2,
+            message="task started on server B",
+        )
         latencies.append(pickup_seconds(api_db, "b_tasks", task_id))
     assert api_db.task("b_tasks", task_id)["server_id"] == "server-b"
     print(f"\nremote pickup after task/create: max {max(latencies) * 1000:.1f} ms")
@@ -641,6 +849,7 @@ def test_task_create_wakes_the_server_that_runs_the_queue_and_its_log_is_fetched
     def fetched():
         data = ok(call(url, "GET", "/admin/task/log", table="b_tasks", id=task_id))
         return "done in" in data["log"] and data
+
     log = wait_for(fetched, timeout=5, message="log fetched from B")
     assert log["source"] == "remote" and log["server_id"] == "server-b"
     assert "recorded run" in log["log"] and "on server-b" in log["log"]
@@ -650,6 +859,8 @@ def test_task_create_wakes_the_server_that_runs_the_queue_and_its_log_is_fetched
 
 def test_wake_endpoint_answers_whether_this_server_runs_the_queue(url):
     assert ok(call(url, "POST", "/admin/queue/wake", table="email_tasks")) == {
-        "table": "email_tasks", "woken": True}
+        "table": "email_tasks",
+        "woken": True,
+    }
     assert ok(call(url, "POST", "/admin/queue/wake", table="quiet_tasks"))["woken"] is False
     error(call(url, "POST", "/admin/queue/wake", table="nope_tasks"), 404, "table")

@@ -18,9 +18,24 @@ def test_quick_w1_writes_a_positive_throughput(mariadb, tmp_path):
     try:
         # When the quick benchmark runs W1 only
         completed = subprocess.run(
-            [sys.executable, "-m", "tests.bench", "--quick", "--only", "W1", "--out", str(tmp_path),
-             "--database", database.name],
-            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+            [
+                sys.executable,
+                "-m",
+                "tests.bench",
+                "--quick",
+                "--only",
+                "W1",
+                "--out",
+                str(tmp_path),
+                "--database",
+                database.name,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     finally:
         database.drop()
 

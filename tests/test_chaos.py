@@ -20,9 +20,14 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 def test_chaos_soak_one_minute_profile(mariadb):
     seed = os.environ.get("CHAOS_SEED", "1")
     # The soak runs 60 s of faults, then drains; it exits non-zero on any broken invariant.
-    result = subprocess.run([sys.executable, "-m", "tests.chaos", "--minutes", "1", "--seed", seed],
-                            cwd=REPO, capture_output=True, text=True, timeout=240)
-    report = result.stdout[result.stdout.find("chaos soak:"):]
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.chaos", "--minutes", "1", "--seed", seed],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    report = result.stdout[result.stdout.find("chaos soak:") :]
     print(result.stdout[-20000:])
     assert result.returncode == 0, f"{report[-15000:]}\n{result.stderr[-3000:]}"
     assert "RESULT: PASS" in report
@@ -31,6 +36,7 @@ def test_chaos_soak_one_minute_profile(mariadb):
 
 
 # --- the checker, on hand-made rows ----------------------------------------------
+
 
 @pytest.fixture
 def tables(db):
@@ -42,19 +48,29 @@ def tables(db):
 
 def task(db, status, retry_count, max_retries=3, kind="fast", error_msg=None, **params) -> int:
     with db.connect() as conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO t (task_type, task_params, status, retry_count, max_retries, error_msg) "
-                    "VALUES ('chaos', %s, %s, %s, %s, %s)",
-                    (json.dumps({"kind": kind, **params}), int(status), retry_count, max_retries,
-                     error_msg))
+        cur.execute(
+            "INSERT INTO t (task_type, task_params, status, retry_count, max_retries, error_msg) "
+            "VALUES ('chaos', %s, %s, %s, %s, %s)",
+            (json.dumps({"kind": kind, **params}), int(status), retry_count, max_retries, error_msg),
+        )
         return cur.lastrowid
 
 
 def run(db, task_id, retry_count, start, end, ended="ok", pid=100, server="s1"):
     finished = None if end is None else T0 + timedelta(seconds=end)
-    db.execute("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at, "
-               "finished_at, ended) VALUES ('t', %s, %s, %s, %s, %s, %s, %s)",
-               (task_id, retry_count, server, pid, T0 + timedelta(seconds=start), finished,
-                ended if end is not None else None))
+    db.execute(
+        "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at, "
+        "finished_at, ended) VALUES ('t', %s, %s, %s, %s, %s, %s, %s)",
+        (
+            task_id,
+            retry_count,
+            server,
+            pid,
+            T0 + timedelta(seconds=start),
+            finished,
+            ended if end is not None else None,
+        ),
+    )
 
 
 def broken(db) -> dict[str, int]:
@@ -113,11 +129,11 @@ def test_checker_catches_an_attempt_run_twice_and_out_of_order(tables):
 
 def test_checker_catches_wrong_retry_counts_and_outcomes(tables):
     db = tables
-    run(db, task(db, DONE, 1), 0, 0, 1)                     # done, but no ok run at retry_count 1
+    run(db, task(db, DONE, 1), 0, 0, 1)  # done, but no ok run at retry_count 1
     run(db, task(db, FAILED, 1, kind="fail", error_msg="RuntimeError"), 1, 0, 1, "error")  # failed early
-    run(db, task(db, DONE, 0, kind="fail"), 0, 0, 1)        # a fail task that succeeded
-    flaky = task(db, DONE, 0, kind="flaky", succeed_on=2)   # succeeded one attempt too soon
+    run(db, task(db, DONE, 0, kind="fail"), 0, 0, 1)  # a fail task that succeeded
+    flaky = task(db, DONE, 0, kind="flaky", succeed_on=2)  # succeeded one attempt too soon
     run(db, flaky, 0, 0, 1)
-    task(db, FAILED, 4, error_msg="RuntimeError")             # one past max_retries, no lost attempt named
-    task(db, RUNNING, 0)                                       # left running
+    task(db, FAILED, 4, error_msg="RuntimeError")  # one past max_retries, no lost attempt named
+    task(db, RUNNING, 0)  # left running
     assert broken(db) == {"retry_count": 5, "terminal": 1, "none_running": 1}

@@ -244,9 +244,7 @@ def test_out_of_range_names_the_key(tmp_path, section, key, value):
 
 def test_out_of_range_message_says_the_bound(tmp_path):
     problem = the_problem(tmp_path, {"executor": {"heartbeat_timeout": -1}})
-    assert (
-        problem == "executor.heartbeat_timeout: must be a number greater than 0, got -1"
-    )
+    assert problem == "executor.heartbeat_timeout: must be a number greater than 0, got -1"
 
 
 @pytest.mark.parametrize("port", [0, 65535])
@@ -316,9 +314,7 @@ def test_non_loopback_admin_from_env_needs_token_too(tmp_path):
     assert problem.startswith("admin.token:")
 
 
-@pytest.mark.parametrize(
-    "host", ["127.0.0.1", "127.0.0.9", "::1", "localhost", "LocalHost"]
-)
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.9", "::1", "localhost", "LocalHost"])
 def test_loopback_admin_needs_no_token(tmp_path, host):
     assert load_data(tmp_path, {"admin": {"host": host}}).admin.host == host
 
@@ -328,9 +324,7 @@ def test_loopback_admin_needs_no_token(tmp_path, host):
 
 def test_unknown_key_suggests_the_close_match(tmp_path):
     problem = the_problem(tmp_path, {"executor": {"heartbeat_intervall": 5}})
-    assert problem == (
-        "executor.heartbeat_intervall: unknown key, did you mean executor.heartbeat_interval?"
-    )
+    assert problem == ("executor.heartbeat_intervall: unknown key, did you mean executor.heartbeat_interval?")
 
 
 def test_unknown_key_without_close_match_has_no_suggestion(tmp_path):
@@ -407,10 +401,7 @@ def test_config_is_frozen(tmp_path):
 def test_dataclass_fields_match_the_schema(tmp_path):
     cfg = load_data(tmp_path, {})
     defaults = dump_defaults()
-    fields = {
-        name: [f.name for f in dataclasses.fields(getattr(cfg, name))]
-        for name in defaults
-    }
+    fields = {name: [f.name for f in dataclasses.fields(getattr(cfg, name))] for name in defaults}
     assert fields == {name: list(keys) for name, keys in defaults.items()}
 
 

@@ -48,10 +48,20 @@ def browser(monkeypatch):
     monkeypatch.setenv("SE_AVOID_STATS", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--disable-background-networking", "--disable-component-update", "--no-first-run",
-                     "--disable-sync", "--disable-extensions", "--disable-default-apps",
-                     f"--window-size={WINDOW[0]},{WINDOW[1]}", "--force-device-scale-factor=1"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-default-apps",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
@@ -63,8 +73,11 @@ def browser(monkeypatch):
 
 def severe_console_entries(driver, allowed: tuple[str, ...] = ()) -> list[str]:
     """SEVERE browser console entries, less those containing an allowed text."""
-    return [entry["message"] for entry in driver.get_log("browser")
-            if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)]
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] == "SEVERE" and not any(text in entry["message"] for text in allowed)
+    ]
 
 
 def find(driver, css: str, timeout: float = 10, visible: bool = True):
@@ -74,6 +87,7 @@ def find(driver, css: str, timeout: float = 10, visible: bool = True):
     def found():
         elements = driver.find_elements(By.CSS_SELECTOR, css)
         return next((element for element in elements if not visible or element.is_displayed()), None)
+
     return wait_for(lambda: stable(found), timeout, message=f"element {css!r}")
 
 
@@ -87,17 +101,22 @@ def stable(read, timeout: float = 10):
             return (read(),)
         except StaleElementReferenceException:
             return None
+
     return wait_for(attempt, timeout, message="the page to settle")[0]
 
 
 def text_of(driver, css: str) -> str:
     from selenium.webdriver.common.by import By
+
     return stable(lambda: driver.find_element(By.CSS_SELECTOR, css).text)
 
 
 def wait_text(driver, css: str, expected: str, timeout: float = 10) -> str:
-    return wait_for(lambda: expected in text_of(driver, css) and text_of(driver, css), timeout,
-                    message=f"{expected!r} in {css}")
+    return wait_for(
+        lambda: expected in text_of(driver, css) and text_of(driver, css),
+        timeout,
+        message=f"{expected!r} in {css}",
+    )
 
 
 def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
@@ -105,21 +124,34 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
     # one that fails for good
     process = executors.start()
     base = process.admin_url
-    status, body = http("POST", f"{base}/admin/queue/create",
-                        {"queue_name": "billing", "table_name": "billing_tasks", "max_workers": 4,
-                         "scan_interval": 1})
+    status, body = http(
+        "POST",
+        f"{base}/admin/queue/create",
+        {"queue_name": "billing", "table_name": "billing_tasks", "max_workers": 4, "scan_interval": 1},
+    )
     assert status == 201, body
     queue_id = body["data"]["id"]
-    status, body = http("POST", f"{base}/admin/task/batch_create?table=billing_tasks",
-                        [{"task_type": "record", "task_params": {"invoice": n}} for n in range(12)])
+    status, body = http(
+        "POST",
+        f"{base}/admin/task/batch_create?table=billing_tasks",
+        [{"task_type": "record", "task_params": {"invoice": n}} for n in range(12)],
+    )
     assert status == 201, body
-    status, body = http("POST", f"{base}/admin/task/create?table=billing_tasks",
-                        {"task_type": "fail", "task_params": {"message": "card declined: insufficient funds"},
-                         "max_retries": 0})
+    status, body = http(
+        "POST",
+        f"{base}/admin/task/create?table=billing_tasks",
+        {
+            "task_type": "fail",
+            "task_params": {"message": "card declined: insufficient funds"},
+            "max_retries": 0,
+        },
+    )
     assert status == 201, body
     task_id = body["data"]["id"]
-    wait_for(lambda: db.scalar("SELECT status FROM billing_tasks WHERE id = %s", (task_id,)) == Status.FAILED,
-             message="the failing task failed")
+    wait_for(
+        lambda: db.scalar("SELECT status FROM billing_tasks WHERE id = %s", (task_id,)) == Status.FAILED,
+        message="the failing task failed",
+    )
     wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM billing_tasks WHERE status = {Status.DONE:d}") == 12)
 
     # When the dashboard is opened
@@ -131,13 +163,20 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
         return row_cell(find(driver, 'tr[data-queue="billing"]'), field)
 
     assert stable(lambda: queue_cell("table_name").text) == "billing_tasks"
-    assert stable(lambda: queue_cell("server_id").find_element("css selector", "input")
-                  .get_attribute("value")) == ""
-    wait_for(lambda: stable(lambda: (queue_cell("failed").text, queue_cell("done").text)) == ("1", "12"),
-             message="the queue's counts")
+    assert (
+        stable(lambda: queue_cell("server_id").find_element("css selector", "input").get_attribute("value"))
+        == ""
+    )
+    wait_for(
+        lambda: stable(lambda: (queue_cell("failed").text, queue_cell("done").text)) == ("1", "12"),
+        message="the queue's counts",
+    )
     # (a server row lists its queues from its next heartbeat on; the page refreshes every 3 s)
-    wait_for(lambda: "billing" in stable(lambda: find(driver, 'tr[data-server="server-001"]').text),
-             timeout=10, message="the server row lists the new queue")
+    wait_for(
+        lambda: "billing" in stable(lambda: find(driver, 'tr[data-server="server-001"]').text),
+        timeout=10,
+        message="the server row lists the new queue",
+    )
     assert "alive" in stable(lambda: find(driver, 'tr[data-server="server-001"]').text)
 
     # When the queue and then the failed task are selected
@@ -157,20 +196,29 @@ def test_dashboard_shows_a_failed_task_and_retries_it(db, executors, browser):
     # again), and Retry is clicked
     def toggle():
         return find(driver, 'tr[data-queue="billing"]').find_element(
-            "css selector", 'button[data-action="toggle-status"]')
+            "css selector", 'button[data-action="toggle-status"]'
+        )
 
     stable(lambda: toggle().click())
-    wait_for(lambda: db.scalar("SELECT status FROM queue_configs WHERE id = %s", (queue_id,)) == 0,
-             message="the queue disabled")
-    wait_for(lambda: "billing" not in (db.scalar("SELECT queues FROM servers") or ""),
-             message="the server stopped running billing")
-    wait_for(lambda: stable(lambda: toggle().get_attribute("aria-checked")) == "false",
-             message="the toggle shows the queue off")
+    wait_for(
+        lambda: db.scalar("SELECT status FROM queue_configs WHERE id = %s", (queue_id,)) == 0,
+        message="the queue disabled",
+    )
+    wait_for(
+        lambda: "billing" not in (db.scalar("SELECT queues FROM servers") or ""),
+        message="the server stopped running billing",
+    )
+    wait_for(
+        lambda: stable(lambda: toggle().get_attribute("aria-checked")) == "false",
+        message="the toggle shows the queue off",
+    )
     stable(lambda: find(driver, "#btn-retry").click())
 
     # Then the task is pending again in the database, with a fresh retry budget
-    task = wait_for(lambda: (row := db.task("billing_tasks", task_id))["status"] == Status.PENDING and row,
-                    message="the task pending again")
+    task = wait_for(
+        lambda: (row := db.task("billing_tasks", task_id))["status"] == Status.PENDING and row,
+        message="the task pending again",
+    )
     assert task["retry_count"] == 0 and task["error_msg"] is None
     wait_text(driver, "#detail-status", "pending")
     time.sleep(0.5)
@@ -214,9 +262,14 @@ def test_dashboard_asks_for_the_token_once(db, executors, browser):
 def save_full_page_screenshot(driver, path: Path) -> None:
     """The whole page, not only the window (through the DevTools protocol)."""
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-        "format": "png", "captureBeyondViewport": True,
-        "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
+        },
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
 

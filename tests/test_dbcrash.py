@@ -33,13 +33,18 @@ def insert_mixed_tasks(db: TestDatabase, count: int) -> None:
     rows = []
     for _ in range(count):
         roll = rng.random()
-        params = ({"kind": "fast"} if roll < 0.8 else
-                  {"kind": "slow", "seconds": round(rng.uniform(0.2, 1.0), 2)} if roll < 0.95 else
-                  {"kind": "flaky", "succeed_on": 2})
+        params = (
+            {"kind": "fast"}
+            if roll < 0.8
+            else {"kind": "slow", "seconds": round(rng.uniform(0.2, 1.0), 2)}
+            if roll < 0.95
+            else {"kind": "flaky", "succeed_on": 2}
+        )
         rows.append(("chaos", json.dumps(params), 5))
     with db.connect() as conn, conn.cursor() as cur:
-        cur.executemany(f"INSERT INTO {TABLE} (task_type, task_params, max_retries) VALUES (%s, %s, %s)",
-                        rows)
+        cur.executemany(
+            f"INSERT INTO {TABLE} (task_type, task_params, max_retries) VALUES (%s, %s, %s)", rows
+        )
 
 
 def test_two_executors_survive_a_killed_and_restarted_database(db, own_mariadb, tmp_path):
@@ -51,32 +56,43 @@ def test_two_executors_survive_a_killed_and_restarted_database(db, own_mariadb, 
     tasks_db.execute("DELETE FROM queue_configs")
     tasks_db.add_queue("crash", TABLE, max_workers=30, scan_interval=1, task_timeout=10)
     # and two executors on it
-    executors = [ExecutorProcess(write_config(tmp_path / server_id, tasks_db), tasks_db, server_id)
-                 for server_id in ("c1", "c2")]
+    executors = [
+        ExecutorProcess(write_config(tmp_path / server_id, tasks_db), tasks_db, server_id)
+        for server_id in ("c1", "c2")
+    ]
     try:
         for executor in executors:
             executor.start()
         insert_mixed_tasks(tasks_db, TASKS)
-        wait_for(lambda: db.scalar("SELECT COUNT(*) FROM executions") >= TASKS // 4, timeout=60,
-                 message="a quarter of the tasks run")
+        wait_for(
+            lambda: db.scalar("SELECT COUNT(*) FROM executions") >= TASKS // 4,
+            timeout=60,
+            message="a quarter of the tasks run",
+        )
         # When mariadbd is killed mid-run, stays down for 3 s, and comes back on the same datadir
         pid = own_mariadb.process.pid
         own_mariadb.kill()
         with db.connect() as conn, conn.cursor() as cur:
             log_fault(cur, "dbcrash", detail=f"mariadbd pid {pid}")
-        wait_for(lambda: all("unreachable" in e.output or "unavailable" in e.output for e in executors),
-                 timeout=30, message="both executors see the database gone")
+        wait_for(
+            lambda: all("unreachable" in e.output or "unavailable" in e.output for e in executors),
+            timeout=30,
+            message="both executors see the database gone",
+        )
         # (down for longer than the 1.5 s lease: every handler is stopped, every lease renewed after)
         time.sleep(3)
         own_mariadb.start()
         # Then both executors carry on, and every task ends terminal
         unfinished = f"SELECT COUNT(*) FROM {TABLE} WHERE status IN ({PENDING:d}, {RUNNING:d})"
-        wait_for(lambda: not tasks_db.scalar(unfinished),
-                 timeout=120, interval=0.5, message="every task terminal")
+        wait_for(
+            lambda: not tasks_db.scalar(unfinished), timeout=120, interval=0.5, message="every task terminal"
+        )
         assert all(executor.process.poll() is None for executor in executors), "an executor died"
         assert all("heartbeat lease renewed" in executor.output for executor in executors)
-        ran_after = db.scalar("SELECT COUNT(DISTINCT e.server_id) FROM executions e JOIN chaos_faults f "
-                              "ON f.kind = 'dbcrash' WHERE e.started_at > f.at")
+        ran_after = db.scalar(
+            "SELECT COUNT(DISTINCT e.server_id) FROM executions e JOIN chaos_faults f "
+            "ON f.kind = 'dbcrash' WHERE e.started_at > f.at"
+        )
         assert ran_after == 2, "both executors ran tasks after the restart"
         # and nothing was lost or run twice at once
         with tasks_db.connect() as conn, db.connect() as records:

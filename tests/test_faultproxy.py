@@ -174,9 +174,7 @@ time.sleep(30)
 
 def test_proxy_exits_when_its_parent_dies():
     # Given a proxy whose parent process is not us
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT_SCRIPT], cwd=REPO_ROOT, stdout=subprocess.PIPE
-    )
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT], cwd=REPO_ROOT, stdout=subprocess.PIPE)
     try:
         pid = int(parent.stdout.readline())
     finally:

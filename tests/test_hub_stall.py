@@ -12,8 +12,13 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 
 def heartbeat_age(db, server_id: str) -> float:
-    return float(db.scalar("SELECT TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(6)) / 1e6 "
-                           "FROM servers WHERE server_id = %s", (server_id,)))
+    return float(
+        db.scalar(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(6)) / 1e6 "
+            "FROM servers WHERE server_id = %s",
+            (server_id,),
+        )
+    )
 
 
 def test_a_handler_blocking_the_hub_longer_than_the_heartbeat_timeout_is_not_a_death(chaos_db, executors):

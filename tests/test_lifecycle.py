@@ -60,8 +60,10 @@ def test_retries_are_pushed_back_by_the_backoff(db, executors):
     [task_id] = db.insert_tasks("q_tasks", "flaky", params={"succeed_on": 3}, max_retries=3)
     executors.start(queue={"retry_backoff_base": 1, "retry_backoff_max": 10})
     wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, message="done after retries")
-    starts = [row["started_at"] for row in db.query(
-        "SELECT started_at FROM executions WHERE task_id = %s ORDER BY id", (task_id,))]
+    starts = [
+        row["started_at"]
+        for row in db.query("SELECT started_at FROM executions WHERE task_id = %s ORDER BY id", (task_id,))
+    ]
     gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(starts)]
     # base * 2^retry_count: 1 s before the 2nd attempt, 2 s before the 3rd
     assert 1.0 <= gaps[0] < 3.0

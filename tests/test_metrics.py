@@ -23,8 +23,11 @@ def scrape(base_url: str, headers: dict | None = None) -> dict[tuple[str, frozen
     with urllib.request.urlopen(request, timeout=15) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = response.read().decode()
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float | None:
@@ -47,14 +50,20 @@ def test_counters_histograms_and_gauges_follow_the_tasks(db, executors):
     db.insert_tasks("metrics_tasks", "nobody_handles_this", 4)
     db.insert_tasks("metrics_tasks", "nobody_handles_this", 1, delay_seconds=3600)
     finished = f"SELECT COUNT(*) FROM metrics_tasks WHERE status IN ({DONE:d}, {FAILED:d})"
-    wait_for(lambda: db.scalar(finished) == 10
-             and db.scalar(f"SELECT COUNT(*) FROM slow_tasks WHERE status = {FAILED:d}") == 1,
-             timeout=30, message="every runnable task finished")
+    wait_for(
+        lambda: (
+            db.scalar(finished) == 10
+            and db.scalar(f"SELECT COUNT(*) FROM slow_tasks WHERE status = {FAILED:d}") == 1
+        ),
+        timeout=30,
+        message="every runnable task finished",
+    )
 
     # Then each counter says what happened, per queue and server
-    samples = wait_for(lambda: (s := scrape(base))
-                       and value(s, "geventq_tasks_succeeded_total", **labels) == 7 and s,
-                       message="succeeded_total 7")
+    samples = wait_for(
+        lambda: (s := scrape(base)) and value(s, "geventq_tasks_succeeded_total", **labels) == 7 and s,
+        message="succeeded_total 7",
+    )
     assert value(samples, "geventq_tasks_claimed_total", **labels) == 5 + 2 * 2 + 3 * 2
     assert value(samples, "geventq_tasks_retried_total", **labels) == 2 + 3
     assert value(samples, "geventq_tasks_failed_total", **labels) == 3
@@ -82,8 +91,9 @@ def test_counters_histograms_and_gauges_follow_the_tasks(db, executors):
     assert value(samples, "geventq_metrics_database_ok", server="server-001") == 1
 
     # and the due pending gauges match the table (the future task is not due)
-    due = db.scalar(f"SELECT COUNT(*) FROM metrics_tasks WHERE status = {PENDING:d} "
-                    "AND schedule_time <= NOW(3)")
+    due = db.scalar(
+        f"SELECT COUNT(*) FROM metrics_tasks WHERE status = {PENDING:d} AND schedule_time <= NOW(3)"
+    )
     assert due == 4
     assert value(samples, "geventq_tasks_pending_due", queue="mq") == due
     assert value(samples, "geventq_tasks_pending_due", queue="slowq") == 0
@@ -96,8 +106,9 @@ def test_counters_histograms_and_gauges_follow_the_tasks(db, executors):
 def test_running_gauge_and_metrics_auth(db, executors):
     # Given an executor whose /metrics needs the admin token
     db.add_queue("mq", "metrics_tasks", max_workers=3)
-    process = executors.start(admin={"token": "s3cret", "metrics_auth": True},
-                              executor={"shutdown_timeout": 0.5})
+    process = executors.start(
+        admin={"token": "s3cret", "metrics_auth": True}, executor={"shutdown_timeout": 0.5}
+    )
     bearer = {"Authorization": "Bearer s3cret"}
 
     # Then /metrics without the token is a 401 envelope, like /admin/
@@ -113,9 +124,14 @@ def test_running_gauge_and_metrics_auth(db, executors):
     wait_for(lambda: db.scalar(f"SELECT COUNT(*) FROM metrics_tasks WHERE status = {RUNNING:d}") == 2)
 
     # Then, with the token, the running gauge shows them
-    samples = wait_for(lambda: (s := scrape(process.admin_url, bearer))
-                       and value(s, "geventq_tasks_running", queue="mq", server="server-001") == 2 and s,
-                       message="running 2")
+    samples = wait_for(
+        lambda: (
+            (s := scrape(process.admin_url, bearer))
+            and value(s, "geventq_tasks_running", queue="mq", server="server-001") == 2
+            and s
+        ),
+        message="running 2",
+    )
     assert value(samples, "geventq_tasks_claimed_total", queue="mq", server="server-001") == 2
     assert value(samples, "geventq_tasks_pending_due", queue="mq") == 0
 
@@ -156,8 +172,9 @@ def test_rescue_is_counted_by_the_rescuer_under_the_queue_name(db, executors):
 
     # When A dies and B rescues its task (B does not run that queue itself)
     server_a.kill()
-    wait_for(lambda: db.scalar("SELECT status FROM pinned_tasks") == PENDING, timeout=20,
-             message="the rescue")
+    wait_for(
+        lambda: db.scalar("SELECT status FROM pinned_tasks") == PENDING, timeout=20, message="the rescue"
+    )
 
     # Then B counts it under the queue's name
     samples = scrape(server_b.admin_url)

@@ -27,13 +27,27 @@ from schemathesis import checks as sc  # noqa: E402
 
 EXAMPLES = int(os.environ.get("GEVENTQ_SCHEMATHESIS_EXAMPLES", "25"))
 FUZZ_QUEUE_ID, UNTOUCHED_QUEUE_ID = 2_000_000_001, 2_000_000_002
-POSITIVE_CHECKS = [sc.not_a_server_error, sc.status_code_conformance, sc.content_type_conformance,
-                   sc.response_schema_conformance]
-NEGATIVE_CHECKS = [sc.not_a_server_error, sc.status_code_conformance, sc.content_type_conformance,
-                   sc.response_schema_conformance, sc.negative_data_rejection]
-HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-                      phases=[Phase.explicit, Phase.generate],
-                      suppress_health_check=list(HealthCheck))
+POSITIVE_CHECKS = [
+    sc.not_a_server_error,
+    sc.status_code_conformance,
+    sc.content_type_conformance,
+    sc.response_schema_conformance,
+]
+NEGATIVE_CHECKS = [
+    sc.not_a_server_error,
+    sc.status_code_conformance,
+    sc.content_type_conformance,
+    sc.response_schema_conformance,
+    sc.negative_data_rejection,
+]
+HYPOTHESIS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def table_checksum(db, table: str) -> int:
@@ -43,14 +57,29 @@ def table_checksum(db, table: str) -> int:
 def snapshot(db, other_db: str) -> dict:
     return {
         "queues": {row["id"]: row for row in db.query("SELECT * FROM queue_configs")},
-        "tables": {row["t"] for row in db.query(
-            "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()")},
+        "tables": {
+            row["t"]
+            for row in db.query(
+                "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()"
+            )
+        },
         "databases": {row["Database"] for row in db.query("SHOW DATABASES")},
         "fuzz_tasks": {row["id"]: row for row in db.query("SELECT * FROM fuzz_tasks")},
-        "checksums": {table: table_checksum(db, table) for table in (
-            "untouched_tasks", "executions", f"`{other_db}`.servers", f"`{other_db}`.untouched_tasks")},
-        "other_tables": {row["t"] for row in db.query(
-            "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = %s", (other_db,))},
+        "checksums": {
+            table: table_checksum(db, table)
+            for table in (
+                "untouched_tasks",
+                "executions",
+                f"`{other_db}`.servers",
+                f"`{other_db}`.untouched_tasks",
+            )
+        },
+        "other_tables": {
+            row["t"]
+            for row in db.query(
+                "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = %s", (other_db,)
+            )
+        },
         "servers": db.query("SELECT server_id, host, pid, admin_address, started_at FROM servers"),
     }
 
@@ -73,11 +102,16 @@ def test_schemathesis_finds_no_errors_and_touches_nothing_else(db, executors, ot
     # tables), a queue the fuzzer is steered to, and one it never addresses
     for queue_id, name in ((FUZZ_QUEUE_ID, "fuzz"), (UNTOUCHED_QUEUE_ID, "untouched")):
         db.execute(f"CREATE TABLE {name}_tasks LIKE email_tasks")
-        db.execute("INSERT INTO queue_configs (id, queue_name, table_name) VALUES (%s, %s, %s)",
-                   (queue_id, f"{name}_queue", f"{name}_tasks"))
+        db.execute(
+            "INSERT INTO queue_configs (id, queue_name, table_name) VALUES (%s, %s, %s)",
+            (queue_id, f"{name}_queue", f"{name}_tasks"),
+        )
         for status in (*Status, Status.PENDING, Status.FAILED, Status.CANCELLED):
-            db.execute(f"INSERT INTO {name}_tasks (task_type, task_params, status) "
-                       "VALUES ('noop', '{\"k\": 1}', %s)", (int(status),))
+            db.execute(
+                f"INSERT INTO {name}_tasks (task_type, task_params, status) "
+                "VALUES ('noop', '{\"k\": 1}', %s)",
+                (int(status),),
+            )
     process = executors.start(queue={"enable": False})
     base_url = process.admin_url
     schema = schemathesis.openapi.from_url(f"{base_url}/admin/openapi.json")
@@ -101,8 +135,10 @@ def test_schemathesis_finds_no_errors_and_touches_nothing_else(db, executors, ot
                 failures.append(f"{label} [{mode.value}]: {str(error)[:3000]}")
 
     summary = "\n".join(f"  {name}: {dict(sorted(counts.items()))}" for name, counts in sorted(stats.items()))
-    print(f"\nschemathesis {schemathesis.__version__}: {len(operations)} operations, "
-          f"{sum(sum(c.values()) for c in stats.values())} requests\n{summary}")
+    print(
+        f"\nschemathesis {schemathesis.__version__}: {len(operations)} operations, "
+        f"{sum(sum(c.values()) for c in stats.values())} requests\n{summary}"
+    )
 
     # Then no check failed
     assert not failures, "\n\n".join(failures)
@@ -111,16 +147,19 @@ def test_schemathesis_finds_no_errors_and_touches_nothing_else(db, executors, ot
     assert_only_addressed_changes(before, after, calls)
 
 
-def fuzz(operation, mode, base_url: str, fuzz_ids: list[int], calls: list[dict],
-         statuses: collections.Counter) -> None:
+def fuzz(
+    operation, mode, base_url: str, fuzz_ids: list[int], calls: list[dict], statuses: collections.Counter
+) -> None:
     positive = mode is GenerationMode.POSITIVE
     checks = POSITIVE_CHECKS if positive else NEGATIVE_CHECKS
 
     @HYPOTHESIS
-    @given(case=operation.as_strategy(generation_mode=mode),
-           table=st.sampled_from(["fuzz_tasks", None, "fuzz_tasks", "email_tasks"]),
-           task_id=st.sampled_from([*reversed(fuzz_ids), None]),
-           queue_id=st.sampled_from([1, 2, 3, None]))
+    @given(
+        case=operation.as_strategy(generation_mode=mode),
+        table=st.sampled_from(["fuzz_tasks", None, "fuzz_tasks", "email_tasks"]),
+        task_id=st.sampled_from([*reversed(fuzz_ids), None]),
+        queue_id=st.sampled_from([1, 2, 3, None]),
+    )
     def run(case, table, task_id, queue_id):
         # Valid requests are steered to real queues and tasks most of the
         # time, so they reach the database instead of stopping at a 404 (never
@@ -134,9 +173,16 @@ def fuzz(operation, mode, base_url: str, fuzz_ids: list[int], calls: list[dict],
             query["id"] = queue_id
         response = case.call(base_url=base_url)
         statuses[response.status_code] += 1
-        calls.append({"method": case.method.upper(), "path": case.path,
-                      "query": dict(case.query or {}), "body": case.body,
-                      "status": response.status_code, "json": _json(response)})
+        calls.append(
+            {
+                "method": case.method.upper(),
+                "path": case.path,
+                "query": dict(case.query or {}),
+                "body": case.body,
+                "status": response.status_code,
+                "json": _json(response),
+            }
+        )
         case.validate_response(response, checks=checks)
 
     run()
@@ -158,8 +204,11 @@ def _json(response):
 
 def assert_only_addressed_changes(before: dict, after: dict, calls: list[dict]) -> None:
     ok = [call for call in calls if 200 <= call["status"] < 300]
-    queue_ids_addressed = {call["query"].get("id") for call in ok
-                           if call["path"] in ("/admin/queue/update", "/admin/queue/delete")}
+    queue_ids_addressed = {
+        call["query"].get("id")
+        for call in ok
+        if call["path"] in ("/admin/queue/update", "/admin/queue/delete")
+    }
     created = [call["json"]["data"] for call in ok if call["path"] == "/admin/queue/create"]
     renamed = [call["json"]["data"] for call in ok if call["path"] == "/admin/queue/update"]
     new_tables_allowed = {row["table_name"] for row in created + renamed}
@@ -174,8 +223,12 @@ def assert_only_addressed_changes(before: dict, after: dict, calls: list[dict]) 
     unexplained = after["tables"] - before["tables"] - new_tables_allowed
     assert not unexplained, f"tables appeared without a queue create: {unexplained}"
 
-    task_ids_addressed = {call["query"].get("id") for call in ok if call["query"].get("table") == "fuzz_tasks"
-                          and call["path"] in ("/admin/task/retry", "/admin/task/cancel")}
+    task_ids_addressed = {
+        call["query"].get("id")
+        for call in ok
+        if call["query"].get("table") == "fuzz_tasks"
+        and call["path"] in ("/admin/task/retry", "/admin/task/cancel")
+    }
     fuzz_created = set()
     for call in ok:
         if call["query"].get("table") == "fuzz_tasks":

@@ -21,8 +21,10 @@ OUTAGE_SECONDS = float(os.environ.get("GEVENTQ_OUTAGE_SECONDS", 8))
 FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 3}
 # What a server logs while the database is away; each of these comes from
 # one place that says it at most once per OUTAGE_LOG_INTERVAL.
-OUTAGE_LINE = re.compile(r"unreachable|unavailable|claim failed|waiting for the database"
-                         r"|config sync: database")
+OUTAGE_LINE = re.compile(
+    r"unreachable|unavailable|claim failed|waiting for the database"
+    r"|config sync: database"
+)
 OUTAGE_LOG_INTERVAL = 10.0
 
 
@@ -40,8 +42,11 @@ def log_time(line: str) -> datetime | None:
 
 
 def outage_lines(output: str, since: datetime, until: datetime) -> list[str]:
-    return [line for line in output.splitlines()
-            if OUTAGE_LINE.search(line) and (stamp := log_time(line)) and since <= stamp <= until]
+    return [
+        line
+        for line in output.splitlines()
+        if OUTAGE_LINE.search(line) and (stamp := log_time(line)) and since <= stamp <= until
+    ]
 
 
 def test_database_away_servers_wait_it_out_and_lose_nothing(chaos_db, proxy, executors):
@@ -68,8 +73,13 @@ def test_database_away_servers_wait_it_out_and_lose_nothing(chaos_db, proxy, exe
     back_at = datetime.now()
     proxy.set_mode("pass")
     # and once it is back they resume on their own and finish everything
-    wait_for(lambda: db.status_counts("q1_tasks").keys() == {DONE}
-             and db.status_counts("q2_tasks").keys() == {DONE}, timeout=60, message="all done")
+    wait_for(
+        lambda: (
+            db.status_counts("q1_tasks").keys() == {DONE} and db.status_counts("q2_tasks").keys() == {DONE}
+        ),
+        timeout=60,
+        message="all done",
+    )
     assert db.scalar("SELECT COUNT(*) FROM q1_tasks") + db.scalar("SELECT COUNT(*) FROM q2_tasks") == 4020
     report = check(db.connect(), ["q1_tasks", "q2_tasks"])
     assert report.ok, report.text()
@@ -81,8 +91,10 @@ def test_database_away_servers_wait_it_out_and_lose_nothing(chaos_db, proxy, exe
     for server in servers:
         lines = outage_lines(server.output, away_at, back_at)
         sync_lines = [line for line in lines if "config sync" in line]
-        print(f"{server.server_id}: {len(lines)} outage lines in {OUTAGE_SECONDS:g}s, "
-              f"{len(sync_lines)} of them from config sync")
+        print(
+            f"{server.server_id}: {len(lines)} outage lines in {OUTAGE_SECONDS:g}s, "
+            f"{len(sync_lines)} of them from config sync"
+        )
         others = [line for line in lines if line not in sync_lines]
         assert 0 < len(others) <= 4 * per_source, "\n".join(others)
         assert len(sync_lines) <= per_source, "\n".join(sync_lines)
@@ -107,8 +119,10 @@ def test_a_handler_that_exits_its_process_is_rescued_like_a_crash(chaos_db, exec
     row = db.task("q_tasks", task_id)
     assert (row["retry_count"], row["server_id"]) == (1, "s2")
     runs = db.query("SELECT server_id, retry_count, ended FROM executions ORDER BY started_at")
-    assert runs == [{"server_id": "s1", "retry_count": 0, "ended": None},
-                    {"server_id": "s2", "retry_count": 1, "ended": "ok"}]
+    assert runs == [
+        {"server_id": "s1", "retry_count": 0, "ended": None},
+        {"server_id": "s2", "retry_count": 1, "ended": "ok"},
+    ]
     assert "rescued 1 tasks in q_tasks" in s2.output
     assert check(db.connect(), ["q_tasks"]).ok
 
@@ -134,8 +148,10 @@ def test_rss_stays_flat_over_100k_noop_tasks(chaos_db, executors):
         samples.append(rss_kib(pid))
     end_rss = samples[-1]
     mib = [round(sample / 1024, 1) for sample in samples]
-    print(f"executor RSS over 100,000 no-op tasks: start {mib[0]} MiB, end {mib[-1]} MiB; "
-          f"every 10,000 tasks: {mib}")
+    print(
+        f"executor RSS over 100,000 no-op tasks: start {mib[0]} MiB, end {mib[-1]} MiB; "
+        f"every 10,000 tasks: {mib}"
+    )
     assert db.status_counts("q_tasks") == {DONE: 120_000}
     # Flat: no more than 10% (or 16 MiB) above where it stood after the warm-up.
     # On a busy machine the job-log writer thread can fall behind for a while

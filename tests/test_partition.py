@@ -13,8 +13,10 @@ HEARTBEAT = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4}  # lease: 2 s
 
 
 def runs_of(db, task_id: int) -> list[dict]:
-    return db.query("SELECT * FROM executions WHERE task_id = %s AND table_name = 'q_tasks' "
-                    "ORDER BY started_at", (task_id,))
+    return db.query(
+        "SELECT * FROM executions WHERE task_id = %s AND table_name = 'q_tasks' ORDER BY started_at",
+        (task_id,),
+    )
 
 
 def test_partitioned_server_gives_its_task_up_before_another_rescues_it(chaos_db, proxy, executors):
@@ -23,13 +25,14 @@ def test_partitioned_server_gives_its_task_up_before_another_rescues_it(chaos_db
     db.add_queue("q", "q_tasks")
     db.add_queue("qa", "qa_tasks", server_id="A")
     # Given server A, reaching the database through its own proxy, running a long task
-    a = executors.start("A", executor=HEARTBEAT,
-                        database={"host": "127.0.0.1", "port": proxy.port, "read_timeout": 3})
+    a = executors.start(
+        "A", executor=HEARTBEAT, database={"host": "127.0.0.1", "port": proxy.port, "read_timeout": 3}
+    )
     [task_id] = db.insert_tasks("q_tasks", "chaos", params={"kind": "slow", "seconds": 60}, max_retries=3)
     wait_for(lambda: runs_of(db, task_id), message="A running the task")
     b = executors.start("B", executor=HEARTBEAT)
     # (B's own run of it, later, is short)
-    db.execute("UPDATE q_tasks SET task_params = '{\"kind\": \"slow\", \"seconds\": 0.5}'")
+    db.execute('UPDATE q_tasks SET task_params = \'{"kind": "slow", "seconds": 0.5}\'')
     # When A's database traffic is black-holed
     proxy.set_mode("blackhole")
     cut_at = db.scalar("SELECT NOW(6)")
@@ -52,8 +55,9 @@ def test_partitioned_server_gives_its_task_up_before_another_rescues_it(chaos_db
     # Then A goes on claiming new work
     ids = db.insert_tasks("qa_tasks", "chaos", 5, params={"kind": "fast"})
     wait_for(lambda: db.status_counts("qa_tasks") == {DONE: 5}, timeout=15, message="A ran new tasks")
-    assert {run["server_id"] for run in db.query("SELECT server_id FROM executions WHERE table_name = "
-                                                 "'qa_tasks'")} == {"A"}
+    assert {
+        run["server_id"] for run in db.query("SELECT server_id FROM executions WHERE table_name = 'qa_tasks'")
+    } == {"A"}
     assert len(ids) == 5
     # and wrote nothing over B's outcome
     time.sleep(1)
@@ -78,17 +82,20 @@ def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, prox
     db.add_queue("qa", "qa_tasks", server_id="A")
     heartbeat = {"heartbeat_interval": 0.5, "heartbeat_timeout": 2}  # lease: 1 s
     # Given A running a long task of an open queue
-    a = executors.start("A", executor=heartbeat,
-                        database={"host": "127.0.0.1", "port": proxy.port, "read_timeout": 3})
+    a = executors.start(
+        "A", executor=heartbeat, database={"host": "127.0.0.1", "port": proxy.port, "read_timeout": 3}
+    )
     [task_id] = db.insert_tasks("q_tasks", "chaos", params={"kind": "slow", "seconds": 60})
     wait_for(lambda: runs_of(db, task_id), message="A running the task")
     executors.start("B", executor=heartbeat)
-    db.execute("UPDATE q_tasks SET task_params = '{\"kind\": \"slow\", \"seconds\": 0.5}'")
+    db.execute('UPDATE q_tasks SET task_params = \'{"kind": "slow", "seconds": 0.5}\'')
     # When a handler of A blocks its hub for 7 s, and A is cut off meanwhile
     # (max_retries 0: rescued as A looks dead, it fails rather than block A's hub a second time)
     db.insert_tasks("qa_tasks", "chaos", params={"kind": "cpu", "seconds": 7}, max_retries=0)
-    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM executions WHERE table_name = 'qa_tasks'"),
-             message="the hub blocked")
+    wait_for(
+        lambda: db.scalar("SELECT COUNT(*) FROM executions WHERE table_name = 'qa_tasks'"),
+        message="the hub blocked",
+    )
     proxy.set_mode("blackhole")
     # and B rescues and finishes the task, then the partition heals before A's hub runs again
     wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=8, message="B finished it")
@@ -128,8 +135,14 @@ def test_a_wake_while_the_lease_is_lapsed_does_not_block_the_hub():
     lease = _lapsed_lease()
     gevent.spawn_later(1.0, lease.renew, time.monotonic())
     row = {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2}
-    runner = QueueRunner(row, claimer=_Claimer(lambda table, limit: []), lease=lease, claimed=None,
-                         listeners=None, attempts=None)
+    runner = QueueRunner(
+        row,
+        claimer=_Claimer(lambda table, limit: []),
+        lease=lease,
+        claimed=None,
+        listeners=None,
+        attempts=None,
+    )
     runner.wake()
     ticks = []
     ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(1000)])
@@ -186,6 +199,7 @@ class _Claimer:
 
     def seconds_until_next_due(self, table):
         from geventq.errors import DatabaseUnavailable
+
         raise DatabaseUnavailable("no database in this test")
 
 
@@ -194,14 +208,25 @@ def _runner_with_claim(lease, claim):
     from geventq.queues import QueueRunner
 
     claimed = ClaimedAttempts()
-    runner = QueueRunner({"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2},
-                         claimer=_Claimer(claim), lease=lease, claimed=claimed, listeners=Listeners(),
-                         attempts=None)
+    runner = QueueRunner(
+        {"queue_name": "q", "table_name": "q_tasks", "scan_interval": 1, "max_workers": 2},
+        claimer=_Claimer(claim),
+        lease=lease,
+        claimed=claimed,
+        listeners=Listeners(),
+        attempts=None,
+    )
     return claimed, runner
 
 
-CLAIMED_ROW = {"id": 1, "task_type": "chaos", "task_params": "{}", "retry_count": 0, "max_retries": 3,
-               "schedule_time": None}
+CLAIMED_ROW = {
+    "id": 1,
+    "task_type": "chaos",
+    "task_params": "{}",
+    "retry_count": 0,
+    "max_retries": 3,
+    "schedule_time": None,
+}
 
 
 def test_a_claim_that_returns_after_the_lease_lapsed_starts_nothing():
@@ -228,9 +253,9 @@ def test_a_claim_that_outlived_a_whole_lapse_starts_nothing():
     lease.renew(time.monotonic())
 
     def claim(table, limit):
-        lease.renewed_at = time.monotonic() - 2   # the lease runs out during the claim,
-        lease.renew(time.monotonic())             # a heartbeat renews it,
-        lease.end_lapse()                         # and the watch settles the lapse
+        lease.renewed_at = time.monotonic() - 2  # the lease runs out during the claim,
+        lease.renew(time.monotonic())  # a heartbeat renews it,
+        lease.end_lapse()  # and the watch settles the lapse
         assert lease.valid()
         return [dict(CLAIMED_ROW)]
 

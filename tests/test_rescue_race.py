@@ -31,10 +31,16 @@ def connect(db):
     opened = []
 
     def open_connection(autocommit: bool = True):
-        conn = pymysql.connect(host="127.0.0.1", user="root", password="", database=db.name,
-                               autocommit=autocommit, cursorclass=pymysql.cursors.DictCursor,
-                               client_flag=pymysql.constants.CLIENT.FOUND_ROWS,
-                               init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        conn = pymysql.connect(
+            host="127.0.0.1",
+            user="root",
+            password="",
+            database=db.name,
+            autocommit=autocommit,
+            cursorclass=pymysql.cursors.DictCursor,
+            client_flag=pymysql.constants.CLIENT.FOUND_ROWS,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
         opened.append(conn)
         return conn
 
@@ -44,25 +50,46 @@ def connect(db):
 
 
 def add_server(db, server_id: str, heartbeat_age: float) -> None:
-    db.execute("INSERT INTO servers (server_id, host, pid, admin_address, version, started_at, "
-               "last_heartbeat, state, queues, running) VALUES (%s, 'h', 1, '', 't', NOW(3), "
-               "NOW(3) - INTERVAL %s MICROSECOND, 'online', '[]', 0)",
-               (server_id, int(heartbeat_age * 1e6)))
+    db.execute(
+        "INSERT INTO servers (server_id, host, pid, admin_address, version, started_at, "
+        "last_heartbeat, state, queues, running) VALUES (%s, 'h', 1, '', 't', NOW(3), "
+        "NOW(3) - INTERVAL %s MICROSECOND, 'online', '[]', 0)",
+        (server_id, int(heartbeat_age * 1e6)),
+    )
 
 
-def add_task(db, *, age: float, status: Status = PENDING, server_id: str = "", retry_count: int = 0,
-             started_age: float | None = None) -> int:
-    db.execute(f"INSERT INTO {TABLE} (task_type, status, server_id, retry_count, max_retries, "
-               "schedule_time, start_time) VALUES ('t', %s, %s, %s, 3, "
-               "NOW(3) - INTERVAL %s MICROSECOND, NOW(3) - INTERVAL %s MICROSECOND)",
-               (int(status), server_id, retry_count, int(age * 1e6),
-                None if started_age is None else int(started_age * 1e6)))
+def add_task(
+    db,
+    *,
+    age: float,
+    status: Status = PENDING,
+    server_id: str = "",
+    retry_count: int = 0,
+    started_age: float | None = None,
+) -> int:
+    db.execute(
+        f"INSERT INTO {TABLE} (task_type, status, server_id, retry_count, max_retries, "
+        "schedule_time, start_time) VALUES ('t', %s, %s, %s, 3, "
+        "NOW(3) - INTERVAL %s MICROSECOND, NOW(3) - INTERVAL %s MICROSECOND)",
+        (
+            int(status),
+            server_id,
+            retry_count,
+            int(age * 1e6),
+            None if started_age is None else int(started_age * 1e6),
+        ),
+    )
     return db.scalar(f"SELECT MAX(id) FROM {TABLE}")
 
 
 def waiting_on_a_lock(db, conn) -> bool:
-    return bool(db.scalar("SELECT COUNT(*) FROM information_schema.innodb_trx "
-                          "WHERE trx_mysql_thread_id = %s AND trx_state = 'LOCK WAIT'", (conn.thread_id(),)))
+    return bool(
+        db.scalar(
+            "SELECT COUNT(*) FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id = %s AND trx_state = 'LOCK WAIT'",
+            (conn.thread_id(),),
+        )
+    )
 
 
 def claim(conn, server_id: str, limit: int) -> list[int]:
@@ -90,6 +117,7 @@ def test_a_rescue_waiting_on_locks_never_requeues_a_claim_made_after_its_decisio
         with rescuer.cursor() as cur:
             decided_at, alive = store.rescue_decision(cur, TIMEOUT)
             rescued["n"] = store.rescue_dead_servers_tasks(cur, table, decided_at, alive)
+
     thread = threading.Thread(target=rescue)
     thread.start()
     wait_for(lambda: waiting_on_a_lock(db, rescuer), timeout=10, message="the rescue waiting on Y's lock")
@@ -130,8 +158,9 @@ def test_a_rescue_takes_rows_of_unknown_and_offline_servers_too(db, connect):
     # Status-1 rows whose server has no row at all, or went offline without handing them back
     add_server(db, "gone", 0)
     db.execute("UPDATE servers SET state = 'offline' WHERE server_id = 'gone'")
-    lost = [add_task(db, age=5, status=RUNNING, server_id=owner, started_age=5)
-            for owner in ("gone", "nobody")]
+    lost = [
+        add_task(db, age=5, status=RUNNING, server_id=owner, started_age=5) for owner in ("gone", "nobody")
+    ]
     with connect().cursor() as cur:
         decided_at, alive = store.rescue_decision(cur, TIMEOUT)
         assert alive == []
@@ -173,6 +202,7 @@ def test_orphan_recovery_leaves_claims_made_while_it_waited(db, connect):
     def recover():
         with recoverer.cursor() as cur:
             recovered["n"] = store.recover_own_orphans(cur, table, "A")
+
     thread = threading.Thread(target=recover)
     thread.start()
     wait_for(lambda: waiting_on_a_lock(db, recoverer), timeout=10, message="the recovery waiting")

@@ -9,12 +9,17 @@ def test_retention_deletes_only_old_finished_tasks(db, executors):
     queue_id = db.add_queue("q", "q_tasks")
     db.execute("UPDATE queue_configs SET retention_days = 2 WHERE id = %s", (queue_id,))
     old = "NOW(3) - INTERVAL 3 DAY"
-    db.execute(f"INSERT INTO q_tasks (task_type, status, schedule_time, end_time) "
-               f"SELECT 'noop', 2 + seq % 3, {old}, {old} FROM seq_1_to_2500")
-    db.execute(f"INSERT INTO q_tasks (task_type, status, schedule_time) "
-               f"VALUES ('noop', 0, {old} + INTERVAL 5 YEAR)")
-    db.execute("INSERT INTO q_tasks (task_type, status, schedule_time, end_time) "
-               "VALUES ('noop', 2, NOW(3) - INTERVAL 1 DAY, NOW(3) - INTERVAL 1 DAY)")
+    db.execute(
+        f"INSERT INTO q_tasks (task_type, status, schedule_time, end_time) "
+        f"SELECT 'noop', 2 + seq % 3, {old}, {old} FROM seq_1_to_2500"
+    )
+    db.execute(
+        f"INSERT INTO q_tasks (task_type, status, schedule_time) VALUES ('noop', 0, {old} + INTERVAL 5 YEAR)"
+    )
+    db.execute(
+        "INSERT INTO q_tasks (task_type, status, schedule_time, end_time) "
+        "VALUES ('noop', 2, NOW(3) - INTERVAL 1 DAY, NOW(3) - INTERVAL 1 DAY)"
+    )
     # When an executor runs its maintenance
     process = executors.start()
     # Then the 2,500 old finished tasks are gone (in batches), the rest stays
@@ -25,8 +30,10 @@ def test_retention_deletes_only_old_finished_tasks(db, executors):
 
 def test_no_retention_keeps_everything(db, executors):
     db.add_queue("q", "q_tasks")
-    db.execute("INSERT INTO q_tasks (task_type, status, schedule_time, end_time) "
-               "VALUES ('noop', 2, NOW(3) - INTERVAL 900 DAY, NOW(3) - INTERVAL 900 DAY)")
+    db.execute(
+        "INSERT INTO q_tasks (task_type, status, schedule_time, end_time) "
+        "VALUES ('noop', 2, NOW(3) - INTERVAL 900 DAY, NOW(3) - INTERVAL 900 DAY)"
+    )
     process = executors.start()
     wait_for(lambda: "started" in process.output)
     db.insert_tasks("q_tasks", "record")

@@ -44,8 +44,9 @@ pytestmark = pytest.mark.usefixtures("mariadb")
 
 
 def admin_connection(database: str | None = None) -> pymysql.connections.Connection:
-    return pymysql.connect(database=database, autocommit=True, read_timeout=30,
-                           cursorclass=pymysql.cursors.DictCursor, **MARIADB)
+    return pymysql.connect(
+        database=database, autocommit=True, read_timeout=30, cursorclass=pymysql.cursors.DictCursor, **MARIADB
+    )
 
 
 def sql_statements(script: str) -> Iterator[str]:
@@ -121,8 +122,14 @@ def make_config(folder: Path, database: str, smtp_port: int, **smtp: Any) -> Con
     """A Config loaded the way the executor loads one, from a config.json in
     `folder` (so config.base_dir is `folder`), ignoring the environment."""
     settings = {
-        "database": {"host": MARIADB["host"], "port": MARIADB["port"], "username": MARIADB["user"],
-                     "password": MARIADB["password"], "database": database, "read_timeout": 30},
+        "database": {
+            "host": MARIADB["host"],
+            "port": MARIADB["port"],
+            "username": MARIADB["user"],
+            "password": MARIADB["password"],
+            "database": database,
+            "read_timeout": 30,
+        },
         "smtp": {"host": "127.0.0.1", "port": smtp_port, "sender": SENDER, "timeout": 5, **smtp},
     }
     path = folder / "config.json"
@@ -150,6 +157,7 @@ def registry() -> dict[str, Any]:
 def job_log() -> Iterator[list[str]]:
     """The lines handlers write through ctx.log during the test."""
     lines: list[str] = []
+
     def keep(message: Any) -> None:
         lines.append(f"{message.record['level'].name} {message.record['message']}")
 
@@ -162,19 +170,31 @@ def job_log() -> Iterator[list[str]]:
 def run(registry, job_log):
     """run(config, task_type, params, task_id=1) calls the registered handler
     with a JobContext built like the executor's."""
+
     def run_handler(cfg: Config, task_type: str, params: Any, task_id: int = 1) -> Any:
         db = Database(cfg.database, size=2)
         ctx = JobContext(
-            task_id=task_id, task_type=task_type, params=params, job_param=json.dumps(params),
-            queue_name=f"{task_type}_queue", table_name=f"{task_type}_tasks", retry_count=0,
-            max_retries=3, schedule_time=datetime.now(), server_id="test-server",
-            log_id=f"{task_type}_tasks-{task_id}", log=logger.bind(log_id=f"{task_type}_tasks-{task_id}"),
-            config=cfg, db=db, created_at=datetime.now(),
+            task_id=task_id,
+            task_type=task_type,
+            params=params,
+            job_param=json.dumps(params),
+            queue_name=f"{task_type}_queue",
+            table_name=f"{task_type}_tasks",
+            retry_count=0,
+            max_retries=3,
+            schedule_time=datetime.now(),
+            server_id="test-server",
+            log_id=f"{task_type}_tasks-{task_id}",
+            log=logger.bind(log_id=f"{task_type}_tasks-{task_id}"),
+            config=cfg,
+            db=db,
+            created_at=datetime.now(),
         )
         try:
             return registry[task_type](ctx)
         finally:
             db.close()
+
     return run_handler
 
 
@@ -188,9 +208,14 @@ def test_the_three_sample_types_are_registered(registry):
 
 def test_text_email_arrives_with_headers_and_bcc_only_in_the_envelope(run, offline_config, inbox):
     # Given
-    params = {"to": ["Alice Ünicode <alice@example.com>", "bob@example.com"], "cc": "carol@example.com",
-              "bcc": ["dave@example.com"], "reply_to": "help@example.com",
-              "subject": "Grüße from geventq", "body": "Hello,\nthis is plain text.\n"}
+    params = {
+        "to": ["Alice Ünicode <alice@example.com>", "bob@example.com"],
+        "cc": "carol@example.com",
+        "bcc": ["dave@example.com"],
+        "reply_to": "help@example.com",
+        "subject": "Grüße from geventq",
+        "body": "Hello,\nthis is plain text.\n",
+    }
     # When
     result = run(offline_config, "email", params)
     # Then
@@ -198,7 +223,11 @@ def test_text_email_arrives_with_headers_and_bcc_only_in_the_envelope(run, offli
     delivery = inbox.deliveries[0]
     assert delivery.mail_from == "geventq@example.org"
     assert delivery.rcpt_tos == [
-        "alice@example.com", "bob@example.com", "carol@example.com", "dave@example.com"]
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dave@example.com",
+    ]
     message = delivery.message
     assert message["From"] == SENDER
     assert [a.addr_spec for a in message["To"].addresses] == ["alice@example.com", "bob@example.com"]
@@ -214,8 +243,12 @@ def test_text_email_arrives_with_headers_and_bcc_only_in_the_envelope(run, offli
 
 def test_the_seed_documents_email_task_arrives_with_its_content(run, offline_config, inbox):
     """The original system's README enqueues e-mail with `content`, not `body`."""
-    params = {"to": ["user@example.com"], "subject": "测试邮件", "content": "这是一封测试邮件",
-              "type": "html"}
+    params = {
+        "to": ["user@example.com"],
+        "subject": "测试邮件",
+        "content": "这是一封测试邮件",
+        "type": "html",
+    }
     run(offline_config, "email", params)
     [delivery] = inbox.deliveries
     assert delivery.rcpt_tos == ["user@example.com"]
@@ -233,8 +266,9 @@ def test_html_email_is_multipart_with_a_text_fallback(run, offline_config, inbox
     assert message.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Digest\n\nTom & Jerry\n"
 
 
-def test_login_uses_the_configured_credentials_and_never_logs_the_password(run, tmp_path, smtp_server,
-                                                                           inbox, job_log):
+def test_login_uses_the_configured_credentials_and_never_logs_the_password(
+    run, tmp_path, smtp_server, inbox, job_log
+):
     cfg = make_config(tmp_path, UNUSED_DB, smtp_server[1], username="mailer", password="s3cret-pw")
 
     run(cfg, "email", {"to": "bob@example.com", "subject": "Hi", "body": "x"})
@@ -258,31 +292,34 @@ def test_sample_dry_run_tasks_render_into_the_log_and_send_nothing(run, config, 
     assert "Content-Type: text/html" in log and "<h1>Digest</h1>" in log
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"subject": "s", "body": "b"}, "to"),
-    ({"to": [], "subject": "s", "body": "b"}, "to"),
-    ({"to": "not an address", "subject": "s", "body": "b"}, "to"),
-    ({"to": "a@example.com b@example.com", "subject": "s", "body": "b"}, "to"),
-    ({"to": [42], "subject": "s", "body": "b"}, "to"),
-    ({"to": {"a": "a@example.com"}, "subject": "s", "body": "b"}, "to"),
-    ({"to": "a@example.com\r\nBcc: spy@example.com", "subject": "s", "body": "b"}, "to"),
-    ({"to": "a@example.com", "cc": "nope", "subject": "s", "body": "b"}, "cc"),
-    ({"to": "a@example.com", "bcc": [None], "subject": "s", "body": "b"}, "bcc"),
-    ({"to": "a@example.com", "reply_to": "@example.com", "subject": "s", "body": "b"}, "reply_to"),
-    ({"to": "a@example.com", "body": "b"}, "subject"),
-    ({"to": "a@example.com", "subject": 5, "body": "b"}, "subject"),
-    ({"to": "a@example.com", "subject": "  ", "body": "b"}, "subject"),
-    ({"to": "a@example.com", "subject": "one\nBcc: spy@example.com", "body": "b"}, "subject"),
-    ({"to": "a@example.com", "subject": "s"}, "content"),
-    ({"to": "a@example.com", "subject": "s", "content": ["b"]}, "content"),
-    ({"to": "a@example.com", "subject": "s", "body": ["b"]}, "body"),
-    ({"to": "a@example.com", "subject": "s", "content": "c", "body": "b"}, "content, body"),
-    ({"to": "a@example.com", "subject": "s", "body": "b", "type": "markdown"}, "type"),
-    ({"to": "a@example.com", "subject": "s", "body": "b", "dry_run": "yes"}, "dry_run"),
-    ({"to": "a@example.com", "subjet": "s", "body": "b"}, "subjet"),
-    (["a@example.com"], "params"),
-    (None, "params"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"subject": "s", "body": "b"}, "to"),
+        ({"to": [], "subject": "s", "body": "b"}, "to"),
+        ({"to": "not an address", "subject": "s", "body": "b"}, "to"),
+        ({"to": "a@example.com b@example.com", "subject": "s", "body": "b"}, "to"),
+        ({"to": [42], "subject": "s", "body": "b"}, "to"),
+        ({"to": {"a": "a@example.com"}, "subject": "s", "body": "b"}, "to"),
+        ({"to": "a@example.com\r\nBcc: spy@example.com", "subject": "s", "body": "b"}, "to"),
+        ({"to": "a@example.com", "cc": "nope", "subject": "s", "body": "b"}, "cc"),
+        ({"to": "a@example.com", "bcc": [None], "subject": "s", "body": "b"}, "bcc"),
+        ({"to": "a@example.com", "reply_to": "@example.com", "subject": "s", "body": "b"}, "reply_to"),
+        ({"to": "a@example.com", "body": "b"}, "subject"),
+        ({"to": "a@example.com", "subject": 5, "body": "b"}, "subject"),
+        ({"to": "a@example.com", "subject": "  ", "body": "b"}, "subject"),
+        ({"to": "a@example.com", "subject": "one\nBcc: spy@example.com", "body": "b"}, "subject"),
+        ({"to": "a@example.com", "subject": "s"}, "content"),
+        ({"to": "a@example.com", "subject": "s", "content": ["b"]}, "content"),
+        ({"to": "a@example.com", "subject": "s", "body": ["b"]}, "body"),
+        ({"to": "a@example.com", "subject": "s", "content": "c", "body": "b"}, "content, body"),
+        ({"to": "a@example.com", "subject": "s", "body": "b", "type": "markdown"}, "type"),
+        ({"to": "a@example.com", "subject": "s", "body": "b", "dry_run": "yes"}, "dry_run"),
+        ({"to": "a@example.com", "subjet": "s", "body": "b"}, "subjet"),
+        (["a@example.com"], "params"),
+        (None, "params"),
+    ],
+)
 def test_bad_email_params_fail_permanently_naming_the_field(run, offline_config, inbox, params, field):
     with pytest.raises(PermanentFailure, match=rf"^{field}: "):
         run(offline_config, "email", params)
@@ -315,10 +352,17 @@ def test_refused_recipients_5xx_is_permanent_4xx_retryable_partial_sent(run, off
 def test_email_module_does_not_shadow_the_standard_library_email_package():
     # handlers.py adds handlers/ to sys.path, where handlers/email.py must not
     # hide the stdlib package; in a fresh interpreter nothing has imported it yet.
-    code = ("import sys; from geventq.handlers import load_handlers; load_handlers([sys.argv[1]]); "
-            "import email.message, smtplib; print(email.__file__)")
-    done = subprocess.run([sys.executable, "-c", code, str(HANDLERS_DIR)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; from geventq.handlers import load_handlers; load_handlers([sys.argv[1]]); "
+        "import email.message, smtplib; print(email.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(HANDLERS_DIR)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert Path(done.stdout.strip()).resolve() != (HANDLERS_DIR / "email.py").resolve()
 
@@ -338,9 +382,16 @@ CREATE TABLE items (
 
 
 def add_items(db: ScratchDatabase, first: int, count: int) -> None:
-    rows = [(f"item-{n}-ü", None if n % 7 == 0 else n % 100, f"{n % 1000}.{n % 100:02d}",
-             None if n % 5 == 0 else f"note {n}", f"2024-01-01 00:00:{n % 60:02d}.{n % 1000:03d}")
-            for n in range(first, first + count)]
+    rows = [
+        (
+            f"item-{n}-ü",
+            None if n % 7 == 0 else n % 100,
+            f"{n % 1000}.{n % 100:02d}",
+            None if n % 5 == 0 else f"note {n}",
+            f"2024-01-01 00:00:{n % 60:02d}.{n % 1000:03d}",
+        )
+        for n in range(first, first + count)
+    ]
     db.executemany("INSERT INTO items (name, qty, price, note, updated) VALUES (%s, %s, %s, %s, %s)", rows)
 
 
@@ -353,8 +404,11 @@ def items_checksum(db: ScratchDatabase, database: str) -> tuple[int, int]:
 
 
 def sync(run, cfg: Config, db: ScratchDatabase, sync_type: str) -> dict[str, Any]:
-    return run(cfg, "data_sync", {"table_name": "items", "target_db": db.copy_name,
-                                  "sync_type": sync_type, "batch_size": 1000})
+    return run(
+        cfg,
+        "data_sync",
+        {"table_name": "items", "target_db": db.copy_name, "sync_type": sync_type, "batch_size": 1000},
+    )
 
 
 def test_full_sync_creates_the_target_and_copies_in_batches(run, config, database, job_log):
@@ -413,11 +467,14 @@ def test_the_sample_data_sync_task_runs(run, config, database):
     assert [row["queue_name"] for row in copied] == ["email_queue", "data_sync_queue", "report_queue"]
 
 
-@pytest.mark.parametrize("table", [
-    "CREATE TABLE items (code INT PRIMARY KEY, name TEXT)",
-    "CREATE TABLE items (id VARCHAR(20) PRIMARY KEY, name TEXT)",
-    "CREATE TABLE items (id INT NOT NULL, part INT NOT NULL, PRIMARY KEY (id, part))",
-])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "CREATE TABLE items (code INT PRIMARY KEY, name TEXT)",
+        "CREATE TABLE items (id VARCHAR(20) PRIMARY KEY, name TEXT)",
+        "CREATE TABLE items (id INT NOT NULL, part INT NOT NULL, PRIMARY KEY (id, part))",
+    ],
+)
 def test_a_table_without_a_unique_integer_id_is_refused(run, config, database, table):
     database.execute(table)
 
@@ -436,26 +493,29 @@ def test_a_missing_source_table_or_a_target_lacking_columns_is_refused(run, conf
         sync(run, config, database, "full")
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"target_db": "copy"}, "table_name"),
-    ({"table_name": "items"}, "target_db"),
-    ({"table_name": "items; DROP TABLE x", "target_db": "copy"}, "table_name"),
-    ({"table_name": "items`", "target_db": "copy"}, "table_name"),
-    ({"table_name": 5, "target_db": "copy"}, "table_name"),
-    ({"table_name": "items", "target_db": "co`py"}, "target_db"),
-    ({"table_name": "items", "target_db": "a.b"}, "target_db"),
-    ({"table_name": "items", "target_db": "copy", "source_db": "1src"}, "source_db"),
-    ({"table_name": "items", "target_db": "Same", "source_db": "same"}, "target_db"),
-    ({"table_name": "items", "target_db": UNUSED_DB}, "target_db"),  # the configured database
-    ({"table_name": "items", "target_db": "copy", "sync_type": "partial"}, "sync_type"),
-    ({"table_name": "items", "target_db": "copy", "batch_size": 0}, "batch_size"),
-    ({"table_name": "items", "target_db": "copy", "batch_size": 100_001}, "batch_size"),
-    ({"table_name": "items", "target_db": "copy", "batch_size": "10"}, "batch_size"),
-    ({"table_name": "items", "target_db": "copy", "batch_size": True}, "batch_size"),
-    ({"table_name": "items", "target_db": "copy", "batch_size": 1.5}, "batch_size"),
-    ({"tabel_name": "items", "target_db": "copy"}, "tabel_name"),
-    (["items"], "params"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"target_db": "copy"}, "table_name"),
+        ({"table_name": "items"}, "target_db"),
+        ({"table_name": "items; DROP TABLE x", "target_db": "copy"}, "table_name"),
+        ({"table_name": "items`", "target_db": "copy"}, "table_name"),
+        ({"table_name": 5, "target_db": "copy"}, "table_name"),
+        ({"table_name": "items", "target_db": "co`py"}, "target_db"),
+        ({"table_name": "items", "target_db": "a.b"}, "target_db"),
+        ({"table_name": "items", "target_db": "copy", "source_db": "1src"}, "source_db"),
+        ({"table_name": "items", "target_db": "Same", "source_db": "same"}, "target_db"),
+        ({"table_name": "items", "target_db": UNUSED_DB}, "target_db"),  # the configured database
+        ({"table_name": "items", "target_db": "copy", "sync_type": "partial"}, "sync_type"),
+        ({"table_name": "items", "target_db": "copy", "batch_size": 0}, "batch_size"),
+        ({"table_name": "items", "target_db": "copy", "batch_size": 100_001}, "batch_size"),
+        ({"table_name": "items", "target_db": "copy", "batch_size": "10"}, "batch_size"),
+        ({"table_name": "items", "target_db": "copy", "batch_size": True}, "batch_size"),
+        ({"table_name": "items", "target_db": "copy", "batch_size": 1.5}, "batch_size"),
+        ({"tabel_name": "items", "target_db": "copy"}, "tabel_name"),
+        (["items"], "params"),
+    ],
+)
 def test_bad_data_sync_params_fail_permanently_naming_the_field(run, offline_config, params, field):
     with pytest.raises(PermanentFailure, match=rf"^{field}: "):
         run(offline_config, "data_sync", params)
@@ -465,8 +525,10 @@ def test_bad_data_sync_params_fail_permanently_naming_the_field(run, offline_con
 
 
 def add_tasks(db: ScratchDatabase, table: str, statuses: list[int]) -> None:
-    db.executemany(f"INSERT INTO {table} (task_type, task_params, status) VALUES ('x', '{{}}', %s)",
-                   [(int(status),) for status in statuses])
+    db.executemany(
+        f"INSERT INTO {table} (task_type, task_params, status) VALUES ('x', '{{}}', %s)",
+        [(int(status),) for status in statuses],
+    )
 
 
 def read_report(path: Path) -> list[dict[str, str]]:
@@ -484,11 +546,14 @@ def test_report_counts_tasks_by_queue_and_status(run, config, database, tmp_path
     add_tasks(database, "data_sync_tasks", [done, failed, failed])
     database.execute("CREATE TABLE extra_tasks LIKE email_tasks")
     add_tasks(database, "extra_tasks", [cancelled, 9])  # 9: not a status, counted in total only
-    database.executemany("INSERT INTO queue_configs (queue_name, table_name) VALUES (%s, %s)", [
-        ("extra_queue", f"{database.name}.extra_tasks"),
-        ("ghost_queue", "ghost_tasks"),  # its table was dropped
-        ("broken_queue", "bad-name"),  # written by hand: not a valid table name
-    ])
+    database.executemany(
+        "INSERT INTO queue_configs (queue_name, table_name) VALUES (%s, %s)",
+        [
+            ("extra_queue", f"{database.name}.extra_tasks"),
+            ("ghost_queue", "ghost_tasks"),  # its table was dropped
+            ("broken_queue", "bad-name"),  # written by hand: not a valid table name
+        ],
+    )
     # When
     result = run(config, "report", {"title": "weekly", "output_dir": "out/reports"}, task_id=42)
     # Then
@@ -513,8 +578,11 @@ def report_row(queue: str, table: str, *counts: int) -> dict[str, str]:
     # The report's columns, spelled out: they are its contract, which a
     # renamed Status member must not change unnoticed.
     names = ("pending", "running", "done", "failed", "cancelled", "total")
-    return {"queue_name": queue, "table_name": table,
-            **{name: str(count) for name, count in zip(names, counts, strict=True)}}
+    return {
+        "queue_name": queue,
+        "table_name": table,
+        **{name: str(count) for name, count in zip(names, counts, strict=True)},
+    }
 
 
 def test_the_sample_report_task_writes_under_base_dir_reports(run, config, database, tmp_path):
@@ -533,20 +601,22 @@ def test_report_without_params_is_titled_tasks(run, config, database, tmp_path):
     assert path.name.startswith("report-tasks-") and path.parent == tmp_path / "reports"
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"title": "../etc"}, "title"),
-    ({"title": "two words"}, "title"),
-    ({"title": "x" * 51}, "title"),
-    ({"title": ""}, "title"),
-    ({"title": 5}, "title"),
-    ({"title": "naïve"}, "title"),
-    ({"output_dir": ""}, "output_dir"),
-    ({"output_dir": ["reports"]}, "output_dir"),
-    ({"titel": "daily"}, "titel"),
-    (["daily"], "params"),
-])
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"title": "../etc"}, "title"),
+        ({"title": "two words"}, "title"),
+        ({"title": "x" * 51}, "title"),
+        ({"title": ""}, "title"),
+        ({"title": 5}, "title"),
+        ({"title": "naïve"}, "title"),
+        ({"output_dir": ""}, "output_dir"),
+        ({"output_dir": ["reports"]}, "output_dir"),
+        ({"titel": "daily"}, "titel"),
+        (["daily"], "params"),
+    ],
+)
 def test_bad_report_params_fail_permanently_naming_the_field(run, offline_config, tmp_path, params, field):
     with pytest.raises(PermanentFailure, match=rf"^{field}: "):
         run(offline_config, "report", params)
     assert not (tmp_path / "reports").exists()
-

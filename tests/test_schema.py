@@ -15,8 +15,10 @@ def test_init_sql_applies_twice_without_duplicates(db):
     # Given a database where init.sql (with its sample rows) already ran once
     for statement in split_statements(INIT_SQL.read_text()):
         db.execute(statement)
-    counts = {table: db.scalar(f"SELECT COUNT(*) FROM {table}")
-              for table in ("queue_configs", "email_tasks", "data_sync_tasks", "report_tasks")}
+    counts = {
+        table: db.scalar(f"SELECT COUNT(*) FROM {table}")
+        for table in ("queue_configs", "email_tasks", "data_sync_tasks", "report_tasks")
+    }
     # When it runs again
     for statement in split_statements(INIT_SQL.read_text()):
         db.execute(statement)
@@ -48,8 +50,14 @@ def test_an_older_installation_gains_new_own_tables_and_columns_but_no_samples(d
     # Then geventq's own tables and columns exist, with defaults, and the
     # user's choices (no report_tasks, the queue rows) are left as they were
     assert ran_init is False
-    assert db.scalar("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() "
-                     "AND table_name IN ('servers', 'report_tasks')") == 1
+    assert (
+        db.scalar(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() "
+            "AND table_name IN ('servers', 'report_tasks')"
+        )
+        == 1
+    )
     assert db.query("SELECT task_timeout, retention_days FROM queue_configs LIMIT 1") == [
-        {"task_timeout": 0, "retention_days": 0}]
+        {"task_timeout": 0, "retention_days": 0}
+    ]
     assert db.scalar("SELECT COUNT(*) FROM queue_configs") == queues

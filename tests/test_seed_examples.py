@@ -28,26 +28,32 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 # machine's MariaDB and a test database name; plus an smtp section, which the
 # seed leaves to its e-mail handler (see README, Differences from the original).
 SEED_CONFIG = {
-    "database": {"host": "localhost", "port": 3306, "username": "root", "password": "",
-                 "database": "xxljob_executor", "charset": "utf8mb4"},
+    "database": {
+        "host": "localhost",
+        "port": 3306,
+        "username": "root",
+        "password": "",
+        "database": "xxljob_executor",
+        "charset": "utf8mb4",
+    },
     "executor": {"server_id": "server-001"},
     "queue": {"enable": True, "config_sync_interval": 10},
 }
 
 # 管理接口 — the bodies exactly as the document gives them.
-CREATE_QUEUE = '''{
+CREATE_QUEUE = """{
     "queue_name": "new_queue",
     "table_name": "new_tasks",
     "server_id": "server-001",
     "max_workers": 5,
     "scan_interval": 3,
     "status": 1
-  }'''
-UPDATE_QUEUE = '''{
+  }"""
+UPDATE_QUEUE = """{
     "max_workers": 10,
     "server_id": "server-002"
-  }'''
-EMAIL_TASK = '''{
+  }"""
+EMAIL_TASK = """{
     "task_type": "email",
     "task_params": {
       "to": ["user@example.com"],
@@ -57,8 +63,8 @@ EMAIL_TASK = '''{
     },
     "schedule_time": "2024-01-01 10:00:00",
     "max_retries": 3
-  }'''
-DATA_SYNC_TASK = '''{
+  }"""
+DATA_SYNC_TASK = """{
     "task_type": "data_sync",
     "task_params": {
       "source_db": "db1",
@@ -69,7 +75,7 @@ DATA_SYNC_TASK = '''{
     },
     "schedule_time": "2024-01-01 02:00:00",
     "max_retries": 2
-  }'''
+  }"""
 
 # 使用场景示例
 SCENARIO_1 = """
@@ -118,7 +124,7 @@ CREATE TABLE `your_task_table` (
 
 # 自定义任务处理器: the seed's Go handler, an object with Execute(ctx) that
 # parses ctx.JobParam as JSON, in Python; registered as in main.go.
-CUSTOM_HANDLER = '''
+CUSTOM_HANDLER = """
 import json
 from pathlib import Path
 
@@ -134,7 +140,7 @@ class CustomTaskHandler:
 
 
 geventq.register_task_handler("your_task_type", CustomTaskHandler())
-'''
+"""
 
 
 def sql_statements(script: str) -> list[str]:
@@ -179,8 +185,9 @@ def seed(mariadb, tmp_path, inbox):
     started: list[ExecutorProcess] = []
 
     def start(server_id: str) -> ExecutorProcess:
-        process = ExecutorProcess(site.config_path, db, server_id,
-                                  extra_args=["--admin-port", str(free_port())])
+        process = ExecutorProcess(
+            site.config_path, db, server_id, extra_args=["--admin-port", str(free_port())]
+        )
         started.append(process)
         return process.start()
 
@@ -192,8 +199,12 @@ def seed(mariadb, tmp_path, inbox):
 
 def send(server: ExecutorProcess, method: str, path: str, body: str | None = None):
     """A curl of the seed: `-H "Content-Type: application/json" -d '…'`."""
-    return http(method, server.admin_url + path, body.encode() if body is not None else None,
-                headers={"Content-Type": "application/json"})
+    return http(
+        method,
+        server.admin_url + path,
+        body.encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
 
 
 def queues_running(db: TestDatabase, server_id: str) -> list[str]:
@@ -202,8 +213,12 @@ def queues_running(db: TestDatabase, server_id: str) -> list[str]:
 
 
 def wait_running(db: TestDatabase, expected: dict[str, list[str]], timeout: float = 60) -> None:
-    wait_for(lambda: all(queues_running(db, server) == sorted(queues) for server, queues in expected.items()),
-             timeout=timeout, interval=0.2, message=f"queues running as {expected}")
+    wait_for(
+        lambda: all(queues_running(db, server) == sorted(queues) for server, queues in expected.items()),
+        timeout=timeout,
+        interval=0.2,
+        message=f"queues running as {expected}",
+    )
 
 
 def test_the_admin_examples_of_the_seed(seed, inbox):
@@ -220,15 +235,22 @@ def test_the_admin_examples_of_the_seed(seed, inbox):
     assert status == 200
     names = [queue["queue_name"] for queue in answer["data"]]
     assert names == ["email_queue", "data_sync_queue", "report_queue", "new_queue"]
-    assert all(set(queue["counts"]) == {"pending", "running", "done", "failed", "cancelled"}
-               for queue in answer["data"])
+    assert all(
+        set(queue["counts"]) == {"pending", "running", "done", "failed", "cancelled"}
+        for queue in answer["data"]
+    )
     # 更新队列配置: queue 1 (email_queue) moves to server-002, at runtime
     start("server-002")
     status, answer = send(server_1, "PUT", "/admin/queue/update?id=1", UPDATE_QUEUE)
     assert status == 200
     assert (answer["data"]["max_workers"], answer["data"]["server_id"]) == (10, "server-002")
-    wait_running(db, {"server-001": ["data_sync_queue", "report_queue", "new_queue"],
-                      "server-002": ["email_queue", "data_sync_queue", "report_queue"]})
+    wait_running(
+        db,
+        {
+            "server-001": ["data_sync_queue", "report_queue", "new_queue"],
+            "server-002": ["email_queue", "data_sync_queue", "report_queue"],
+        },
+    )
     # 创建邮件任务: it arrives at the SMTP server with that subject and content
     mail, _ = inbox
     status, answer = send(server_1, "POST", "/admin/task/create?table=email_tasks", EMAIL_TASK)
@@ -244,8 +266,9 @@ def test_the_admin_examples_of_the_seed(seed, inbox):
         status, answer = send(server_1, "POST", "/admin/task/create?table=data_sync_tasks", DATA_SYNC_TASK)
         assert status == 201
         sync_id = answer["data"]["id"]
-        wait_for(lambda: db.task("data_sync_tasks", sync_id)["status"] == DONE, timeout=30,
-                 message="data synced")
+        wait_for(
+            lambda: db.task("data_sync_tasks", sync_id)["status"] == DONE, timeout=30, message="data synced"
+        )
         assert target() == source()
     # 删除队列配置
     status, answer = send(server_1, "DELETE", "/admin/queue/delete?id=1")
@@ -256,7 +279,9 @@ def test_the_admin_examples_of_the_seed(seed, inbox):
     status, answer = send(server_1, "GET", "/admin/server/list")
     assert status == 200
     assert {(row["server_id"], row["alive"]) for row in answer["data"]} == {
-        ("server-001", True), ("server-002", True)}
+        ("server-001", True),
+        ("server-002", True),
+    }
 
 
 @contextmanager
@@ -272,8 +297,10 @@ def db1_and_db2(db: TestDatabase):
         for name, rows in (("db1", users), ("db2", users[:700])):
             with db.connect() as conn, conn.cursor() as cur:
                 cur.executemany(f"INSERT INTO {name}.users VALUES (%s, %s)", rows)
-        yield (lambda: db.query("SELECT * FROM db1.users ORDER BY id"),
-               lambda: db.query("SELECT * FROM db2.users ORDER BY id"))
+        yield (
+            lambda: db.query("SELECT * FROM db1.users ORDER BY id"),
+            lambda: db.query("SELECT * FROM db2.users ORDER BY id"),
+        )
     finally:
         for name in ("db1", "db2"):
             db.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -287,19 +314,30 @@ def test_the_sql_scenarios_of_the_seed(seed):
     for statement in sql_statements(SCENARIO_1):
         db.execute(statement)
     servers = {server_id: start(server_id) for server_id in ("server-001", "server-002", "server-003")}
-    wait_running(db, {"server-001": ["email_queue"], "server-002": ["sync_queue"],
-                      "server-003": ["report_queue"]})
+    wait_running(
+        db, {"server-001": ["email_queue"], "server-002": ["sync_queue"], "server-003": ["report_queue"]}
+    )
     # 场景2：动态调整负载 — move the e-mail queue, then open it to any server
     db.execute(SCENARIO_2_MOVE)
     wait_running(db, {"server-001": [], "server-002": ["email_queue", "sync_queue"]})
     db.execute(SCENARIO_2_OPEN)
-    wait_running(db, {"server-001": ["email_queue"], "server-002": ["email_queue", "sync_queue"],
-                      "server-003": ["email_queue", "report_queue"]})
+    wait_running(
+        db,
+        {
+            "server-001": ["email_queue"],
+            "server-002": ["email_queue", "sync_queue"],
+            "server-003": ["email_queue", "report_queue"],
+        },
+    )
     # 场景3：控制并发数 — the pools resize at runtime
     for statement in sql_statements(SCENARIO_3):
         db.execute(statement)
-    wait_for(lambda: pool_sizes(servers["server-002"]) == {"email_queue": 20.0, "sync_queue": 2.0},
-             timeout=60, interval=0.5, message="pools resized")
+    wait_for(
+        lambda: pool_sizes(servers["server-002"]) == {"email_queue": 20.0, "sync_queue": 2.0},
+        timeout=60,
+        interval=0.5,
+        message="pools resized",
+    )
 
 
 def pool_sizes(server: ExecutorProcess) -> dict[str, float]:
@@ -321,15 +359,21 @@ def test_the_task_table_and_handler_interface_of_the_seed(seed, tmp_path):
     for statement in sql_statements(SEED_TASK_TABLE):
         db.execute(statement)
     server = start("server-001")
-    status, _ = send(server, "POST", "/admin/queue/create",
-                     json.dumps({"queue_name": "your_queue", "table_name": "your_task_table",
-                                 "scan_interval": 1}))
+    status, _ = send(
+        server,
+        "POST",
+        "/admin/queue/create",
+        json.dumps({"queue_name": "your_queue", "table_name": "your_task_table", "scan_interval": 1}),
+    )
     assert status == 201
     # 自定义任务处理器: an object whose execute(ctx) parses ctx.job_param as JSON
     out = tmp_path / f"custom-{uuid.uuid4().hex[:6]}.json"
-    status, answer = send(server, "POST", "/admin/task/create?table=your_task_table",
-                          json.dumps({"task_type": "your_task_type",
-                                      "task_params": {"write_to": str(out), "n": 7}}))
+    status, answer = send(
+        server,
+        "POST",
+        "/admin/task/create?table=your_task_table",
+        json.dumps({"task_type": "your_task_type", "task_params": {"write_to": str(out), "n": 7}}),
+    )
     assert status == 201
     task_id = answer["data"]["id"]
     wait_for(lambda: db.task("your_task_table", task_id)["status"] == DONE, timeout=60, message="done")
@@ -351,18 +395,27 @@ def test_the_troubleshooting_list_of_the_seed(seed):
     queues = {q["queue_name"]: q for q in send(server, "GET", "/admin/queue/list")[1]["data"]}
     assert (queues["report_queue"]["status"], queues["data_sync_queue"]["server_id"]) == (0, "server-009")
     # 任务不执行 — a schedule_time in the future waits; the same task due now runs
-    later = db.insert_tasks("email_tasks", "email", params={"to": "a@example.com", "subject": "s",
-                                                            "content": "c", "dry_run": True},
-                            delay_seconds=3600)[0]
-    now = db.insert_tasks("email_tasks", "email", params={"to": "a@example.com", "subject": "s",
-                                                          "content": "c", "dry_run": True})[0]
+    later = db.insert_tasks(
+        "email_tasks",
+        "email",
+        params={"to": "a@example.com", "subject": "s", "content": "c", "dry_run": True},
+        delay_seconds=3600,
+    )[0]
+    now = db.insert_tasks(
+        "email_tasks",
+        "email",
+        params={"to": "a@example.com", "subject": "s", "content": "c", "dry_run": True},
+    )[0]
     wait_for(lambda: db.task("email_tasks", now)["status"] == DONE, timeout=30, message="due task ran")
     assert db.task("email_tasks", later)["status"] == PENDING
     # 任务处理器未找到 — a task_type nobody registered stays pending (while a
     # task queued after it runs); the start-up line lists the registered types
     orphan = db.insert_tasks("email_tasks", "no_such_type")[0]
-    after = db.insert_tasks("email_tasks", "email", params={"to": "a@example.com", "subject": "s",
-                                                            "content": "c", "dry_run": True})[0]
+    after = db.insert_tasks(
+        "email_tasks",
+        "email",
+        params={"to": "a@example.com", "subject": "s", "content": "c", "dry_run": True},
+    )[0]
     wait_for(lambda: db.task("email_tasks", after)["status"] == DONE, timeout=30, message="later task ran")
     assert "handlers: data_sync, email, report, your_task_type" in server.output
     assert db.task("email_tasks", orphan)["status"] == PENDING
@@ -371,7 +424,12 @@ def test_the_troubleshooting_list_of_the_seed(seed):
     config["database"]["port"] = free_port()
     broken = site.folder / "broken.json"
     broken.write_text(json.dumps(config))
-    result = subprocess.run([sys.executable, "-m", "geventq", "--config", str(broken), "--admin-port", "0"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "geventq", "--config", str(broken), "--admin-port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert f"cannot reach MySQL at localhost:{config['database']['port']}" in result.stdout + result.stderr

@@ -15,8 +15,10 @@ PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
 def max_overlap(intervals) -> int:
     """Largest number of (start, end) intervals open at one instant."""
-    events = sorted([(start, 1) for start, end in intervals] + [(end, -1) for start, end in intervals],
-                    key=lambda event: (event[0], event[1]))
+    events = sorted(
+        [(start, 1) for start, end in intervals] + [(end, -1) for start, end in intervals],
+        key=lambda event: (event[0], event[1]),
+    )
     running = peak = 0
     for _, step in events:
         running += step
@@ -25,8 +27,11 @@ def max_overlap(intervals) -> int:
 
 
 def executions(db, task_type_table="q_tasks"):
-    return db.query("SELECT task_id, retry_count, server_id, started_at, finished_at FROM executions "
-                    "WHERE table_name = %s", (task_type_table,))
+    return db.query(
+        "SELECT task_id, retry_count, server_id, started_at, finished_at FROM executions "
+        "WHERE table_name = %s",
+        (task_type_table,),
+    )
 
 
 def running_queue_on(db, server_ids, queue_name: str) -> bool:
@@ -81,10 +86,16 @@ def test_pinned_queues_run_only_on_their_server(db, executors):
     db.insert_tasks("qb_tasks", "record", 30)
     executors.start("s1")
     executors.start("s2")
-    wait_for(lambda: db.status_counts("qa_tasks") == {DONE: 30}
-             and db.status_counts("qb_tasks") == {DONE: 30})
-    servers = {row["table_name"]: row["servers"] for row in db.query(
-        "SELECT table_name, GROUP_CONCAT(DISTINCT server_id) AS servers FROM executions GROUP BY table_name")}
+    wait_for(
+        lambda: db.status_counts("qa_tasks") == {DONE: 30} and db.status_counts("qb_tasks") == {DONE: 30}
+    )
+    servers = {
+        row["table_name"]: row["servers"]
+        for row in db.query(
+            "SELECT table_name, GROUP_CONCAT(DISTINCT server_id) AS servers "
+            "FROM executions GROUP BY table_name"
+        )
+    }
     assert servers == {"qa_tasks": "s1", "qb_tasks": "s2"}
 
 
@@ -144,8 +155,13 @@ def test_resize_up_and_down_at_runtime(db, executors):
     assert concurrency_between(db, up_at + timedelta(seconds=0.8), down_at) == 6
     assert concurrency_between(db, down_at + timedelta(seconds=0.8), end_at) == 1
     # No running task was cancelled by a resize (each ran once, to its end)
-    assert db.scalar("SELECT COUNT(*) FROM executions WHERE finished_at IS NULL AND started_at < %s",
-                     (end_at - timedelta(seconds=0.5),)) == 0
+    assert (
+        db.scalar(
+            "SELECT COUNT(*) FROM executions WHERE finished_at IS NULL AND started_at < %s",
+            (end_at - timedelta(seconds=0.5),),
+        )
+        == 0
+    )
     counts = db.query("SELECT COUNT(*) AS runs, COUNT(DISTINCT task_id) AS tasks FROM executions")[0]
     assert counts["runs"] == counts["tasks"]
 
@@ -242,8 +258,13 @@ def test_killing_every_connection_twice_loses_and_doubles_nothing(db, executors,
 
 
 def kill_connections(db) -> int:
-    ids = [row["ID"] for row in db.query(
-        "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (db.name,))]
+    ids = [
+        row["ID"]
+        for row in db.query(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+            (db.name,),
+        )
+    ]
     for connection_id in ids:
         try:
             db.execute(f"KILL {int(connection_id)}")

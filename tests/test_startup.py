@@ -14,8 +14,14 @@ from tests.support import REPO, ExecutorProcess, TestDatabase, free_port, http, 
 
 def run_executor(config_path, *args, timeout=30, env=None):
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "geventq", "--config", str(config_path), *args],
-                            cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "geventq", "--config", str(config_path), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     return result.returncode, result.stdout + result.stderr, time.monotonic() - started
 
 
@@ -36,13 +42,16 @@ def test_fresh_database_is_created_with_schema_and_samples(mariadb, tmp_path):
         fresh.drop()
 
 
-@pytest.mark.parametrize(("section", "values", "named"), [
-    ("executor", {"heartbeat_intervall": 5}, "executor.heartbeat_intervall"),
-    ("executor", {"heartbeat_interval": "fast"}, "executor.heartbeat_interval"),
-    ("admin", {"port": 70000}, "admin.port"),
-    ("admin", {"host": "0.0.0.0", "token": ""}, "admin.token"),
-    ("queue", {"config_sync_interval": -1}, "queue.config_sync_interval"),
-])
+@pytest.mark.parametrize(
+    ("section", "values", "named"),
+    [
+        ("executor", {"heartbeat_intervall": 5}, "executor.heartbeat_intervall"),
+        ("executor", {"heartbeat_interval": "fast"}, "executor.heartbeat_interval"),
+        ("admin", {"port": 70000}, "admin.port"),
+        ("admin", {"host": "0.0.0.0", "token": ""}, "admin.token"),
+        ("queue", {"config_sync_interval": -1}, "queue.config_sync_interval"),
+    ],
+)
 def test_config_errors_exit_non_zero_naming_the_key(db, tmp_path, section, values, named):
     config_path = write_config(tmp_path, db, **{section: values})
     code, output, _ = run_executor(config_path)
@@ -91,15 +100,18 @@ def test_two_handlers_for_one_type_stop_start_up(db, tmp_path):
     handlers.mkdir()
     for name in ("one", "two"):
         (handlers / f"{name}.py").write_text(
-            "from geventq import task_handler\n\n@task_handler('dup')\ndef run(ctx):\n    pass\n")
+            "from geventq import task_handler\n\n@task_handler('dup')\ndef run(ctx):\n    pass\n"
+        )
     code, output, _ = run_executor(write_config(tmp_path, db), "--handlers", str(handlers))
     assert code != 0
     assert "'dup'" in output and "registered twice" in output
 
 
 def test_server_id_alive_on_another_host_is_refused(db, tmp_path):
-    db.execute("INSERT INTO servers (server_id, host, pid, state, last_heartbeat) "
-               "VALUES ('server-001', 'elsewhere', 4242, 'online', NOW(3))")
+    db.execute(
+        "INSERT INTO servers (server_id, host, pid, state, last_heartbeat) "
+        "VALUES ('server-001', 'elsewhere', 4242, 'online', NOW(3))"
+    )
     code, output, _ = run_executor(write_config(tmp_path, db))
     assert code != 0
     assert "server-001" in output and "elsewhere" in output
@@ -108,8 +120,13 @@ def test_server_id_alive_on_another_host_is_refused(db, tmp_path):
 def test_environment_overrides_the_file(db, tmp_path):
     env = {**os.environ, "GEVENTQ_SERVER_ID": "from-env"}
     config_path = write_config(tmp_path, db)
-    process = subprocess.Popen([sys.executable, "-m", "geventq", "--config", str(config_path)],
-                               cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geventq", "--config", str(config_path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: db.scalar("SELECT state FROM servers WHERE server_id = 'from-env'") == "online")
     finally:

@@ -12,8 +12,13 @@ from tests.support import REPO, free_port, write_config
 
 
 def status(config_path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "geventq", "status", "--config", str(config_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "geventq", "status", "--config", str(config_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def rows_of(output: str, section: str) -> dict[str, dict[str, str]]:
@@ -25,7 +30,7 @@ def rows_of(output: str, section: str) -> dict[str, dict[str, str]]:
     starts = [match.start() for match in re.finditer(r"(?<=  )\S+(?: \S+)*", header)]
     titles = [header[begin:end].strip() for begin, end in zip(starts, [*starts[1:], None], strict=True)]
     rows = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("  ") or line.startswith("  !"):
             break
         cells = re.split(r" {2,}", line.strip())
@@ -40,12 +45,17 @@ def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
     db.add_queue("paused", "paused_tasks", status=0)
     for task_status, count in zip(Status, (4, 2, 5, 1, 3), strict=True):
         for _ in range(count):
-            db.execute("INSERT INTO order_tasks (task_type, status, schedule_time) "
-                       "VALUES ('x', %s, NOW(3) - INTERVAL 90 SECOND)", (int(task_status),))
+            db.execute(
+                "INSERT INTO order_tasks (task_type, status, schedule_time) "
+                "VALUES ('x', %s, NOW(3) - INTERVAL 90 SECOND)",
+                (int(task_status),),
+            )
     db.insert_tasks("order_tasks", "x", 1, delay_seconds=3600)  # pending, not yet due
-    db.execute("INSERT INTO servers (server_id, host, pid, state, queues, running, last_heartbeat) "
-               "VALUES ('server-007', 'web-7', 4242, 'online', '[\"orders\"]', 2, NOW(3)), "
-               "('server-old', 'web-1', 99, 'offline', '[]', 0, NOW(3) - INTERVAL 1 HOUR)")
+    db.execute(
+        "INSERT INTO servers (server_id, host, pid, state, queues, running, last_heartbeat) "
+        "VALUES ('server-007', 'web-7', 4242, 'online', '[\"orders\"]', 2, NOW(3)), "
+        "('server-old', 'web-1', 99, 'offline', '[]', 0, NOW(3) - INTERVAL 1 HOUR)"
+    )
     config = write_config(tmp_path, db)
 
     # When the status command runs
@@ -56,9 +66,19 @@ def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
     assert db.name in result.stdout.splitlines()[0]
     queues = rows_of(result.stdout, "Queues")
     assert queues["orders"] == {
-        "QUEUE": "orders", "TABLE": "order_tasks", "SERVER": "server-007", "WORKERS": "12", "SCAN": "3s",
-        "ENABLED": "yes", "PENDING": "5", "RUNNING": "2", "DONE": "5", "FAILED": "1", "CANCELLED": "3",
-        "OLDEST DUE": queues["orders"]["OLDEST DUE"]}
+        "QUEUE": "orders",
+        "TABLE": "order_tasks",
+        "SERVER": "server-007",
+        "WORKERS": "12",
+        "SCAN": "3s",
+        "ENABLED": "yes",
+        "PENDING": "5",
+        "RUNNING": "2",
+        "DONE": "5",
+        "FAILED": "1",
+        "CANCELLED": "3",
+        "OLDEST DUE": queues["orders"]["OLDEST DUE"],
+    }
     assert re.fullmatch(r"1m3\ds", queues["orders"]["OLDEST DUE"])
     assert queues["paused"]["SERVER"] == "any" and queues["paused"]["ENABLED"] == "no"
     assert queues["paused"]["PENDING"] == "0" and queues["paused"]["OLDEST DUE"] == "-"
@@ -90,6 +110,7 @@ def test_status_names_the_database_it_cannot_reach(db, tmp_path):
 def test_status_says_how_to_create_a_missing_schema(mariadb, tmp_path):
     # Given a config naming a database that does not exist
     from tests.support import TestDatabase
+
     missing = TestDatabase()
 
     # When the status command runs

@@ -25,16 +25,22 @@ from tests.bench.workloads import WORKLOADS, Context, Sizes
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller counts for a smoke run (W1 2,000 tasks, W5 10,000, ...)")
-    parser.add_argument("--only", metavar="LIST",
-                        help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller counts for a smoke run (W1 2,000 tasks, W5 10,000, ...)"
+    )
+    parser.add_argument(
+        "--only", metavar="LIST", help=f"comma-separated subset of {','.join(WORKLOADS)} (default: all)"
+    )
     parser.add_argument("--out", default="bench-results", help="output folder (default: bench-results)")
-    parser.add_argument("--profile", action="store_true",
-                        help="sample every executor and ceiling loop with py-spy into DIR/profile-*.txt "
-                             "and print the hot spots (pip install py-spy)")
-    parser.add_argument("--database", default="geventq_bench",
-                        help="database to drop and recreate (default: geventq_bench)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every executor and ceiling loop with py-spy into DIR/profile-*.txt "
+        "and print the hot spots (pip install py-spy)",
+    )
+    parser.add_argument(
+        "--database", default="geventq_bench", help="database to drop and recreate (default: geventq_bench)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3306)
     parser.add_argument("--user", default="root")
@@ -53,8 +59,9 @@ def selected(only: str | None) -> list[str]:
     by_lower = {name.lower(): name for name in WORKLOADS}
     unknown = [name for name in wanted if name.lower() not in by_lower]
     if unknown:
-        raise SystemExit(f"--only: unknown workload(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(WORKLOADS)}")
+        raise SystemExit(
+            f"--only: unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}"
+        )
     chosen = {by_lower[name.lower()] for name in wanted}
     return [name for name in WORKLOADS if name in chosen]  # ceiling first: the others are ratios to it
 
@@ -72,12 +79,19 @@ class Progress:
 def machine(db: BenchDB) -> dict[str, Any]:
     import gevent
     import pymysql
+
     version = db.scalar("SELECT VERSION() AS v")
     cpus = os.cpu_count()
-    return {"cpus": cpus, "python": platform.python_version(), "gevent": gevent.__version__,
-            "pymysql": pymysql.__version__, "server": version, "platform": platform.platform(),
-            "summary": f"{cpus} cores, Python {platform.python_version()}, gevent {gevent.__version__}, "
-                       f"MariaDB/MySQL {version.split('-')[0]}"}
+    return {
+        "cpus": cpus,
+        "python": platform.python_version(),
+        "gevent": gevent.__version__,
+        "pymysql": pymysql.__version__,
+        "server": version,
+        "platform": platform.platform(),
+        "summary": f"{cpus} cores, Python {platform.python_version()}, gevent {gevent.__version__}, "
+        f"MariaDB/MySQL {version.split('-')[0]}",
+    }
 
 
 def run_workload(name: str, ctx: Context) -> dict[str, Any]:
@@ -108,8 +122,11 @@ def profiles(results: dict[str, Any]) -> list[tuple[str, dict]]:
     for name in ("W1", *[n for n in WORKLOADS if n != "W1"]):
         entry = results.get(name) or {}
         if name == "ceiling":
-            found += [(f"ceiling {mode}", run["profile"]) for mode, run in entry.items()
-                      if isinstance(run, dict) and run.get("profile")]
+            found += [
+                (f"ceiling {mode}", run["profile"])
+                for mode, run in entry.items()
+                if isinstance(run, dict) and run.get("profile")
+            ]
         else:
             servers = entry.get("profile") or {}
             found += [(f"{name} {server}", summary) for server, summary in servers.items()]
@@ -126,9 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"recreating database {args.database}")
     db.recreate()
     sizes = Sizes.quick() if args.quick else Sizes()
-    results: dict[str, Any] = {"command": "python -m tests.bench " + " ".join(argv or sys.argv[1:]),
-                               "started_at": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": args.quick,
-                               "sizes": sizes.__dict__, "machine": machine(db)}
+    results: dict[str, Any] = {
+        "command": "python -m tests.bench " + " ".join(argv or sys.argv[1:]),
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "quick": args.quick,
+        "sizes": sizes.__dict__,
+        "machine": machine(db),
+    }
     profile_dir = None
     if args.profile:
         if not profile.available():
@@ -146,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + profile.format_summary(name, summary))
     report.write_json(out / "results.json", results, rows)
     why_not = report.write_chart(out / "chart.png", results)
-    progress(f"wrote {out / 'results.json'}" + (f"; chart skipped: {why_not}" if why_not
-                                                 else f" and {out / 'chart.png'}"))
+    progress(
+        f"wrote {out / 'results.json'}"
+        + (f"; chart skipped: {why_not}" if why_not else f" and {out / 'chart.png'}")
+    )
     db.close()
     return 0
 

@@ -21,14 +21,32 @@ import pymysql
 from geventq.schema import INIT_SQL, split_statements
 
 # The counters of SHOW GLOBAL STATUS that the statements-per-task figure reads.
-STATUS_COUNTERS = ("Com_select", "Com_update", "Com_insert", "Com_delete", "Com_commit",
-                   "Com_begin", "Com_rollback", "Com_set_option", "Questions", "Connections",
-                   "Innodb_buffer_pool_pages_dirty")
+STATUS_COUNTERS = (
+    "Com_select",
+    "Com_update",
+    "Com_insert",
+    "Com_delete",
+    "Com_commit",
+    "Com_begin",
+    "Com_rollback",
+    "Com_set_option",
+    "Questions",
+    "Connections",
+    "Innodb_buffer_pool_pages_dirty",
+)
 
 # First word of a statement -> the Com_ counter the server bumps for it.
-_VERB_COUNTER = {"SELECT": "Com_select", "UPDATE": "Com_update", "INSERT": "Com_insert",
-                 "DELETE": "Com_delete", "COMMIT": "Com_commit", "BEGIN": "Com_begin",
-                 "ROLLBACK": "Com_rollback", "SET": "Com_set_option", "SHOW": "Com_show_status"}
+_VERB_COUNTER = {
+    "SELECT": "Com_select",
+    "UPDATE": "Com_update",
+    "INSERT": "Com_insert",
+    "DELETE": "Com_delete",
+    "COMMIT": "Com_commit",
+    "BEGIN": "Com_begin",
+    "ROLLBACK": "Com_rollback",
+    "SET": "Com_set_option",
+    "SHOW": "Com_show_status",
+}
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 INSERT_CHUNK = 5000
@@ -63,9 +81,17 @@ class BenchDB:
 
     def connect(self, database: str | None) -> pymysql.connections.Connection:
         s = self.server
-        return pymysql.connect(host=s.host, port=s.port, user=s.user, password=s.password,
-                               database=database, autocommit=True, charset="utf8mb4",
-                               cursorclass=pymysql.cursors.DictCursor, read_timeout=600)
+        return pymysql.connect(
+            host=s.host,
+            port=s.port,
+            user=s.user,
+            password=s.password,
+            database=database,
+            autocommit=True,
+            charset="utf8mb4",
+            cursorclass=pymysql.cursors.DictCursor,
+            read_timeout=600,
+        )
 
     @property
     def conn(self) -> pymysql.connections.Connection:
@@ -143,12 +169,15 @@ class BenchDB:
         self.execute(f"DROP TABLE IF EXISTS {ident(name)}")
         self.execute(f"CREATE TABLE {ident(name)} LIKE email_tasks")
 
-    def add_queue(self, queue: str, table: str, *, max_workers: int, scan_interval: int,
-                  server_id: str = "") -> None:
+    def add_queue(
+        self, queue: str, table: str, *, max_workers: int, scan_interval: int, server_id: str = ""
+    ) -> None:
         self.task_table(table)
-        self.execute("INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, "
-                     "scan_interval, status) VALUES (%s, %s, %s, %s, %s, 1)",
-                     (queue, table, server_id, max_workers, scan_interval))
+        self.execute(
+            "INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, "
+            "scan_interval, status) VALUES (%s, %s, %s, %s, %s, 1)",
+            (queue, table, server_id, max_workers, scan_interval),
+        )
 
     # --- inserting ---------------------------------------------------------------
 
@@ -160,18 +189,22 @@ class BenchDB:
         for start in range(0, count, INSERT_CHUNK):
             rows = min(INSERT_CHUNK, count - start)
             values = ",".join(["(%s,%s)"] * rows)
-            self.execute(f"INSERT INTO {ident(table)} (task_type, task_params) VALUES {values}",
-                         [task_type, text] * rows)
+            self.execute(
+                f"INSERT INTO {ident(table)} (task_type, task_params) VALUES {values}",
+                [task_type, text] * rows,
+            )
         self.commit()
 
     def insert_finished(self, table: str, count: int) -> str:
         """`count` done tasks with old schedule times, in one INSERT … SELECT
         from MariaDB's sequence engine (doubling the table where it is missing)."""
-        sql = (f"INSERT INTO {ident(table)} (task_type, task_params, status, schedule_time, "
-               "start_time, end_time, server_id, created_at) "
-               "SELECT 'bench_noop', '{}', 2, t, t, t + INTERVAL 0.002 SECOND, 'bench-old', t "
-               "FROM (SELECT NOW(3) - INTERVAL 40 DAY + INTERVAL seq SECOND AS t "
-               f"FROM seq_1_to_{int(count)}) AS s")
+        sql = (
+            f"INSERT INTO {ident(table)} (task_type, task_params, status, schedule_time, "
+            "start_time, end_time, server_id, created_at) "
+            "SELECT 'bench_noop', '{}', 2, t, t, t + INTERVAL 0.002 SECOND, 'bench-old', t "
+            "FROM (SELECT NOW(3) - INTERVAL 40 DAY + INTERVAL seq SECOND AS t "
+            f"FROM seq_1_to_{int(count)}) AS s"
+        )
         try:
             self.execute(sql)
             return "INSERT … SELECT FROM seq_1_to_N"
@@ -181,17 +214,22 @@ class BenchDB:
 
     def _insert_finished_by_doubling(self, table: str, count: int) -> None:
         t = ident(table)
-        self.execute(f"INSERT INTO {t} (task_type, task_params, status, schedule_time, start_time, "
-                     "end_time, server_id, created_at) VALUES ('bench_noop', '{}', 2, "
-                     "NOW(3) - INTERVAL 40 DAY, NOW(3) - INTERVAL 40 DAY, NOW(3) - INTERVAL 40 DAY, "
-                     "'bench-old', NOW(3) - INTERVAL 40 DAY)")
+        self.execute(
+            f"INSERT INTO {t} (task_type, task_params, status, schedule_time, start_time, "
+            "end_time, server_id, created_at) VALUES ('bench_noop', '{}', 2, "
+            "NOW(3) - INTERVAL 40 DAY, NOW(3) - INTERVAL 40 DAY, NOW(3) - INTERVAL 40 DAY, "
+            "'bench-old', NOW(3) - INTERVAL 40 DAY)"
+        )
         have = 1
         while have < count:
             take = min(have, count - have)
-            self.execute(f"INSERT INTO {t} (task_type, task_params, status, schedule_time, start_time, "
-                         "end_time, server_id, created_at) SELECT task_type, task_params, status, "
-                         "schedule_time + INTERVAL id SECOND, start_time, end_time, server_id, created_at "
-                         f"FROM {t} WHERE status = 2 LIMIT %s", (take,))
+            self.execute(
+                f"INSERT INTO {t} (task_type, task_params, status, schedule_time, start_time, "
+                "end_time, server_id, created_at) SELECT task_type, task_params, status, "
+                "schedule_time + INTERVAL id SECOND, start_time, end_time, server_id, created_at "
+                f"FROM {t} WHERE status = 2 LIMIT %s",
+                (take,),
+            )
             have += take
 
     # --- reading -------------------------------------------------------------------
@@ -212,10 +250,13 @@ class BenchDB:
     def other_clients(self) -> int:
         """Client connections other than ours: their statements would pollute
         the global counters."""
-        return int(self.scalar(
-            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
-            "WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Binlog Dump') "
-            "AND USER NOT IN ('system user', 'event_scheduler')"))
+        return int(
+            self.scalar(
+                "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST "
+                "WHERE ID <> CONNECTION_ID() AND COMMAND NOT IN ('Daemon', 'Binlog Dump') "
+                "AND USER NOT IN ('system user', 'event_scheduler')"
+            )
+        )
 
     def index_on(self, table: str, columns: Sequence[str]) -> str | None:
         """The name of the index whose leading columns are `columns`."""
@@ -224,6 +265,6 @@ class BenchDB:
         for row in rows:
             by_name.setdefault(row["Key_name"], []).append((row["Seq_in_index"], row["Column_name"]))
         for name, parts in by_name.items():
-            if [column for _, column in sorted(parts)][:len(columns)] == list(columns):
+            if [column for _, column in sorted(parts)][: len(columns)] == list(columns):
                 return name
         return None

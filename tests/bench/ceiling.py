@@ -23,9 +23,11 @@ import json
 import sys
 import time
 
-CLAIM = ("SELECT id, task_type, task_params, retry_count, max_retries, schedule_time, created_at "
-         "FROM {table} WHERE status = 0 AND schedule_time <= NOW(3) AND task_type IN %s "
-         "ORDER BY schedule_time, id LIMIT %s FOR UPDATE SKIP LOCKED")
+CLAIM = (
+    "SELECT id, task_type, task_params, retry_count, max_retries, schedule_time, created_at "
+    "FROM {table} WHERE status = 0 AND schedule_time <= NOW(3) AND task_type IN %s "
+    "ORDER BY schedule_time, id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
 MARK_RUNNING = "UPDATE {table} SET status = 1, server_id = 'ceiling', start_time = NOW(3) WHERE id IN %s"
 MARK_DONE_BATCH = "UPDATE {table} SET status = 2, end_time = NOW(3) WHERE id IN %s"
 MARK_DONE_ONE = "UPDATE {table} SET status = 2, end_time = NOW(3) WHERE id = %s"
@@ -44,9 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--mode", choices=["batched", "per-task"], default="batched")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each task sleeps (0: no-op)")
-    parser.add_argument("--handshake", action="store_true",
-                        help="print 'ready' once connected and wait for a line on stdin before the loop "
-                             "(so a profiler can attach after the set-up)")
+    parser.add_argument(
+        "--handshake",
+        action="store_true",
+        help="print 'ready' once connected and wait for a line on stdin before the loop "
+        "(so a profiler can attach after the set-up)",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,9 +66,14 @@ def run(args: argparse.Namespace) -> dict:
 
     def connect():
         return pymysql.connect(
-            host=args.host, port=args.port, user=args.user, password=args.password,
-            database=args.database, autocommit=True,
-            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            host=args.host,
+            port=args.port,
+            user=args.user,
+            password=args.password,
+            database=args.database,
+            autocommit=True,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        )
 
     connections: Queue = Queue()
     for _ in range(args.concurrency if args.mode == "per-task" else 8):
@@ -104,6 +114,7 @@ def run(args: argparse.Namespace) -> dict:
         write(MARK_DONE_BATCH, ids)
 
     import resource
+
     pool = Pool(args.concurrency)
     finishers = []
     claimed, claims, started = 0, 0, time.monotonic()
@@ -126,13 +137,19 @@ def run(args: argparse.Namespace) -> dict:
     gevent.joinall(finishers)
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    return {"mode": args.mode, "tasks": claimed, "claims": claims,
-            "mean_batch": claimed / max(claims, 1), "wall_s": time.monotonic() - started,
-            "loop_cpu_s": cpu}
+    return {
+        "mode": args.mode,
+        "tasks": claimed,
+        "claims": claims,
+        "mean_batch": claimed / max(claims, 1),
+        "wall_s": time.monotonic() - started,
+        "loop_cpu_s": cpu,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     from gevent import monkey
+
     monkey.patch_all()
     print(json.dumps(run(parse_args(argv))))
     return 0

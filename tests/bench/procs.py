@@ -30,8 +30,13 @@ def write_config(workdir: Path, db: BenchDB, port: int | None = None) -> Path:
     the executor at the statement-counting proxy instead of the server."""
     host = "127.0.0.1" if port else db.server.host
     config = {
-        "database": {"host": host, "port": port or db.server.port, "username": db.server.user,
-                     "password": db.server.password, "database": db.database},
+        "database": {
+            "host": host,
+            "port": port or db.server.port,
+            "username": db.server.user,
+            "password": db.server.password,
+            "database": db.database,
+        },
         "admin": {"port": 0},
         "handlers": {"paths": [str(BENCH_HANDLERS)]},
         "log": {"dir": str(workdir / "logs")},
@@ -63,8 +68,19 @@ class Executor:
         `profile_now` is False (then `attach_profiler` later)."""
         with open(self.output_path, "wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "geventq", "--config", str(self.config),
-                 "--server-id", self.server_id], cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "geventq",
+                    "--config",
+                    str(self.config),
+                    "--server-id",
+                    self.server_id,
+                ],
+                cwd=REPO,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         if profile_now:
             self.attach_profiler()
         return self
@@ -77,8 +93,9 @@ class Executor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive()
-            rows = self.db.query("SELECT state, pid, admin_address FROM servers WHERE server_id = %s",
-                                 (self.server_id,))
+            rows = self.db.query(
+                "SELECT state, pid, admin_address FROM servers WHERE server_id = %s", (self.server_id,)
+            )
             if rows and rows[0]["state"] == "online" and rows[0]["pid"] == self.pid:
                 return
             time.sleep(0.05)
@@ -86,13 +103,13 @@ class Executor:
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
-            raise RuntimeError(f"executor {self.server_id} exited with {self.process.returncode}:\n"
-                               f"{self.output_tail()}")
+            raise RuntimeError(
+                f"executor {self.server_id} exited with {self.process.returncode}:\n{self.output_tail()}"
+            )
 
     @property
     def admin_url(self) -> str:
-        address = self.db.scalar("SELECT admin_address FROM servers WHERE server_id = %s",
-                                 (self.server_id,))
+        address = self.db.scalar("SELECT admin_address FROM servers WHERE server_id = %s", (self.server_id,))
         return f"http://{address}"
 
     def cpu_s(self) -> float | None:
@@ -141,14 +158,20 @@ class Executor:
 
 
 @contextmanager
-def executors(db: BenchDB, workdir: Path, server_ids: list[str], profile_dir: Path | None = None,
-              port: int | None = None):
+def executors(
+    db: BenchDB,
+    workdir: Path,
+    server_ids: list[str],
+    profile_dir: Path | None = None,
+    port: int | None = None,
+):
     """The executors of one workload (started by the caller); always stopped.
     With `profile_dir`, py-spy samples each into profile-{server_id}.txt."""
     config = write_config(workdir, db, port)
-    started = [Executor(config, server_id, db,
-                        profile_dir / f"profile-{server_id}.txt" if profile_dir else None)
-               for server_id in server_ids]
+    started = [
+        Executor(config, server_id, db, profile_dir / f"profile-{server_id}.txt" if profile_dir else None)
+        for server_id in server_ids
+    ]
     try:
         yield started
     finally:
@@ -203,5 +226,3 @@ def remove_job_logs(workdir: Path) -> int:
                     os.unlink(entry.path)
                     removed += 1
     return removed
-
-

@@ -46,9 +46,24 @@ def start(pid: int, output: Path) -> subprocess.Popen | None:
     if exe is None:
         return None
     log = open(output.with_suffix(".log"), "wb")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking",
-                                "--threads", "--format", "raw", "--output", str(output)],
-                               stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            exe,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(RATE),
+            "--nonblocking",
+            "--threads",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     time.sleep(0.2)  # let it attach before the workload starts
     return process
@@ -75,8 +90,10 @@ def _function(frame: str) -> str:
 
 # A native thread is named by a function only it runs; every other sample is
 # the hub's (the main thread, running whichever greenlet is current).
-THREAD_MARKERS = {"JobLogs._write_loop": "job-log writer thread",
-                  "Heartbeat._thread_main": "heartbeat thread"}
+THREAD_MARKERS = {
+    "JobLogs._write_loop": "job-log writer thread",
+    "Heartbeat._thread_main": "heartbeat thread",
+}
 HUB = "hub (main) thread"
 
 
@@ -90,8 +107,9 @@ def summarize(path: Path, top: int = 15, seconds: float | None = None) -> dict[s
             continue
         parts = match.group("stack").split(";")
         thread = parts[0] if parts and parts[0].startswith("thread ") else "thread ?"
-        frames = [_function(frame) for frame in parts
-                  if frame and not frame.startswith(("process ", "thread "))]
+        frames = [
+            _function(frame) for frame in parts if frame and not frame.startswith(("process ", "thread "))
+        ]
         if frames:
             stacks.append((thread, frames, int(match.group("count"))))
     names: dict[str, str] = {}
@@ -113,21 +131,38 @@ def summarize(path: Path, top: int = 15, seconds: float | None = None) -> dict[s
 
     def share(counter: Counter[str]) -> list[list]:
         return [[name, round(100 * n / total, 1)] for name, n in counter.most_common(top)] if total else []
-    threads = {name: {"samples": n, "pct_of_samples": round(100 * n / total, 1) if total else 0,
-                      "cpu_share_of_wall": round(n / (RATE * seconds), 2) if seconds else None}
-               for name, n in by_thread.most_common()}
-    return {"file": path.name, "samples": total, "rate_hz": RATE, "seconds": seconds, "threads": threads,
-            "hub_self_pct": share(own), "hub_inclusive_pct": share(inclusive)}
+
+    threads = {
+        name: {
+            "samples": n,
+            "pct_of_samples": round(100 * n / total, 1) if total else 0,
+            "cpu_share_of_wall": round(n / (RATE * seconds), 2) if seconds else None,
+        }
+        for name, n in by_thread.most_common()
+    }
+    return {
+        "file": path.name,
+        "samples": total,
+        "rate_hz": RATE,
+        "seconds": seconds,
+        "threads": threads,
+        "hub_self_pct": share(own),
+        "hub_inclusive_pct": share(inclusive),
+    }
 
 
 def format_summary(name: str, summary: dict[str, Any], top: int = 12) -> str:
     lines = [f"{name}: {summary['samples']:,} busy samples at {summary['rate_hz']} Hz ({summary['file']})"]
     for thread, figures in summary["threads"].items():
         busy = figures["cpu_share_of_wall"]
-        lines.append(f"  {figures['pct_of_samples']:5.1f}% of samples in the {thread}"
-                     + (f" (busy {busy:.0%} of the time sampled)" if busy is not None else ""))
-    lines += ["  hub self %   function",
-              *(f"  {pct:10.1f}   {fn}" for fn, pct in summary["hub_self_pct"][:top]),
-              "  hub incl %   function",
-              *(f"  {pct:10.1f}   {fn}" for fn, pct in summary["hub_inclusive_pct"][:top])]
+        lines.append(
+            f"  {figures['pct_of_samples']:5.1f}% of samples in the {thread}"
+            + (f" (busy {busy:.0%} of the time sampled)" if busy is not None else "")
+        )
+    lines += [
+        "  hub self %   function",
+        *(f"  {pct:10.1f}   {fn}" for fn, pct in summary["hub_self_pct"][:top]),
+        "  hub incl %   function",
+        *(f"  {pct:10.1f}   {fn}" for fn, pct in summary["hub_inclusive_pct"][:top]),
+    ]
     return "\n".join(lines)

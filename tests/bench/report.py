@@ -25,9 +25,9 @@ class Row:
     workload: str
     figure: str
     value: str
-    ratio: str = ""      # to the batched ceiling (or the ceiling's own figure of that kind)
+    ratio: str = ""  # to the batched ceiling (or the ceiling's own figure of that kind)
     target: str = ""
-    verdict: str = ""    # met | MISSED | n/a | ""
+    verdict: str = ""  # met | MISSED | n/a | ""
 
 
 def get(results: dict, *path: str) -> Any:
@@ -42,7 +42,7 @@ def get(results: dict, *path: str) -> Any:
 def one_line(text: str, limit: int = 90) -> str:
     """The first line of a reason, cut to fit a table cell."""
     first = (text or "").strip().splitlines()[0] if (text or "").strip() else ""
-    return first if len(first) <= limit else first[:limit - 1] + "…"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _num(value: Any, fmt: str = ",.0f", unit: str = "") -> str:
@@ -101,14 +101,24 @@ def _ceiling_rows(results: dict, ceiling: float | None) -> list[Row]:
         return skipped
     return [
         Row("ceiling, batched", "tasks/s", _num(ceiling), "1.00"),
-        Row("ceiling, per-task UPDATE", "tasks/s", _num(get(results, "ceiling", "per_task", "tasks_per_s")),
-            _ratio(get(results, "ceiling", "per_task", "tasks_per_s"), ceiling)),
+        Row(
+            "ceiling, per-task UPDATE",
+            "tasks/s",
+            _num(get(results, "ceiling", "per_task", "tasks_per_s")),
+            _ratio(get(results, "ceiling", "per_task", "tasks_per_s"), ceiling),
+        ),
         Row("ceiling, batched", CPU_FIGURE, _cpu(results, "ceiling", "batched")),
         Row("ceiling, per-task UPDATE", CPU_FIGURE, _cpu(results, "ceiling", "per_task")),
-        Row("ceiling, batched", "SQL statements/task (counting proxy)",
-            _num(get(results, "ceiling", "batched", "sql_isolated", "statements_per_task"), ".3f")),
-        Row("ceiling, batched, 0.2 s sleeps", "efficiency",
-            _num(get(results, "ceiling", "batched_sleep", "efficiency"), ".3f")),
+        Row(
+            "ceiling, batched",
+            "SQL statements/task (counting proxy)",
+            _num(get(results, "ceiling", "batched", "sql_isolated", "statements_per_task"), ".3f"),
+        ),
+        Row(
+            "ceiling, batched, 0.2 s sleeps",
+            "efficiency",
+            _num(get(results, "ceiling", "batched_sleep", "efficiency"), ".3f"),
+        ),
     ]
 
 
@@ -125,20 +135,35 @@ def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
     ceiling_per_task = get(results, "ceiling", "batched", source, "statements_per_task")
     how = "counting proxy" if source == "sql_isolated" else "SHOW GLOBAL STATUS"
     return [
-        Row("W1 no-op", "tasks/s", _num(rate), _ratio(rate, ceiling),
+        Row(
+            "W1 no-op",
+            "tasks/s",
+            _num(rate),
+            _ratio(rate, ceiling),
             f"≥ {W1_SHARE_OF_CEILING:.2f} × ceiling",
-            _verdict(None if share is None else share >= W1_SHARE_OF_CEILING)),
+            _verdict(None if share is None else share >= W1_SHARE_OF_CEILING),
+        ),
         Row("W1 no-op", "whole process, s", _num(get(results, "W1", "whole_process_s"), ".2f")),
         Row("W1 no-op", CPU_FIGURE + " (start-up incl.)", _cpu(results, "W1")),
         _job_log_row(results, "W1"),
-        Row("W1 SQL", f"statements/task ({how})", _num(per_task, ".3f"), _ratio(per_task, ceiling_per_task),
+        Row(
+            "W1 SQL",
+            f"statements/task ({how})",
+            _num(per_task, ".3f"),
+            _ratio(per_task, ceiling_per_task),
             f"≤ {STATEMENTS_PER_TASK}",
-            _verdict(None if per_task is None else per_task <= STATEMENTS_PER_TASK)),
-        Row("W1 SQL", "statements/task (SHOW GLOBAL STATUS, "
+            _verdict(None if per_task is None else per_task <= STATEMENTS_PER_TASK),
+        ),
+        Row(
+            "W1 SQL",
+            "statements/task (SHOW GLOBAL STATUS, "
             f"{_num(get(results, 'W1', 'other_clients_connected'))} other clients)",
             _num(get(results, "W1", "sql", "statements_per_task"), ".3f"),
-            _ratio(get(results, "W1", "sql", "statements_per_task"),
-                   get(results, "ceiling", "batched", "sql", "statements_per_task"))),
+            _ratio(
+                get(results, "W1", "sql", "statements_per_task"),
+                get(results, "ceiling", "batched", "sql", "statements_per_task"),
+            ),
+        ),
     ]
 
 
@@ -146,8 +171,13 @@ def _job_log_row(results: dict, workload: str) -> Row:
     """A correctness check: every run leaves its job log file once the executor has stopped."""
     written, tasks = get(results, workload, "job_logs"), get(results, workload, "tasks")
     ok = None if written is None or tasks is None else written >= tasks
-    return Row(workload, "job log files after SIGTERM", f"{_num(written)} of {_num(tasks)}",
-               target="one per task", verdict=_verdict(ok))
+    return Row(
+        workload,
+        "job log files after SIGTERM",
+        f"{_num(written)} of {_num(tasks)}",
+        target="one per task",
+        verdict=_verdict(ok),
+    )
 
 
 def _w2_rows(results: dict) -> list[Row]:
@@ -155,10 +185,16 @@ def _w2_rows(results: dict) -> list[Row]:
     if skipped:
         return skipped
     efficiency = get(results, "W2", "efficiency")
-    return [Row("W2 I/O-bound", f"efficiency ({_num(get(results, 'W2', 'drain_s'), '.2f')} s drain)",
-                _num(efficiency, ".3f"),
-                _ratio(efficiency, get(results, "ceiling", "batched_sleep", "efficiency")),
-                f"≥ {W2_EFFICIENCY}", _verdict(None if efficiency is None else efficiency >= W2_EFFICIENCY))]
+    return [
+        Row(
+            "W2 I/O-bound",
+            f"efficiency ({_num(get(results, 'W2', 'drain_s'), '.2f')} s drain)",
+            _num(efficiency, ".3f"),
+            _ratio(efficiency, get(results, "ceiling", "batched_sleep", "efficiency")),
+            f"≥ {W2_EFFICIENCY}",
+            _verdict(None if efficiency is None else efficiency >= W2_EFFICIENCY),
+        )
+    ]
 
 
 def _w3_rows(results: dict) -> list[Row]:
@@ -166,13 +202,22 @@ def _w3_rows(results: dict) -> list[Row]:
     if skipped:
         return skipped
     rows = []
-    for part, label, limit in (("a_api_local", "W3a API, same server", W3_API_P99_MS),
-                               ("b_api_remote", "W3b API, other server", W3_API_P99_MS),
-                               ("c_sql_insert", "W3c SQL insert, scan 1 s", 1000 + W3_SQL_SLACK_MS)):
+    for part, label, limit in (
+        ("a_api_local", "W3a API, same server", W3_API_P99_MS),
+        ("b_api_remote", "W3b API, other server", W3_API_P99_MS),
+        ("c_sql_insert", "W3c SQL insert, scan 1 s", 1000 + W3_SQL_SLACK_MS),
+    ):
         entry = get(results, "W3", part) or {}
         if entry.get("status") == "n/a":
-            rows.append(Row(label, "p50/p95/p99 ms", f"n/a ({one_line(entry.get('reason', ''), 70)})",
-                            target=f"p99 ≤ {limit:g} ms", verdict="n/a"))
+            rows.append(
+                Row(
+                    label,
+                    "p50/p95/p99 ms",
+                    f"n/a ({one_line(entry.get('reason', ''), 70)})",
+                    target=f"p99 ≤ {limit:g} ms",
+                    verdict="n/a",
+                )
+            )
             continue
         p99 = entry.get("p99_ms")
         value = "/".join(_num(entry.get(k), ".1f") for k in ("p50_ms", "p95_ms", "p99_ms"))
@@ -191,12 +236,21 @@ def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:
     explain = get(results, "W4", "explain") or {}
     return [
         Row("W4 big table", "tasks/s", _num(rate), _ratio(rate, ceiling)),
-        Row("W4 big table", "ratio to W1", _num(ratio, ".2f"), target=f"≥ {W4_RATIO}",
-            verdict=_verdict(None if ratio is None else ratio >= W4_RATIO)),
-        Row("W4 big table", "EXPLAIN claim key", f"{explain.get('key')} ({explain.get('type')}, "
+        Row(
+            "W4 big table",
+            "ratio to W1",
+            _num(ratio, ".2f"),
+            target=f"≥ {W4_RATIO}",
+            verdict=_verdict(None if ratio is None else ratio >= W4_RATIO),
+        ),
+        Row(
+            "W4 big table",
+            "EXPLAIN claim key",
+            f"{explain.get('key')} ({explain.get('type')}, "
             f"rows {explain.get('rows')}, {explain.get('extra') or '-'})",
             target=f"{explain.get('status_schedule_index')}, no filesort",
-            verdict=_verdict(explain.get("uses_status_schedule_index"))),
+            verdict=_verdict(explain.get("uses_status_schedule_index")),
+        ),
     ]
 
 
@@ -208,12 +262,21 @@ def _w5_rows(results: dict, ceiling: float | None) -> list[Row]:
     checkpoint, tasks = get(results, "W5", "checkpoint"), get(results, "W5", "tasks")
     rate = get(results, "W5", "tasks_per_s")
     return [
-        Row("W5 soak", f"RSS start/after {checkpoint or 0:,}/end, MiB",
-            "/".join(_num(get(results, "W5", k), ".1f") for k in ("rss_start_mb", "rss_checkpoint_mb",
-                                                                   "rss_end_mb"))),
-        Row("W5 soak", f"RSS growth {checkpoint or 0:,} → {tasks or 0:,}, MiB", _num(growth, ".1f"),
+        Row(
+            "W5 soak",
+            f"RSS start/after {checkpoint or 0:,}/end, MiB",
+            "/".join(
+                _num(get(results, "W5", k), ".1f")
+                for k in ("rss_start_mb", "rss_checkpoint_mb", "rss_end_mb")
+            ),
+        ),
+        Row(
+            "W5 soak",
+            f"RSS growth {checkpoint or 0:,} → {tasks or 0:,}, MiB",
+            _num(growth, ".1f"),
             target=f"< {W5_GROWTH_MB:g}",
-            verdict=_verdict(None if growth is None else growth < W5_GROWTH_MB)),
+            verdict=_verdict(None if growth is None else growth < W5_GROWTH_MB),
+        ),
         Row("W5 soak", "tasks/s", _num(rate), _ratio(rate, ceiling)),
         Row("W5 soak", CPU_FIGURE + " (steady)", _cpu(results, "W5")),
     ]
@@ -233,12 +296,15 @@ def _w6_rows(results: dict, ceiling: float | None) -> list[Row]:
 def format_table(rows: list[Row]) -> str:
     header = Row("workload", "figure", "value", "÷ ceiling", "target", "verdict")
     cells = [header, *rows]
-    widths = [max(len(getattr(row, f)) for row in cells) for f in ("workload", "figure", "value", "ratio",
-                                                                   "target", "verdict")]
+    widths = [
+        max(len(getattr(row, f)) for row in cells)
+        for f in ("workload", "figure", "value", "ratio", "target", "verdict")
+    ]
 
     def line(row: Row) -> str:
         values = (row.workload, row.figure, row.value, row.ratio, row.target, row.verdict)
         return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
@@ -246,14 +312,26 @@ def format_table(rows: list[Row]) -> str:
 def load_line(results: dict) -> str:
     """The machine's 1-minute load average before each workload: anything
     else running on the machine shows in every figure."""
-    loads = [f"{name} {entry['loadavg_1m_before']:.2f}" for name, entry in results.items()
-             if isinstance(entry, dict) and "loadavg_1m_before" in entry]
+    loads = [
+        f"{name} {entry['loadavg_1m_before']:.2f}"
+        for name, entry in results.items()
+        if isinstance(entry, dict) and "loadavg_1m_before" in entry
+    ]
     return "load average (1 min) before each workload: " + ", ".join(loads) if loads else ""
 
 
 def targets(rows: list[Row]) -> list[dict[str, str]]:
-    return [{"workload": r.workload, "figure": r.figure, "value": r.value, "target": r.target,
-             "verdict": r.verdict} for r in rows if r.target]
+    return [
+        {
+            "workload": r.workload,
+            "figure": r.figure,
+            "value": r.value,
+            "target": r.target,
+            "verdict": r.verdict,
+        }
+        for r in rows
+        if r.target
+    ]
 
 
 def write_json(path: Path, results: dict, rows: list[Row]) -> None:
@@ -269,10 +347,12 @@ def _json_default(value: Any) -> Any:
 
 # --- chart ------------------------------------------------------------------------------
 
+
 def write_chart(path: Path, results: dict) -> str | None:
     """chart.png; returns why not when matplotlib is missing."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -296,8 +376,13 @@ def _bars(ax, labels: list[str], values: list[float | None], colors: list[str], 
     bars = ax.bar(range(len(labels)), heights, color=colors)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     for bar, value in zip(bars, values, strict=True):
-        ax.annotate("n/a" if value is None else format(value, fmt), (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            "n/a" if value is None else format(value, fmt),
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
 
 
 CEILING_COLOR, GEVENTQ_COLOR = "#9e9e9e", "#1f77b4"
@@ -305,23 +390,32 @@ CEILING_COLOR, GEVENTQ_COLOR = "#9e9e9e", "#1f77b4"
 
 def _throughput_panel(ax, results: dict) -> None:
     ceiling = get(results, "ceiling", "batched", "tasks_per_s")
-    items = [("ceiling batched", ceiling, CEILING_COLOR),
-             ("ceiling per-task", get(results, "ceiling", "per_task", "tasks_per_s"), CEILING_COLOR),
-             ("W1 1 server", get(results, "W1", "tasks_per_s"), GEVENTQ_COLOR),
-             ("W4 +1M rows", get(results, "W4", "tasks_per_s"), GEVENTQ_COLOR),
-             ("W5 soak", get(results, "W5", "tasks_per_s"), GEVENTQ_COLOR),
-             ("W6 2 servers", get(results, "W6", "tasks_per_s"), GEVENTQ_COLOR)]
+    items = [
+        ("ceiling batched", ceiling, CEILING_COLOR),
+        ("ceiling per-task", get(results, "ceiling", "per_task", "tasks_per_s"), CEILING_COLOR),
+        ("W1 1 server", get(results, "W1", "tasks_per_s"), GEVENTQ_COLOR),
+        ("W4 +1M rows", get(results, "W4", "tasks_per_s"), GEVENTQ_COLOR),
+        ("W5 soak", get(results, "W5", "tasks_per_s"), GEVENTQ_COLOR),
+        ("W6 2 servers", get(results, "W6", "tasks_per_s"), GEVENTQ_COLOR),
+    ]
     _bars(ax, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], ",.0f")
     if ceiling:
-        ax.axhline(ceiling * W1_SHARE_OF_CEILING, color="red", linestyle="--", linewidth=1,
-                   label=f"target: {W1_SHARE_OF_CEILING:.0%} of ceiling")
+        ax.axhline(
+            ceiling * W1_SHARE_OF_CEILING,
+            color="red",
+            linestyle="--",
+            linewidth=1,
+            label=f"target: {W1_SHARE_OF_CEILING:.0%} of ceiling",
+        )
         ax.legend(fontsize=8)
     ax.set_title("no-op throughput, tasks/s (concurrency 50)", fontsize=10)
 
 
 def _efficiency_panel(ax, results: dict) -> None:
-    items = [("ceiling batched", get(results, "ceiling", "batched_sleep", "efficiency"), CEILING_COLOR),
-             ("W2 geventq", get(results, "W2", "efficiency"), GEVENTQ_COLOR)]
+    items = [
+        ("ceiling batched", get(results, "ceiling", "batched_sleep", "efficiency"), CEILING_COLOR),
+        ("W2 geventq", get(results, "W2", "efficiency"), GEVENTQ_COLOR),
+    ]
     _bars(ax, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], ".3f")
     ax.axhline(W2_EFFICIENCY, color="red", linestyle="--", linewidth=1, label=f"target ≥ {W2_EFFICIENCY}")
     ax.set_ylim(0, 1.1)
@@ -331,28 +425,35 @@ def _efficiency_panel(ax, results: dict) -> None:
 
 def _statements_panel(ax, results: dict) -> None:
     from tests.bench.workloads import WORK_COUNTERS
-    sources = [("ceiling batched", get(results, "ceiling", "batched", "sql_isolated")),
-               ("W1 geventq", get(results, "W1", "sql_isolated"))]
+
+    sources = [
+        ("ceiling batched", get(results, "ceiling", "batched", "sql_isolated")),
+        ("W1 geventq", get(results, "W1", "sql_isolated")),
+    ]
     bottoms = [0.0] * len(sources)
     for counter in WORK_COUNTERS:
-        values = [max(0.0, (sql or {}).get("per_task_by_counter", {}).get(counter, 0.0))
-                  for _, sql in sources]
+        values = [
+            max(0.0, (sql or {}).get("per_task_by_counter", {}).get(counter, 0.0)) for _, sql in sources
+        ]
         if any(values):
             ax.bar(range(len(sources)), values, bottom=bottoms, label=counter.replace("Com_", ""))
             bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
     ax.set_xticks(range(len(sources)), [s[0] for s in sources], fontsize=8)
     for x, total in enumerate(bottoms):
         ax.annotate(f"{total:.3f}", (x, total), ha="center", va="bottom", fontsize=8)
-    ax.axhline(STATEMENTS_PER_TASK, color="red", linestyle="--", linewidth=1,
-               label=f"target ≤ {STATEMENTS_PER_TASK}")
+    ax.axhline(
+        STATEMENTS_PER_TASK, color="red", linestyle="--", linewidth=1, label=f"target ≤ {STATEMENTS_PER_TASK}"
+    )
     ax.legend(fontsize=7)
     ax.set_title("SQL statements per task at saturation (counting proxy)", fontsize=10)
 
 
 def _latency_panel(ax, results: dict) -> None:
-    parts = [("a: API, same server", "a_api_local", W3_API_P99_MS),
-             ("b: API, other server", "b_api_remote", W3_API_P99_MS),
-             ("c: SQL, scan 1 s", "c_sql_insert", 1000 + W3_SQL_SLACK_MS)]
+    parts = [
+        ("a: API, same server", "a_api_local", W3_API_P99_MS),
+        ("b: API, other server", "b_api_remote", W3_API_P99_MS),
+        ("c: SQL, scan 1 s", "c_sql_insert", 1000 + W3_SQL_SLACK_MS),
+    ]
     width = 0.25
     for offset, key in enumerate(("p50_ms", "p95_ms", "p99_ms")):
         values = [get(results, "W3", part, key) for _, part, _ in parts]
@@ -377,8 +478,13 @@ def _memory_panel(ax, results: dict) -> None:
         checkpoint = get(results, "W5", "rss_checkpoint_mb")
         if checkpoint is not None:
             after = get(results, "W5", "checkpoint") or 0
-            ax.axhline(checkpoint + W5_GROWTH_MB, color="red", linestyle="--", linewidth=1,
-                       label=f"target: < {W5_GROWTH_MB:g} MiB growth after {after:,}")
+            ax.axhline(
+                checkpoint + W5_GROWTH_MB,
+                color="red",
+                linestyle="--",
+                linewidth=1,
+                label=f"target: < {W5_GROWTH_MB:g} MiB growth after {after:,}",
+            )
             ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "n/a", ha="center", transform=ax.transAxes)
@@ -387,8 +493,10 @@ def _memory_panel(ax, results: dict) -> None:
 
 
 def _ratio_panel(ax, results: dict) -> None:
-    items = [("W4 ÷ W1 (1M finished rows)", get(results, "W4", "ratio_to_w1"), GEVENTQ_COLOR),
-             ("W6 ÷ W1 (2 servers)", get(results, "W6", "ratio_to_w1"), GEVENTQ_COLOR)]
+    items = [
+        ("W4 ÷ W1 (1M finished rows)", get(results, "W4", "ratio_to_w1"), GEVENTQ_COLOR),
+        ("W6 ÷ W1 (2 servers)", get(results, "W6", "ratio_to_w1"), GEVENTQ_COLOR),
+    ]
     _bars(ax, [i[0] for i in items], [i[1] for i in items], [i[2] for i in items], ".2f")
     ax.axhline(W4_RATIO, color="red", linestyle="--", linewidth=1, label=f"W4 target ≥ {W4_RATIO}")
     ax.legend(fontsize=8)

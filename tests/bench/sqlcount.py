@@ -22,12 +22,27 @@ import threading
 from collections import Counter
 
 COM_QUERY = 0x03
-COMMANDS = {0x01: "COM_QUIT", 0x02: "COM_INIT_DB", 0x0E: "COM_PING", 0x16: "COM_STMT_PREPARE",
-            0x17: "COM_STMT_EXECUTE", 0x1F: "COM_RESET_CONNECTION"}
+COMMANDS = {
+    0x01: "COM_QUIT",
+    0x02: "COM_INIT_DB",
+    0x0E: "COM_PING",
+    0x16: "COM_STMT_PREPARE",
+    0x17: "COM_STMT_EXECUTE",
+    0x1F: "COM_RESET_CONNECTION",
+}
 # The verbs that map to the Com_ counters of SHOW GLOBAL STATUS.
-VERB_COUNTER = {"SELECT": "Com_select", "UPDATE": "Com_update", "INSERT": "Com_insert",
-                "DELETE": "Com_delete", "BEGIN": "Com_begin", "START": "Com_begin", "COMMIT": "Com_commit",
-                "ROLLBACK": "Com_rollback", "SET": "Com_set_option", "SHOW": "Com_show"}
+VERB_COUNTER = {
+    "SELECT": "Com_select",
+    "UPDATE": "Com_update",
+    "INSERT": "Com_insert",
+    "DELETE": "Com_delete",
+    "BEGIN": "Com_begin",
+    "START": "Com_begin",
+    "COMMIT": "Com_commit",
+    "ROLLBACK": "Com_rollback",
+    "SET": "Com_set_option",
+    "SHOW": "Com_show",
+}
 _FIRST_WORD = re.compile(rb"^\s*(?:/\*.*?\*/\s*)*\(?\s*([A-Za-z]+)", re.S)
 
 
@@ -105,8 +120,8 @@ class CountingProxy:
             length = buffer[0] | buffer[1] << 8 | buffer[2] << 16
             if len(buffer) < 4 + length:
                 break
-            sequence, payload = buffer[3], buffer[4:4 + length]
-            buffer = buffer[4 + length:]
+            sequence, payload = buffer[3], buffer[4 : 4 + length]
+            buffer = buffer[4 + length :]
             if sequence == 0 and payload:
                 self._count_command(payload)
         return buffer

@@ -32,8 +32,15 @@ from tests.bench.sqlcount import CountingProxy
 # Statements that do a task's work; their sum over the tasks run is the
 # "statements per task" figure. Questions (every statement a client sent,
 # SET and SHOW included) is reported beside it.
-WORK_COUNTERS = ("Com_select", "Com_update", "Com_insert", "Com_delete", "Com_commit",
-                 "Com_begin", "Com_rollback")
+WORK_COUNTERS = (
+    "Com_select",
+    "Com_update",
+    "Com_insert",
+    "Com_delete",
+    "Com_commit",
+    "Com_begin",
+    "Com_rollback",
+)
 TASK_TYPES = ("bench_noop", "bench_sleep")
 
 
@@ -50,8 +57,15 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(w1_tasks=2_000, w2_tasks=1_000, w3_seconds=3.0, w4_finished=100_000, w5_tasks=10_000,
-                   settle_s=0.5, repeats=1)
+        return cls(
+            w1_tasks=2_000,
+            w2_tasks=1_000,
+            w3_seconds=3.0,
+            w4_finished=100_000,
+            w5_tasks=10_000,
+            settle_s=0.5,
+            repeats=1,
+        )
 
 
 @dataclass
@@ -71,8 +85,10 @@ class Context:
 
 # --- shared steps ---------------------------------------------------------------
 
-def cpu_figures(tasks: int, own_cpu: float | None, server_pid: int | None, server_cpu_before: float | None,
-                what: str) -> dict[str, Any]:
+
+def cpu_figures(
+    tasks: int, own_cpu: float | None, server_pid: int | None, server_cpu_before: float | None, what: str
+) -> dict[str, Any]:
     """CPU seconds per 1,000 tasks: ours, and the database server's over the
     same window (its figure includes any other client it served meanwhile)."""
     server_cpu = None
@@ -80,9 +96,13 @@ def cpu_figures(tasks: int, own_cpu: float | None, server_pid: int | None, serve
         now = cpu_seconds(server_pid)
         server_cpu = None if now is None else now - server_cpu_before
     per_k = 1000 / tasks if tasks else 0
-    return {"what": what, "process_cpu_s": own_cpu, "database_cpu_s": server_cpu,
-            "process_cpu_ms_per_task": own_cpu * per_k if own_cpu is not None else None,
-            "database_cpu_ms_per_task": server_cpu * per_k if server_cpu is not None else None}
+    return {
+        "what": what,
+        "process_cpu_s": own_cpu,
+        "database_cpu_s": server_cpu,
+        "process_cpu_ms_per_task": own_cpu * per_k if own_cpu is not None else None,
+        "database_cpu_ms_per_task": server_cpu * per_k if server_cpu is not None else None,
+    }
 
 
 def drain_figures(db: BenchDB, table: str, min_id: int = 0) -> dict[str, Any]:
@@ -92,10 +112,18 @@ def drain_figures(db: BenchDB, table: str, min_id: int = 0) -> dict[str, Any]:
         "MIN(start_time) AS first_start, MAX(end_time) AS last_end, "
         "TIMESTAMPDIFF(MICROSECOND, MIN(start_time), MAX(end_time)) / 1e6 AS drain_s, "
         "COUNT(DISTINCT server_id) AS servers "
-        f"FROM {ident(table)} WHERE id > %s", (min_id,))[0]
-    return {"tasks": int(row["tasks"]), "done": int(row["done"] or 0), "failed": int(row["failed"] or 0),
-            "first_start": row["first_start"], "last_end": row["last_end"],
-            "drain_s": float(row["drain_s"] or 0), "servers_that_ran": int(row["servers"])}
+        f"FROM {ident(table)} WHERE id > %s",
+        (min_id,),
+    )[0]
+    return {
+        "tasks": int(row["tasks"]),
+        "done": int(row["done"] or 0),
+        "failed": int(row["failed"] or 0),
+        "first_start": row["first_start"],
+        "last_end": row["last_end"],
+        "drain_s": float(row["drain_s"] or 0),
+        "servers_that_ran": int(row["servers"]),
+    }
 
 
 def completion_timeline(db: BenchDB, table: str, min_id: int = 0, bucket_s: float = 0.5) -> list[int]:
@@ -104,13 +132,22 @@ def completion_timeline(db: BenchDB, table: str, min_id: int = 0, bucket_s: floa
         "SELECT FLOOR(TIMESTAMPDIFF(MICROSECOND, f.first_start, t.end_time) / %s) AS b, COUNT(*) AS n "
         f"FROM {ident(table)} AS t, (SELECT MIN(start_time) AS first_start FROM {ident(table)} "
         "WHERE id > %s) AS f WHERE t.id > %s AND t.end_time IS NOT NULL GROUP BY b ORDER BY b",
-        (int(bucket_s * 1e6), min_id, min_id))
+        (int(bucket_s * 1e6), min_id, min_id),
+    )
     counts = {int(row["b"]): int(row["n"]) for row in rows}
     return [counts.get(b, 0) for b in range(max(counts) + 1)] if counts else []
 
 
-def wait_drained(ctx: Context, table: str, total: int, procs: list[Executor], *, timeout: float,
-                 on_poll: Callable[[int], None] | None = None, interval: float = 0.2) -> None:
+def wait_drained(
+    ctx: Context,
+    table: str,
+    total: int,
+    procs: list[Executor],
+    *,
+    timeout: float,
+    on_poll: Callable[[int], None] | None = None,
+    interval: float = 0.2,
+) -> None:
     """Poll until no task is pending or running; progress every ~5 s."""
     deadline = time.monotonic() + timeout
     last_report = time.monotonic()
@@ -134,11 +171,15 @@ def seconds_between(db: BenchDB, earlier: Any, later: Any) -> float:
     return float(db.scalar("SELECT TIMESTAMPDIFF(MICROSECOND, %s, %s) / 1e6 AS s", (earlier, later)))
 
 
-def statement_delta(before: dict[str, int], after: dict[str, int], bench_sent: Counter,
-                    tasks: int) -> dict[str, Any]:
+def statement_delta(
+    before: dict[str, int], after: dict[str, int], bench_sent: Counter, tasks: int
+) -> dict[str, Any]:
     """The server's counters over a run, less what the bench itself sent."""
-    delta = {name: after[name] - before[name] - bench_sent.get(name, 0) for name in after
-             if name.startswith(("Com_", "Questions", "Connections"))}
+    delta = {
+        name: after[name] - before[name] - bench_sent.get(name, 0)
+        for name in after
+        if name.startswith(("Com_", "Questions", "Connections"))
+    }
     work = sum(delta[name] for name in WORK_COUNTERS)
     return {
         "counted": "+".join(WORK_COUNTERS),
@@ -154,10 +195,14 @@ def statement_delta(before: dict[str, int], after: dict[str, int], bench_sent: C
 def proxy_counts(counts: dict[str, int], tasks: int) -> dict[str, Any]:
     """Statements one process sent through the counting proxy, per task."""
     work = sum(counts.get(name, 0) for name in WORK_COUNTERS)
-    return {"counted": "+".join(WORK_COUNTERS), "by_counter": counts, "statements": work,
-            "statements_per_task": work / tasks if tasks else None,
-            "questions_per_task": counts.get("Questions", 0) / tasks if tasks else None,
-            "per_task_by_counter": {name: counts.get(name, 0) / tasks for name in WORK_COUNTERS}}
+    return {
+        "counted": "+".join(WORK_COUNTERS),
+        "by_counter": counts,
+        "statements": work,
+        "statements_per_task": work / tasks if tasks else None,
+        "questions_per_task": counts.get("Questions", 0) / tasks if tasks else None,
+        "per_task_by_counter": {name: counts.get(name, 0) / tasks for name in WORK_COUNTERS},
+    }
 
 
 def isolated_count(ctx: Context, run: Callable[[CountingProxy], dict[str, Any]]) -> dict[str, Any]:
@@ -170,8 +215,10 @@ def isolated_count(ctx: Context, run: Callable[[CountingProxy], dict[str, Any]])
     finally:
         proxy.close()
     isolated = proxied["sql_isolated"]
-    ctx.progress(f"  through the counting proxy: {isolated['statements_per_task']:.3f} statements/task "
-                 f"({isolated['by_counter']})")
+    ctx.progress(
+        f"  through the counting proxy: {isolated['statements_per_task']:.3f} statements/task "
+        f"({isolated['by_counter']})"
+    )
     return {"sql_isolated": isolated, "proxied_run_tasks_per_s": proxied["tasks_per_s"]}
 
 
@@ -187,9 +234,19 @@ def finish(ctx: Context, workdir: Path, procs: list[Executor]) -> dict[str, Any]
 
 # --- W1, W4, W6 (and W2 with sleeping tasks): drain a full table ------------------
 
-def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers: int = 1,
-              task_type: str = "bench_noop", params: dict | None = None, prefill: int = 0,
-              count_sql: bool = False) -> dict[str, Any]:
+
+def drain_run(
+    ctx: Context,
+    name: str,
+    *,
+    tasks: int,
+    max_workers: int,
+    servers: int = 1,
+    task_type: str = "bench_noop",
+    params: dict | None = None,
+    prefill: int = 0,
+    count_sql: bool = False,
+) -> dict[str, Any]:
     """Set the table up once, then drain `tasks` due tasks `repeats` times with
     fresh executors; the figures are those of the median run (a run lasts a
     second or two, so one run is at the mercy of anything else on the machine)."""
@@ -201,19 +258,45 @@ def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers:
         setup.update(prefill_finished(ctx, table, prefill))
     runs = []
     for index in range(ctx.sizes.repeats):
-        run = _drain_once(ctx, name, table, index, tasks=tasks, servers=servers, task_type=task_type,
-                          params=params, count_sql=count_sql, explain=bool(prefill) and index == 0)
+        run = _drain_once(
+            ctx,
+            name,
+            table,
+            index,
+            tasks=tasks,
+            servers=servers,
+            task_type=task_type,
+            params=params,
+            count_sql=count_sql,
+            explain=bool(prefill) and index == 0,
+        )
         runs.append(run)
-        ctx.progress(f"  run {index + 1}/{ctx.sizes.repeats}: {run['tasks_per_s']:,.0f} tasks/s, "
-                     f"drain {run['drain_s']:.2f}s")
+        ctx.progress(
+            f"  run {index + 1}/{ctx.sizes.repeats}: {run['tasks_per_s']:,.0f} tasks/s, "
+            f"drain {run['drain_s']:.2f}s"
+        )
     ordered = sorted(runs, key=lambda run: run["tasks_per_s"] or 0)
     result = {**setup, **ordered[len(ordered) // 2]}
     if runs[0].get("explain"):
         result["explain"] = runs[0]["explain"]
     if count_sql:
-        result.update(isolated_count(ctx, lambda proxy: _drain_once(
-            ctx, name, table, ctx.sizes.repeats, tasks=tasks, servers=servers, task_type=task_type,
-            params=params, count_sql=False, proxy=proxy)))
+        result.update(
+            isolated_count(
+                ctx,
+                lambda proxy: _drain_once(
+                    ctx,
+                    name,
+                    table,
+                    ctx.sizes.repeats,
+                    tasks=tasks,
+                    servers=servers,
+                    task_type=task_type,
+                    params=params,
+                    count_sql=False,
+                    proxy=proxy,
+                ),
+            )
+        )
     result["runs_tasks_per_s"] = [run["tasks_per_s"] for run in runs]
     result["runs_drain_s"] = [run["drain_s"] for run in runs]
     profiled = [run["profile"] for run in runs if run.get("profile")]
@@ -225,19 +308,35 @@ def drain_run(ctx: Context, name: str, *, tasks: int, max_workers: int, servers:
 def prefill_finished(ctx: Context, table: str, rows: int) -> dict[str, Any]:
     """W4's million finished rows, written back to disk."""
     db, began = ctx.db, time.monotonic()
-    result: dict[str, Any] = {"prefill_method": db.insert_finished(table, rows), "prefill_rows": rows,
-                              "prefill_s": round(time.monotonic() - began, 2)}
+    result: dict[str, Any] = {
+        "prefill_method": db.insert_finished(table, rows),
+        "prefill_rows": rows,
+        "prefill_s": round(time.monotonic() - began, 2),
+    }
     ctx.progress(f"  {rows:,} finished rows in {result['prefill_s']:.1f}s ({result['prefill_method']})")
     result["flush_wait_s"] = wait_for_flush(db)
     result["dirty_pages_after_wait"] = db.global_status()["Innodb_buffer_pool_pages_dirty"]
-    ctx.progress(f"  waited {result['flush_wait_s']:.1f}s for InnoDB to write back the inserted pages "
-                 f"({result['dirty_pages_after_wait']} still dirty)")
+    ctx.progress(
+        f"  waited {result['flush_wait_s']:.1f}s for InnoDB to write back the inserted pages "
+        f"({result['dirty_pages_after_wait']} still dirty)"
+    )
     return result
 
 
-def _drain_once(ctx: Context, name: str, table: str, index: int, *, tasks: int, servers: int,
-                task_type: str, params: dict | None, count_sql: bool,
-                proxy: CountingProxy | None = None, explain: bool = False) -> dict[str, Any]:
+def _drain_once(
+    ctx: Context,
+    name: str,
+    table: str,
+    index: int,
+    *,
+    tasks: int,
+    servers: int,
+    task_type: str,
+    params: dict | None,
+    count_sql: bool,
+    proxy: CountingProxy | None = None,
+    explain: bool = False,
+) -> dict[str, Any]:
     db, result = ctx.db, {}
     min_id = int(db.scalar(f"SELECT COALESCE(MAX(id), 0) AS m FROM {ident(table)}"))
     began = time.monotonic()
@@ -246,13 +345,16 @@ def _drain_once(ctx: Context, name: str, table: str, index: int, *, tasks: int, 
     if explain:
         # With the due tasks in place, as the executor's first claim sees the table.
         result["explain"] = explain_claim(db, table)
-        ctx.progress(f"  EXPLAIN claim: key={result['explain']['key']} type={result['explain']['type']} "
-                     f"rows={result['explain']['rows']} extra={result['explain']['extra']}")
+        ctx.progress(
+            f"  EXPLAIN claim: key={result['explain']['key']} type={result['explain']['type']} "
+            f"rows={result['explain']['rows']} extra={result['explain']['extra']}"
+        )
     workdir = ctx.workdir(f"{name}/run{index + 1}" + ("-proxied" if proxy else ""))
     server_ids = [f"bench-{name.lower()}-{n + 1}" for n in range(servers)]
     # Only the first run is profiled: py-spy's files are named by server_id.
-    with executors(db, workdir, server_ids, ctx.profile_dir if index == 0 else None,
-                   proxy.port if proxy else None) as procs:
+    with executors(
+        db, workdir, server_ids, ctx.profile_dir if index == 0 else None, proxy.port if proxy else None
+    ) as procs:
         if proxy is not None:
             proxy.reset()
         if count_sql:
@@ -267,8 +369,13 @@ def _drain_once(ctx: Context, name: str, table: str, index: int, *, tasks: int, 
         ctx.progress(f"  started {servers} executor(s) (pid {', '.join(str(p.pid) for p in procs)})")
         ctx.results.setdefault("_pids", {})[name] = [p.pid for p in procs]
         wait_drained(ctx, table, tasks, procs, timeout=max(120.0, tasks / 100))
-        result["cpu"] = cpu_figures(tasks, sum(proc.cpu_s() or 0 for proc in procs), server_pid, server_cpu,
-                                    "executor CPU over its whole life (start-up included)")
+        result["cpu"] = cpu_figures(
+            tasks,
+            sum(proc.cpu_s() or 0 for proc in procs),
+            server_pid,
+            server_cpu,
+            "executor CPU over its whole life (start-up included)",
+        )
         if count_sql:
             after = db.global_status()
             result["sql"] = statement_delta(before, after, Counter(db.sent), tasks)
@@ -282,8 +389,9 @@ def _drain_once(ctx: Context, name: str, table: str, index: int, *, tasks: int, 
     result["whole_process_s"] = seconds_between(db, process_start, figures["last_end"])
     result["process_start_to_first_claim_s"] = seconds_between(db, process_start, figures["first_start"])
     if servers > 1:
-        rows = db.query(f"SELECT server_id, COUNT(*) AS n FROM {ident(table)} WHERE id > %s "
-                        "GROUP BY server_id", (min_id,))
+        rows = db.query(
+            f"SELECT server_id, COUNT(*) AS n FROM {ident(table)} WHERE id > %s GROUP BY server_id", (min_id,)
+        )
         result["tasks_by_server"] = {row["server_id"]: int(row["n"]) for row in rows}
     return result
 
@@ -296,8 +404,14 @@ def w1(ctx: Context) -> dict[str, Any]:
 def w2(ctx: Context) -> dict[str, Any]:
     """2,000 tasks sleeping 0.2 s at max_workers 200: efficiency = ideal / drain."""
     sizes = ctx.sizes
-    result = drain_run(ctx, "W2", tasks=sizes.w2_tasks, max_workers=200, task_type="bench_sleep",
-                       params={"seconds": sizes.sleep})
+    result = drain_run(
+        ctx,
+        "W2",
+        tasks=sizes.w2_tasks,
+        max_workers=200,
+        task_type="bench_sleep",
+        params={"seconds": sizes.sleep},
+    )
     result["ideal_s"] = sizes.w2_tasks * sizes.sleep / 200
     result["efficiency"] = result["ideal_s"] / result["drain_s"] if result["drain_s"] else None
     return result
@@ -357,13 +471,19 @@ def explain_claim(db: BenchDB, table: str, limit: int = 50) -> dict[str, Any]:
     first = rows[0]
     wanted = db.index_on(table, ["status", "schedule_time"])
     extra = first.get("Extra") or ""
-    return {"key": first.get("key"), "type": first.get("type"), "rows": first.get("rows"),
-            "extra": extra, "status_schedule_index": wanted,
-            "uses_status_schedule_index": first.get("key") == wanted and "filesort" not in extra.lower(),
-            "statement": " ".join(sql.split())}
+    return {
+        "key": first.get("key"),
+        "type": first.get("type"),
+        "rows": first.get("rows"),
+        "extra": extra,
+        "status_schedule_index": wanted,
+        "uses_status_schedule_index": first.get("key") == wanted and "filesort" not in extra.lower(),
+        "statement": " ".join(sql.split()),
+    }
 
 
 # --- W5: memory over 100,000 tasks ----------------------------------------------------
+
 
 def w5(ctx: Context) -> dict[str, Any]:
     db, tasks = ctx.db, ctx.sizes.w5_tasks
@@ -393,10 +513,16 @@ def w5(ctx: Context) -> dict[str, Any]:
             if done >= checkpoint and "rss_checkpoint_mb" not in result:
                 result["rss_checkpoint_mb"] = rss
                 result["checkpoint_done"] = done
+
         wait_drained(ctx, table, tasks, procs, timeout=max(300.0, tasks / 50), on_poll=sample, interval=0.5)
         result["rss_end_mb"] = proc.rss_mb()
-        result["cpu"] = cpu_figures(tasks, proc.cpu_s() - cpu_start, server_pid, server_cpu,
-                                    "executor CPU from online to drained (steady state)")
+        result["cpu"] = cpu_figures(
+            tasks,
+            proc.cpu_s() - cpu_start,
+            server_pid,
+            server_cpu,
+            "executor CPU from online to drained (steady state)",
+        )
         result.update(finish(ctx, workdir, procs))
     result["rss_growth_mb"] = result["rss_end_mb"] - result["rss_checkpoint_mb"]
     result["rss_samples"] = samples
@@ -407,6 +533,7 @@ def w5(ctx: Context) -> dict[str, Any]:
 
 
 # --- W3: pickup latency -----------------------------------------------------------------
+
 
 def w3(ctx: Context) -> dict[str, Any]:
     """One task every 50 ms for 10 s on an idle server, created (a) through the
@@ -444,8 +571,14 @@ def w3(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def _latency_part(ctx: Context, part: str, table: str, create: Callable[[], int],
-                  procs: list[Executor], scan_interval: float) -> dict[str, Any]:
+def _latency_part(
+    ctx: Context,
+    part: str,
+    table: str,
+    create: Callable[[], int],
+    procs: list[Executor],
+    scan_interval: float,
+) -> dict[str, Any]:
     db, count = ctx.db, int(ctx.sizes.w3_seconds / 0.05)
     ids, request_ms = [], []
     began = time.monotonic()
@@ -459,20 +592,36 @@ def _latency_part(ctx: Context, part: str, table: str, create: Callable[[], int]
     deadline = time.monotonic() + scan_interval + 10
     placeholders = ",".join(["%s"] * len(ids))
     while True:
-        waiting = int(db.scalar(f"SELECT COUNT(*) AS n FROM {ident(table)} WHERE id IN ({placeholders}) "
-                                "AND start_time IS NULL", ids))
+        waiting = int(
+            db.scalar(
+                f"SELECT COUNT(*) AS n FROM {ident(table)} WHERE id IN ({placeholders}) "
+                "AND start_time IS NULL",
+                ids,
+            )
+        )
         if waiting == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    rows = db.query(f"SELECT TIMESTAMPDIFF(MICROSECOND, created_at, start_time) / 1000 AS ms "
-                    f"FROM {ident(table)} WHERE id IN ({placeholders}) AND start_time IS NOT NULL", ids)
+    rows = db.query(
+        f"SELECT TIMESTAMPDIFF(MICROSECOND, created_at, start_time) / 1000 AS ms "
+        f"FROM {ident(table)} WHERE id IN ({placeholders}) AND start_time IS NOT NULL",
+        ids,
+    )
     latencies = sorted(float(row["ms"]) for row in rows)
-    figures = {"tasks": count, "picked_up": len(latencies), "never_picked_up": count - len(latencies),
-               "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-               "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else None,
-               "create_request_p50_ms": percentile(sorted(request_ms), 50)}
-    ctx.progress(f"  {part}: p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
-                 f"p99 {figures['p99_ms']:.1f} ms over {len(latencies)} tasks")
+    figures = {
+        "tasks": count,
+        "picked_up": len(latencies),
+        "never_picked_up": count - len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": latencies[-1] if latencies else None,
+        "create_request_p50_ms": percentile(sorted(request_ms), 50),
+    }
+    ctx.progress(
+        f"  {part}: p50 {figures['p50_ms']:.1f} ms, p95 {figures['p95_ms']:.1f} ms, "
+        f"p99 {figures['p99_ms']:.1f} ms over {len(latencies)} tasks"
+    )
     return figures
 
 
@@ -489,8 +638,9 @@ def _api_creator(base_url: str, table: str) -> Callable[[], int]:
     body = json.dumps({"task_type": "bench_noop", "task_params": {}}).encode()
 
     def create() -> int:
-        request = urllib.request.Request(url, data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 status, raw = response.status, response.read()
@@ -506,16 +656,19 @@ def _api_creator(base_url: str, table: str) -> Callable[[], int]:
             text = raw[:120].decode(errors="replace")
             raise Unavailable(f"POST /admin/task/create answered {status}: {text}")
         return task_id
+
     return create
 
 
 def _sql_creator(db: BenchDB, table: str) -> Callable[[], int]:
     def create() -> int:
         return db.insert(f"INSERT INTO {ident(table)} (task_type, task_params) VALUES ('bench_noop', '{{}}')")
+
     return create
 
 
 # --- the ceiling loop -------------------------------------------------------------------
+
 
 def ceiling(ctx: Context) -> dict[str, Any]:
     """The minimal gevent + PyMySQL loop: batched and per-task completion on
@@ -525,10 +678,14 @@ def ceiling(ctx: Context) -> dict[str, Any]:
         "batched": _median_of(ctx, lambda i: _ceiling_run(ctx, "batched", sizes.w1_tasks, 50, 0.0, i)),
         "per_task": _median_of(ctx, lambda i: _ceiling_run(ctx, "per-task", sizes.w1_tasks, 50, 0.0, i)),
         "batched_sleep": _median_of(
-            ctx, lambda i: _ceiling_run(ctx, "batched", sizes.w2_tasks, 200, sizes.sleep, i)),
+            ctx, lambda i: _ceiling_run(ctx, "batched", sizes.w2_tasks, 200, sizes.sleep, i)
+        ),
     }
-    result["batched"].update(isolated_count(
-        ctx, lambda proxy: _ceiling_run(ctx, "batched", sizes.w1_tasks, 50, 0.0, sizes.repeats, proxy)))
+    result["batched"].update(
+        isolated_count(
+            ctx, lambda proxy: _ceiling_run(ctx, "batched", sizes.w1_tasks, 50, 0.0, sizes.repeats, proxy)
+        )
+    )
     sleep = result["batched_sleep"]
     sleep["ideal_s"] = sizes.w2_tasks * sizes.sleep / 200
     sleep["efficiency"] = sleep["ideal_s"] / sleep["drain_s"] if sleep["drain_s"] else None
@@ -546,8 +703,15 @@ def _median_of(ctx: Context, run: Callable[[int], dict[str, Any]]) -> dict[str, 
     return chosen
 
 
-def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: float,
-                 index: int = 0, proxy: CountingProxy | None = None) -> dict[str, Any]:
+def _ceiling_run(
+    ctx: Context,
+    mode: str,
+    tasks: int,
+    concurrency: int,
+    sleep: float,
+    index: int = 0,
+    proxy: CountingProxy | None = None,
+) -> dict[str, Any]:
     db, table = ctx.db, "bench_ceiling"
     db.reset_between_workloads()
     db.task_table(table)
@@ -559,12 +723,38 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
     db.sent.clear()
     label = f"{mode}{'-sleep' if sleep else ''}"
     loop_process = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.ceiling", "--host", "127.0.0.1" if proxy else server.host,
-         "--port", str(proxy.port if proxy else server.port),
-         "--user", server.user, "--password", server.password, "--database", db.database,
-         "--table", table, "--tasks", str(tasks), "--concurrency", str(concurrency), "--mode", mode,
-         "--sleep", str(sleep), "--handshake"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.ceiling",
+            "--host",
+            "127.0.0.1" if proxy else server.host,
+            "--port",
+            str(proxy.port if proxy else server.port),
+            "--user",
+            server.user,
+            "--password",
+            server.password,
+            "--database",
+            db.database,
+            "--table",
+            table,
+            "--tasks",
+            str(tasks),
+            "--concurrency",
+            str(concurrency),
+            "--mode",
+            mode,
+            "--sleep",
+            str(sleep),
+            "--handshake",
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Connections are open once it says ready: the profile covers the loop only.
     ready = loop_process.stdout.readline().strip()
     if proxy is not None:
@@ -580,9 +770,15 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
         raise RuntimeError(f"ceiling loop failed ({loop_process.returncode}):\n{stderr[-2000:]}")
     loop = json.loads(stdout.strip().splitlines()[-1])
     figures = drain_figures(db, table)
-    result = {"mode": mode, "concurrency": concurrency, "sleep_s": sleep, **loop, **figures,
-              "tasks_per_s": figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None,
-              "sql": statement_delta(before, after, Counter(db.sent), tasks)}
+    result = {
+        "mode": mode,
+        "concurrency": concurrency,
+        "sleep_s": sleep,
+        **loop,
+        **figures,
+        "tasks_per_s": figures["tasks"] / figures["drain_s"] if figures["drain_s"] else None,
+        "sql": statement_delta(before, after, Counter(db.sent), tasks),
+    }
     if proxy is not None:
         result["sql_isolated"] = proxy_counts(proxy.snapshot(), tasks)
     result["cpu"] = cpu_figures(tasks, loop["loop_cpu_s"], None, None, "ceiling loop CPU (set-up excluded)")
@@ -591,12 +787,20 @@ def _ceiling_run(ctx: Context, mode: str, tasks: int, concurrency: int, sleep: f
         result["cpu"]["database_cpu_ms_per_task"] = (server_cpu_after - server_cpu) * 1000 / tasks
     if summary is not None:
         result["profile"] = summary
-    ctx.progress(f"  ceiling {label}: {result['tasks_per_s']:,.0f} tasks/s "
-                 f"(mean batch {loop['mean_batch']:.1f}, "
-                 f"{result['sql']['statements_per_task']:.3f} statements/task)")
+    ctx.progress(
+        f"  ceiling {label}: {result['tasks_per_s']:,.0f} tasks/s "
+        f"(mean batch {loop['mean_batch']:.1f}, "
+        f"{result['sql']['statements_per_task']:.3f} statements/task)"
+    )
     return result
 
 
 WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
-    "ceiling": ceiling, "W1": w1, "W2": w2, "W3": w3, "W4": w4, "W5": w5, "W6": w6,
+    "ceiling": ceiling,
+    "W1": w1,
+    "W2": w2,
+    "W3": w3,
+    "W4": w4,
+    "W5": w5,
+    "W6": w6,
 }

@@ -44,8 +44,17 @@ _slots = BoundedSemaphore(RECORD_CONNECTIONS)
 
 def _connect(database: str):
     host, port = RECORD_DB
-    return pymysql.connect(host=host, port=port, user="root", password="", database=database,
-                           autocommit=True, connect_timeout=5, read_timeout=10, write_timeout=10)
+    return pymysql.connect(
+        host=host,
+        port=port,
+        user="root",
+        password="",
+        database=database,
+        autocommit=True,
+        connect_timeout=5,
+        read_timeout=10,
+        write_timeout=10,
+    )
 
 
 def _write(database: str, sql: str, args: tuple) -> None:
@@ -84,8 +93,10 @@ def _ended(error: BaseException | None) -> str:
 # can land while the start is still on its way, and then the finish may reach
 # the table first. Such a run is recorded as having started when it finished:
 # its handler had not begun.
-START = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at) "
-         "VALUES (%s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE started_at = started_at")
+START = (
+    "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE started_at = started_at"
+)
 # A second stop landing while the first finish is being written (shutdown
 # after a timeout) is written again on a fresh connection, and the server may
 # still execute the interrupted first write after it. finish_order keeps the
@@ -93,13 +104,15 @@ START = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, p
 # evaluates these assignments in order, so the IFs read the old value.)
 # A finish that finds no start row inserts one with began = 0: the handler
 # was stopped before its start was written, so it never behaved.
-FINISH = ("INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at, "
-          "finished_at, ended, finish_order, began) "
-          "VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s, %s, 0) "
-          "ON DUPLICATE KEY UPDATE "
-          "finished_at = IF(VALUES(finish_order) >= finish_order, VALUES(finished_at), finished_at), "
-          "ended = IF(VALUES(finish_order) >= finish_order, VALUES(ended), ended), "
-          "finish_order = GREATEST(finish_order, VALUES(finish_order))")
+FINISH = (
+    "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at, "
+    "finished_at, ended, finish_order, began) "
+    "VALUES (%s, %s, %s, %s, %s, %s, NOW(6), NOW(6), %s, %s, 0) "
+    "ON DUPLICATE KEY UPDATE "
+    "finished_at = IF(VALUES(finish_order) >= finish_order, VALUES(finished_at), finished_at), "
+    "ended = IF(VALUES(finish_order) >= finish_order, VALUES(ended), ended), "
+    "finish_order = GREATEST(finish_order, VALUES(finish_order))"
+)
 FIRST_STOP, LATE_STOP = 1, 2
 
 

@@ -7,8 +7,14 @@ from geventq.db import quote_table
 
 
 def attempt(task_id: int, table: str = "t") -> Attempt:
-    row = {"id": task_id, "task_type": "x", "task_params": None, "retry_count": 1, "max_retries": 3,
-           "schedule_time": None}
+    row = {
+        "id": task_id,
+        "task_type": "x",
+        "task_params": None,
+        "retry_count": 1,
+        "max_retries": 3,
+        "schedule_time": None,
+    }
     return Attempt.from_row("q", table, quote_table(table, None), row, 0.0)
 
 
@@ -68,9 +74,13 @@ def test_status_codes_are_the_seed_tables():
 
 def test_the_catalog_skips_bad_table_names_and_keeps_the_rest():
     catalog = QueueCatalog()
-    catalog.update([{"queue_name": "a", "table_name": "a_tasks", "retention_days": 3},
-                    {"queue_name": "b", "table_name": "x; DROP TABLE servers"},
-                    {"queue_name": "c", "table_name": "other_db.c_tasks", "retention_days": None}])
+    catalog.update(
+        [
+            {"queue_name": "a", "table_name": "a_tasks", "retention_days": 3},
+            {"queue_name": "b", "table_name": "x; DROP TABLE servers"},
+            {"queue_name": "c", "table_name": "other_db.c_tasks", "retention_days": None},
+        ]
+    )
     assert set(catalog.tables) == {"a_tasks", "other_db.c_tasks"}
     assert catalog.table("a_tasks") == "`a_tasks`" and catalog.table("nope") is None
     assert catalog.retention_days == {"a_tasks": 3, "other_db.c_tasks": 0}

@@ -36,8 +36,8 @@ def test_shrinking_below_running_cancels_nothing_and_holds_the_new_cap():
 def test_a_shrink_owed_then_grown_back_pays_the_debt_first():
     pool, release = WorkerPool(3), Event()
     _fill(pool, 3, release)
-    pool.resize(1)   # owes two slots
-    pool.resize(2)   # one of the debt is forgiven
+    pool.resize(1)  # owes two slots
+    pool.resize(2)  # one of the debt is forgiven
     release.set()
     pool.join()
     assert pool.free_count() == 2

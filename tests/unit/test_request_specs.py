@@ -18,24 +18,29 @@ def test_task_create_fills_defaults():
 
 
 def test_every_problem_of_a_body_is_reported_naming_its_field():
-    found = problems(spec.TASK_CREATE.parse_object,
-                     {"task_params": 5, "max_retries": 101, "colour": "red"})
+    found = problems(spec.TASK_CREATE.parse_object, {"task_params": 5, "max_retries": 101, "colour": "red"})
     assert [p.split(":")[0] for p in found] == ["task_params", "max_retries", "colour", "task_type"]
 
 
 def test_json_text_params_must_be_an_object_or_array():
-    assert spec.TASK_CREATE.parse_object({"task_type": "t", "task_params": '{"a": 1}'})["task_params"] \
+    assert (
+        spec.TASK_CREATE.parse_object({"task_type": "t", "task_params": '{"a": 1}'})["task_params"]
         == '{"a": 1}'
-    assert problems(spec.TASK_CREATE.parse_object, {"task_type": "t", "task_params": "3"})[0] \
-        .startswith("task_params: must be a JSON object or array")
+    )
+    assert problems(spec.TASK_CREATE.parse_object, {"task_type": "t", "task_params": "3"})[0].startswith(
+        "task_params: must be a JSON object or array"
+    )
 
 
 def test_query_numbers_are_parsed_and_ranged():
-    assert spec.TASK_QUERY.parse_query([("table", "email_tasks"), ("id", "42")]) == \
-        {"table": "email_tasks", "id": 42}
+    assert spec.TASK_QUERY.parse_query([("table", "email_tasks"), ("id", "42")]) == {
+        "table": "email_tasks",
+        "id": 42,
+    }
     assert problems(spec.TASK_QUERY.parse_query, [("table", "email_tasks"), ("id", "0")])[0].startswith("id:")
-    assert problems(spec.TASK_QUERY.parse_query, [("table", "a"), ("table", "b"), ("id", "1")]) \
-        == ["table: given more than once"]
+    assert problems(spec.TASK_QUERY.parse_query, [("table", "a"), ("table", "b"), ("id", "1")]) == [
+        "table: given more than once"
+    ]
 
 
 @pytest.mark.parametrize("name", ["queue_configs", "x.servers", "a b", "a;b", "1abc", "a" * 65])
@@ -61,5 +66,6 @@ def test_schedule_time_with_an_offset_is_aware_and_without_is_database_time():
 def test_a_trailing_newline_is_not_part_of_a_valid_identifier(name):
     from geventq.db import quote_table
     from geventq.errors import InvalidIdentifier
+
     with pytest.raises(InvalidIdentifier):
         quote_table(name, None)
