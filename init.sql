@@ -13,6 +13,11 @@ CREATE TABLE IF NOT EXISTS queue_configs (
   status         TINYINT      NOT NULL DEFAULT 1,
   task_timeout   INT          NOT NULL DEFAULT 0,
   retention_days INT          NOT NULL DEFAULT 0,
+  -- Limits across the cluster, 0 = off (README, "Limits across the cluster").
+  global_max_workers INT      NOT NULL DEFAULT 0,
+  rate_limit     INT          NOT NULL DEFAULT 0,
+  rate_period    INT          NOT NULL DEFAULT 60,
+  key_max_workers INT         NOT NULL DEFAULT 0,
   created_at     DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
   updated_at     DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
   UNIQUE KEY uk_queue_name (queue_name),
@@ -30,6 +35,48 @@ CREATE TABLE IF NOT EXISTS servers (
   queues         TEXT         NULL,
   running        INT          NOT NULL DEFAULT 0,
   version        VARCHAR(20)  NOT NULL DEFAULT ''
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- One row per queue that has a limit or was paused by a handler's
+-- RateLimited. Every claim of a limited queue locks its row (FOR UPDATE) and
+-- writes it, so those claims take turns across servers (and conflict at
+-- COMMIT on a Galera cluster), and a global slot is simply a running row
+-- counted under that lock: nothing to drift. held_* say how many due tasks
+-- the last claim left pending, by limit.
+CREATE TABLE IF NOT EXISTS queue_state (
+  queue_name     VARCHAR(100) NOT NULL PRIMARY KEY,
+  paused_until   DATETIME(3)  NULL,
+  claims         BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  held_global    INT          NOT NULL DEFAULT 0,
+  held_rate      INT          NOT NULL DEFAULT 0,
+  held_key       INT          NOT NULL DEFAULT 0,
+  held_paused    INT          NOT NULL DEFAULT 0,
+  held_at        DATETIME(3)  NULL,
+  updated_at     DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Task starts of rate-limited queues, counted per slice of the window
+-- (rate_period / 60), written in the claim's transaction under the queue's
+-- lock. A slice that reaches into the window counts whole, so the count never
+-- falls short: at most rate_limit starts in any rate_period.
+CREATE TABLE IF NOT EXISTS queue_rate_window (
+  queue_name     VARCHAR(100) NOT NULL,
+  slice_end      DATETIME(3)  NOT NULL,
+  slice_start    DATETIME(3)  NOT NULL,
+  starts         INT          NOT NULL DEFAULT 0,
+  PRIMARY KEY (queue_name, slice_end)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Requests to cancel a running attempt, read by its owner (within a second)
+-- and by the rescue, which cancels instead of requeueing when the owner died.
+CREATE TABLE IF NOT EXISTS task_cancels (
+  table_name     VARCHAR(100) NOT NULL,
+  task_id        BIGINT UNSIGNED NOT NULL,
+  retry_count    INT          NOT NULL,
+  server_id      VARCHAR(50)  NOT NULL,
+  requested_at   DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  PRIMARY KEY (table_name, task_id),
+  KEY idx_server (server_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- The base columns every task table has. A table made by hand with these

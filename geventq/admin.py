@@ -60,8 +60,16 @@ class ApiError(Exception):
 class Created:
     """A route's answer that is a 201."""
 
+    status = 201
+
     def __init__(self, data: Any):
         self.data = data
+
+
+class Accepted(Created):
+    """A route's answer that is a 202: asked for, happening elsewhere soon."""
+
+    status = 202
 
 
 class Call:
@@ -94,6 +102,7 @@ class Admin:
         job_logs: JobLogs,
         peers: Peers,
         queues_changed: Callable[[], None],
+        check_cancels: Callable[[], None],
     ):
         self.db = db
         self.server_id = server_id
@@ -103,6 +112,7 @@ class Admin:
         self.job_logs = job_logs
         self.peers = peers
         self.queues_changed = queues_changed  # applies a queue change here at once, not at the next sync
+        self.check_cancels = check_cancels  # this server's cancel watch looks now, not at its next poll
         self.endpoints: list[Endpoint] = []  # every route's, for the OpenAPI document
         self._settings: dict[str, Any] | None = None
         self._settings_at = 0.0
@@ -143,6 +153,14 @@ class Admin:
         if runner is not None:
             runner.wake()
         self.peers.wake(table_name)
+
+    def cancel_requested(self, owner: str) -> None:
+        """A cancel request for `owner` was stored: have it look now. The
+        request reaches it through the database anyway, within a second."""
+        if owner == self.server_id:
+            self.check_cancels()
+        else:
+            self.peers.check_cancels(owner)
 
     def document(self) -> dict[str, Any]:
         if self._document is None:
@@ -427,21 +445,47 @@ def task_retry(admin: Admin, call: Call) -> dict[str, Any]:
     Endpoint(
         "POST",
         "/admin/task/cancel",
-        "A pending task to cancelled",
+        "Cancel a task: a pending one at once (200), a running one by asking its server to stop it (202)",
         ref("Task"),
         tag="tasks",
         query=spec.TASK_QUERY,
-        errors=(NOT_FOUND_TABLE, (409, "the task is not pending")),
+        errors=(NOT_FOUND_TABLE, (409, "the task is done, failed or cancelled already")),
+        also=(
+            (
+                202,
+                "running: its server stops the handler within about a second (geventq.TaskCancelled) "
+                "and the task ends cancelled, unless it finished first",
+                ref("CancelRequested"),
+            ),
+        ),
     )
 )
-def task_cancel(admin: Admin, call: Call) -> dict[str, Any]:
-    changed, row = admin.db.call(admin_store.cancel_task, call.table, call.query["id"], transaction=True)
+def task_cancel(admin: Admin, call: Call) -> Any:
+    done, row = admin.db.call(
+        admin_store.cancel_task, call.table, call.table_name, call.query["id"], transaction=True
+    )
     row = found(row, call)
-    if not changed:
-        raise ApiError(
-            409, f"id: task {row['id']} is {status_name(row)}; only pending tasks can be cancelled"
-        )
+    if done == "requested":
+        admin.cancel_requested(row["server_id"])
+        return Accepted({"cancel_requested": True, "server_id": row["server_id"], "task": task_json(row)})
+    if not done:
+        raise ApiError(409, f"id: task {row['id']} is {status_name(row)} already; there is nothing to cancel")
     return task_json(row)
+
+
+@route(
+    Endpoint(
+        "POST",
+        "/admin/cancels/check",
+        "Look for cancel requests addressed to this server now (sent by other servers)",
+        ref("Checked"),
+        tag="tasks",
+        uses_database=False,
+    )
+)
+def cancels_check(admin: Admin, call: Call) -> dict[str, Any]:
+    admin.check_cancels()
+    return {"checked": True}
 
 
 @route(
@@ -672,7 +716,9 @@ class EnvelopePlugin:
                 return ujson.dumps(result, ensure_ascii=False, escape_forward_slashes=False)
             if endpoint.raw:
                 return result
-            status, data = (201, result.data) if isinstance(result, Created) else (endpoint.status, result)
+            status, data = (
+                (result.status, result.data) if isinstance(result, Created) else (endpoint.status, result)
+            )
             bottle.response.status = status
             bottle.response.content_type = "application/json"
             return envelope(jsonable(data))

@@ -34,6 +34,16 @@ QUEUE_COLUMNS = (
     "status",
     "task_timeout",
     "retention_days",
+    "global_max_workers",
+    "rate_limit",
+    "rate_period",
+    "key_max_workers",
+)
+# The optional task-table column a per-key cap counts by, and its index: the
+# claim counts running rows per key on (status, concurrency_key).
+CONCURRENCY_KEY_DDL = (
+    "ALTER TABLE {table} ADD COLUMN concurrency_key VARCHAR(191) NULL, "
+    "ADD KEY idx_status_key (status, concurrency_key)"
 )
 TASK_BASE_COLUMNS = frozenset(
     {
@@ -123,7 +133,7 @@ def create_queue(cur, fields: dict[str, Any]) -> dict[str, Any]:
     columns = [column for column in QUEUE_COLUMNS if column in fields]
     with _queue_admin_lock(cur):
         _check_queue_unique(cur, fields, exclude_id=0)
-        created = _ensure_task_table(cur, fields["table_name"])
+        created = _ensure_task_table(cur, fields["table_name"], needs_key=bool(fields.get("key_max_workers")))
         try:
             cur.execute(
                 f"INSERT INTO queue_configs ({', '.join(columns)}) "
@@ -150,8 +160,10 @@ def update_queue(cur, queue_id: int, changes: dict[str, Any]) -> dict[str, Any] 
             return None
         _check_queue_unique(cur, changes, exclude_id=queue_id)
         created = False
-        if changes.get("table_name", row["table_name"]) != row["table_name"]:
-            created = _ensure_task_table(cur, changes["table_name"])
+        table_name = changes.get("table_name", row["table_name"])
+        needs_key = bool(changes.get("key_max_workers", row.get("key_max_workers")))
+        if table_name != row["table_name"] or needs_key:
+            created = _ensure_task_table(cur, table_name, needs_key=needs_key)
         assignments = ", ".join(f"{column} = %({column})s" for column in QUEUE_COLUMNS if column in changes)
         try:
             cur.execute(
@@ -159,7 +171,7 @@ def update_queue(cur, queue_id: int, changes: dict[str, Any]) -> dict[str, Any] 
             )
         except BaseException:
             if created:
-                _drop_new_table(cur, changes["table_name"])
+                _drop_new_table(cur, table_name)
             raise
         return get_queue(cur, queue_id)
 
@@ -195,9 +207,10 @@ def _split_table(name: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-def _ensure_task_table(cur, name: str) -> bool:
+def _ensure_task_table(cur, name: str, needs_key: bool = False) -> bool:
     """Create the task table with the base columns unless it exists; an
-    existing table must have them. True when this call created it."""
+    existing table must have them, and `concurrency_key` too when a per-key
+    cap needs it (a new table gets it). True when this call created it."""
     schema, table = _split_table(name)
     if schema is not None:
         if schema.lower() in SYSTEM_SCHEMAS:
@@ -220,8 +233,15 @@ def _ensure_task_table(cur, name: str) -> bool:
             raise InvalidIdentifier(
                 f"table_name: existing table {name!r} lacks the base task columns {', '.join(missing)}"
             )
+        if needs_key and "concurrency_key" not in columns:
+            raise InvalidIdentifier(
+                f"key_max_workers: table {name!r} has no concurrency_key column to count by; add it with "
+                + CONCURRENCY_KEY_DDL.format(table=quote_table(name, None))
+            )
         return False
     cur.execute(TASK_TABLE_DDL.format(table=quote_table(name, None)))
+    if needs_key:
+        cur.execute(CONCURRENCY_KEY_DDL.format(table=quote_table(name, None)))
     return True
 
 
@@ -239,8 +259,10 @@ def queue_overview(cur) -> list[dict[str, Any]]:
     """Every queue row with its task counts by status and the age in seconds
     of its oldest due pending task, by the database clock."""
     queues = list_queue_configs(cur)
+    held = _held_back_by_queue(cur)
     for queue in queues:
         queue["counts"], queue["oldest_pending_age"], queue["table_error"] = None, None, None
+        queue["held_back"] = held.get(queue["queue_name"])
         try:
             table = quote_table(queue["table_name"], None)
             queue["counts"], queue["oldest_pending_age"] = _table_stats(cur, table)
@@ -253,6 +275,17 @@ def queue_overview(cur) -> list[dict[str, Any]]:
                 raise
             queue["table_error"] = str(error.args[-1])
     return queues
+
+
+def _held_back_by_queue(cur) -> dict[str, dict[str, Any]]:
+    """What the latest claim of each limited (or paused) queue held back, and
+    until when a handler paused it."""
+    cur.execute(
+        "SELECT queue_name, held_global AS global, held_rate AS rate, held_key AS `key`, "
+        "held_paused AS paused, held_at, IF(paused_until > NOW(3), paused_until, NULL) AS paused_until "
+        "FROM queue_state"
+    )
+    return {row.pop("queue_name"): row for row in cur.fetchall()}
 
 
 def _table_stats(cur, table: QuotedTable) -> tuple[dict[str, int], float | None]:
@@ -420,13 +453,31 @@ def retry_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, A
     return cur.rowcount == 1, get_task(cur, table, task_id)
 
 
-def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
-    """Pending to cancelled; conditional, so a task claimed meanwhile is left
-    alone. (changed, row after); row None when there is no such task."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET status = 4, end_time = NOW(3) WHERE id = %s AND status = 0", (task_id,)
-    )
-    return cur.rowcount == 1, get_task(cur, table, task_id)
+def cancel_task(cur, table: QuotedTable, table_name: str, task_id: int) -> tuple[str, dict[str, Any] | None]:
+    """In one transaction, with the task's row locked: a pending task is
+    cancelled; for a running one a cancel request is stored for its owner
+    (and for the rescue, should the owner die first). Returns what was done,
+    "cancelled", "requested" or "" (nothing: done, failed or cancelled
+    already), and the row after; row None when there is no such task."""
+    cur.execute(f"SELECT status FROM {checked(table)} WHERE id = %s FOR UPDATE", (task_id,))
+    found = cur.fetchone()
+    done = ""
+    if found is not None and found["status"] == 0:
+        cur.execute(
+            f"UPDATE {table} SET status = 4, end_time = NOW(3) WHERE id = %s",
+            (task_id,),
+        )
+        done = "cancelled"
+    elif found is not None and found["status"] == 1:
+        cur.execute(
+            f"INSERT INTO task_cancels (table_name, task_id, retry_count, server_id) "
+            f"SELECT %s, id, retry_count, server_id FROM {table} WHERE id = %s "
+            "ON DUPLICATE KEY UPDATE retry_count = VALUES(retry_count), server_id = VALUES(server_id), "
+            "requested_at = NOW(3)",
+            (table_name, task_id),
+        )
+        done = "requested"
+    return done, get_task(cur, table, task_id)
 
 
 # --- status ---

@@ -446,6 +446,29 @@ QUEUE_FIELDS = Spec(
             minimum=0,
             maximum=36_500,
         ),
+        Integer(
+            "global_max_workers",
+            "tasks running at once on all servers together; 0 = no cap",
+            default=0,
+            minimum=0,
+            maximum=1_000_000,
+        ),
+        Integer(
+            "rate_limit",
+            "task starts in any rate_period seconds, all servers together; 0 = no limit",
+            default=0,
+            minimum=0,
+            maximum=100_000_000,
+        ),
+        Integer("rate_period", "the rate limit's window, seconds", default=60, minimum=1, maximum=86_400),
+        Integer(
+            "key_max_workers",
+            "running tasks per concurrency_key on all servers together; 0 = no cap "
+            "(the task table needs a concurrency_key column; a new table gets one)",
+            default=0,
+            minimum=0,
+            maximum=1_000_000,
+        ),
     )
 )
 QUEUE_CREATE = QUEUE_FIELDS
@@ -526,6 +549,7 @@ class Endpoint:
     body_limit: int = MIB
     status: int = 200
     errors: tuple[tuple[int, str], ...] = ()  # its own error statuses, and why
+    also: tuple[tuple[int, str, dict[str, Any]], ...] = ()  # other success statuses: why, data schema
     auth: bool = True
     uses_database: bool = True
     raw: str | None = None  # the media type of a response that is not the JSON envelope

@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import IntEnum, StrEnum
 from typing import Any, NamedTuple, Protocol
 
+from gevent import Greenlet
 from loguru import logger
 
 from geventq.db import QuotedTable
@@ -87,6 +88,8 @@ class OutcomeKind(StrEnum):
     DONE = "done"
     RETRY = "retry"  # failed, pending again after a backoff
     FAILED = "failed"  # failed for good
+    RATE_LIMITED = "rate_limited"  # pending again after `delay`, attempt not spent; the queue pauses
+    CANCELLED = "cancelled"  # stopped by a cancel request: status 4, never retried
 
 
 class Outcome(NamedTuple):
@@ -105,6 +108,14 @@ class Outcome(NamedTuple):
     def failed(cls, error: str, *, timed_out: bool = False) -> Outcome:
         return cls(OutcomeKind.FAILED, error, 0.0, timed_out)
 
+    @classmethod
+    def rate_limited(cls, error: str, delay: float) -> Outcome:
+        return cls(OutcomeKind.RATE_LIMITED, error, delay)
+
+    @classmethod
+    def cancelled(cls, error: str) -> Outcome:
+        return cls(OutcomeKind.CANCELLED, error)
+
 
 DONE = Outcome(OutcomeKind.DONE)
 
@@ -114,6 +125,11 @@ class ClaimedAttempts:
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, int], Attempt] = {}
+        # The greenlets whose handler is running now, by attempt key: what a
+        # cancel request stops.
+        self._handlers: dict[tuple[str, int], Greenlet] = {}
+        self._cancel_requested: set[tuple[str, int]] = set()
+        self._ended: set[tuple[str, int]] = set()  # handler returned, outcome not written yet
 
     def add(self, attempts: Iterable[Attempt]) -> None:
         for attempt in attempts:
@@ -121,14 +137,56 @@ class ClaimedAttempts:
 
     def settle(self, attempt: Attempt) -> None:
         """Its outcome was written (or fenced out): it is no longer ours."""
-        self._held.pop(attempt.key, None)
+        self._forget(attempt)
 
     def drop(self, attempt: Attempt) -> None:
         """The lease lapsed under it: another server may rescue it, nothing here writes it."""
-        self._held.pop(attempt.key, None)
+        self._forget(attempt)
+
+    def _forget(self, attempt: Attempt) -> None:
+        key = attempt.key
+        if self._held.get(key) == attempt:  # not a newer attempt of the same task
+            del self._held[key]
+            self._ended.discard(key)
+            self._handlers.pop(key, None)
+            self._cancel_requested.discard(key)
 
     def holds(self, table_name: str, task_id: int) -> bool:
         return (table_name, task_id) in self._held
+
+    # --- running handlers, and cancelling them ---------------------------------
+
+    def handler_started(self, attempt: Attempt, greenlet: Greenlet) -> None:
+        self._handlers[attempt.key] = greenlet
+
+    def handler_ended(self, attempt: Attempt) -> None:
+        """From here on the attempt's outcome stands: a cancel no longer stops it."""
+        self._handlers.pop(attempt.key, None)
+        self._cancel_requested.discard(attempt.key)
+        if attempt.key in self._held:
+            self._ended.add(attempt.key)
+
+    def cancel(self, table_name: str, task_id: int, retry_count: int, exception: type[BaseException]) -> str:
+        """Stop the handler of that attempt with `exception`, at its next
+        cooperative switch. Returns what happened: "stopping" (the handler
+        runs and will stop), "already_stopping" (asked before),
+        "not_started" (held, the handler has not begun: ask again),
+        "finished" (its outcome stands), or "not_held"."""
+        key = (table_name, task_id)
+        attempt = self._held.get(key)
+        if attempt is None or attempt.retry_count != retry_count:
+            return "not_held"
+        greenlet = self._handlers.get(key)
+        if greenlet is None:
+            return "finished" if key in self._ended else "not_started"
+        if key in self._cancel_requested:
+            return "already_stopping"
+        self._cancel_requested.add(key)
+        greenlet.kill(exception, block=False)
+        return "stopping"
+
+    def cancel_requested(self, attempt: Attempt) -> bool:
+        return attempt.key in self._cancel_requested
 
     def unfinished(self) -> list[Attempt]:
         """What shutdown hands back: claimed here, no outcome written."""

@@ -13,6 +13,7 @@ from loguru import logger
 
 from geventq.db import QuotedTable, quote_table
 from geventq.errors import InvalidIdentifier
+from geventq.limits import QueueLimits
 
 
 class QueueCatalog:
@@ -20,12 +21,13 @@ class QueueCatalog:
         self.tables: dict[str, QuotedTable] = {}  # table_name -> quoted identifier
         self.retention_days: dict[str, int] = {}  # table_name -> retention_days (0 = forever)
         self.queue_of_table: dict[str, str] = {}  # table_name -> queue_name
+        self.limits: dict[str, QueueLimits] = {}  # queue_name -> its limits across the cluster
         self._reported_bad: set[str] = set()
 
     def update(self, rows: Iterable[dict[str, Any]]) -> None:
         """Take the queue_configs rows as they are now. A table name that
         fails the identifier check is left out, and logged once."""
-        tables, retention, queues = {}, {}, {}
+        tables, retention, queues, limits = {}, {}, {}, {}
         for row in rows:
             name = row["table_name"]
             try:
@@ -37,8 +39,10 @@ class QueueCatalog:
                 continue
             retention[name] = int(row.get("retention_days") or 0)
             queues[name] = row["queue_name"]
+            limits[row["queue_name"]] = QueueLimits.from_row(row)
         # Whole dicts swapped at once: readers on other greenlets never see a half update.
         self.tables, self.retention_days, self.queue_of_table = tables, retention, queues
+        self.limits = limits
 
     def table(self, table_name: str) -> QuotedTable | None:
         return self.tables.get(table_name)

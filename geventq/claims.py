@@ -8,6 +8,11 @@ server's version (or `database.claim_mode`):
 - otherwise a conditional UPDATE per candidate, which succeeds only while the
   row is still pending.
 
+A queue with a limit across the cluster (limits.py) claims under the lock of
+its `queue_state` row instead: the limits count running rows and starts, so
+those claims must take turns. Queues without limits keep the plain claim
+and its speed; a pause a handler asked for (RateLimited) is honoured by both.
+
 Only task types with a handler here are claimed, so a task is never lost to
 a server that cannot run it.
 """
@@ -15,10 +20,21 @@ a server that cannot run it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from geventq import store
+from geventq import limits, store
 from geventq.db import Database, QuotedTable
+from geventq.limits import QueueLimits
+
+LIMITED_RECHECK = 1.0  # seconds: a cap may free on another server without telling us
+
+
+class ClaimResult(NamedTuple):
+    rows: list[dict[str, Any]]
+    # Due tasks a limit left pending, by reason (limits.HELD_REASONS); empty when none was.
+    held: dict[str, int] = {}
+    # When a limit may allow more, in seconds (None: not held, or unknown).
+    retry_in: float | None = None
 
 
 class Claimer:
@@ -35,33 +51,133 @@ class Claimer:
     def method(self) -> str:
         return "SKIP LOCKED" if self.skip_locked else "conditional UPDATE"
 
-    def claim(self, table: QuotedTable, limit: int) -> list[dict[str, Any]]:
+    def claim(
+        self,
+        table: QuotedTable,
+        limit: int,
+        queue_name: str,
+        queue_limits: QueueLimits = limits.NO_LIMITS,
+        *,
+        has_key_column: bool = False,
+    ) -> ClaimResult:
         """Up to `limit` due tasks, marked running under our server_id and
         committed; raises DatabaseError when the database fails."""
-        if self.skip_locked:
+        if queue_limits.any:
             return self.claim_db.call(
+                self._claim_limited, table, limit, queue_name, queue_limits, has_key_column, transaction=True
+            )
+        if self.skip_locked:
+            rows = self.claim_db.call(
                 store.claim_due_tasks_skip_locked,
                 table,
                 self.server_id,
                 self.task_types,
                 limit,
+                queue_name,
                 transaction=True,
             )
-        return self.db.call(self._claim_conditional, table, limit)
+            return ClaimResult(rows)
+        return ClaimResult(self.db.call(self._claim_conditional, table, limit, queue_name))
 
-    def seconds_until_next_due(self, table: QuotedTable) -> float | None:
-        """How long until the earliest pending task we could run falls due; None: none pending."""
-        return self.db.call(store.seconds_until_next_due, table, self.task_types)
+    def table_columns(self, table_name: str) -> set[str]:
+        """A task table's columns: which optional ones (concurrency_key) it has."""
+        return self.db.call(store.task_table_columns, table_name)
 
-    def _claim_conditional(self, cur, table: QuotedTable, limit: int) -> list[dict[str, Any]]:
-        candidates = store.find_due_tasks(cur, table, self.task_types, limit)
-        now = store.database_now(cur) if candidates else None
+    def seconds_until_next_due(self, table: QuotedTable, queue_name: str) -> float | None:
+        """How long until the earliest pending task we could run falls due (or
+        the queue's pause ends); None: none pending."""
+        return self.db.call(store.seconds_until_next_due, table, self.task_types, queue_name)
+
+    def _claim_conditional(
+        self, cur, table: QuotedTable, limit: int, queue_name: str
+    ) -> list[dict[str, Any]]:
+        candidates = store.find_due_tasks(cur, table, self.task_types, limit, queue_name)
+        if not candidates:
+            return []
+        now = store.database_now(cur)
         taken = [
-            row for row in candidates if store.claim_one_if_pending(cur, table, self.server_id, row["id"])
+            row
+            for row in candidates
+            if store.claim_one_if_pending(cur, table, self.server_id, row["id"], now)
         ]
         for row in taken:
             row["claimed_at"] = now
         return taken
+
+    # --- under the queue's limits ------------------------------------------------
+
+    def _claim_limited(
+        self, cur, table: QuotedTable, wanted: int, queue_name: str, queue_limits: QueueLimits, has_key: bool
+    ) -> ClaimResult:
+        """One transaction under the queue's row lock: count, then claim what fits."""
+        state = store.lock_queue_state(cur, queue_name)
+        now, utc_now = state["now"], state["utc_now"]
+        held: dict[str, int] = {}
+        retry_in: float | None = None
+        room, reason = wanted, ""
+        if state["paused_until"] is not None and state["paused_until"] > now:
+            room, reason = 0, "paused"
+            retry_in = (state["paused_until"] - now).total_seconds()
+        if room and queue_limits.global_max_workers:
+            free = limits.global_room(queue_limits, store.count_running(cur, table))
+            if free < room:
+                room, reason, retry_in = free, "global", LIMITED_RECHECK
+        if room and queue_limits.rate_limit:
+            used, first_end = store.rate_window(cur, queue_name, limits.window_start(utc_now, queue_limits))
+            free = limits.rate_room(queue_limits, used)
+            if free < room:
+                room, reason = free, "rate"
+                retry_in = limits.seconds_until_rate_room(first_end, utc_now, queue_limits)
+        rows: list[dict[str, Any]] = []
+        if room:
+            rows, stepped_over = self._lock_fitting(cur, table, room, queue_limits, has_key)
+            if stepped_over:
+                held["key"] = stepped_over
+                retry_in = retry_in if retry_in is not None else LIMITED_RECHECK
+        if reason:
+            held[reason] = max(0, store.count_due(cur, table, self.task_types, wanted) - len(rows))
+        if rows:
+            for row in rows:
+                row["claimed_at"] = now
+            store.mark_claimed(cur, table, self.server_id, [row["id"] for row in rows], now)
+            if queue_limits.rate_limit:
+                start, end = limits.current_slice(utc_now, queue_limits)
+                store.count_starts(cur, queue_name, start, end, len(rows))
+        store.record_limited_claim(cur, queue_name, held)
+        return ClaimResult(rows, {name: count for name, count in held.items() if count}, retry_in)
+
+    def _lock_fitting(
+        self, cur, table: QuotedTable, room: int, queue_limits: QueueLimits, has_key: bool
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Lock due tasks in claim order, up to `room`; with a per-key cap,
+        over-fetch and step over tasks whose key is full, so one busy key
+        never blocks the others behind it. Returns (rows, stepped over)."""
+        if not (queue_limits.key_max_workers and has_key):
+            return store.lock_due_candidates(
+                cur, table, self.task_types, room, skip_locked=self.skip_locked
+            ), 0
+        running = store.running_by_key(cur, table)
+        taken: list[dict[str, Any]] = []
+        stepped_over = scanned = 0
+        after = None
+        batch = max(4 * room, 50)
+        while len(taken) < room and scanned < limits.KEY_SCAN_LIMIT:
+            candidates = store.lock_due_candidates(
+                cur, table, self.task_types, batch, with_key=True, after=after, skip_locked=self.skip_locked
+            )
+            if not candidates:
+                break
+            scanned += len(candidates)
+            fits, skipped = limits.pick_by_key(
+                candidates, running, queue_limits.key_max_workers, room - len(taken)
+            )
+            taken.extend(fits)
+            stepped_over += skipped
+            last = candidates[-1]
+            after = (last["schedule_time"], last["id"])
+            if len(candidates) < batch:
+                break
+        return taken, stepped_over
 
 
 def use_skip_locked(claim_mode: str, version: str) -> bool:

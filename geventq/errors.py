@@ -64,3 +64,22 @@ class LeaseLost(GreenletExit):
     """Thrown into running handlers when this server's heartbeat lease lapses:
     another server may rescue their tasks soon, so they must stop first. A
     GreenletExit, so a handler's `except Exception` cannot swallow it."""
+
+
+class RateLimited(Exception):
+    """Raise from a handler when the remote side says "too many requests":
+    the task goes back to pending, due in `seconds`, without spending an
+    attempt, and its queue starts nothing more for that long on any server."""
+
+    def __init__(self, seconds: float, message: str = ""):
+        seconds = float(seconds)
+        if not seconds >= 0:  # also refuses NaN
+            raise ValueError(f"RateLimited: seconds must be >= 0, got {seconds!r}")
+        super().__init__(message or f"rate limited for {seconds:g}s")
+        self.seconds = seconds
+
+
+class TaskCancelled(GreenletExit):
+    """Thrown into a running handler when its task is cancelled (admin
+    task/cancel, Client.cancel). A GreenletExit, so a handler's
+    `except Exception` cannot swallow it; `finally` blocks still run."""

@@ -18,6 +18,7 @@ from loguru import logger
 
 from geventq import admin, logs, monitor, schema, servers, store
 from geventq.attempts import Attempt, ClaimedAttempts, Listeners
+from geventq.cancels import CancelWatch
 from geventq.catalog import QueueCatalog
 from geventq.claims import Claimer, use_skip_locked
 from geventq.config import Config
@@ -152,6 +153,7 @@ class Executor:
             token=cfg.admin.token if cfg.admin.metrics_auth else "",
         )
         self.listeners.add(metrics)
+        self.cancel_watch = CancelWatch(db, server_id, self.claimed)
         peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
         routes = admin.Admin(
             db=db,
@@ -162,6 +164,7 @@ class Executor:
             job_logs=self.job_logs,
             peers=peers,
             queues_changed=self.sync.wake,
+            check_cancels=self.cancel_watch.wake,
         )
         self._http.application = admin.create_app(routes, cfg.admin.token, metrics.routes())
         self.registration = Registration(server_id, self.identity.admin_address)
@@ -197,6 +200,7 @@ class Executor:
             db_address=db.address,
         )
         self.maintenance.start()
+        self.cancel_watch.start()
         self.sync.start()
 
     def status_snapshot(self) -> tuple[str, str, int]:
@@ -232,6 +236,7 @@ class Executor:
         )
         self.sync.stop()
         self._drain_runners()
+        self.cancel_watch.stop()
         self.recorder.stop(timeout=10)
         self._release_unfinished()
         self.maintenance.stop()
@@ -266,6 +271,7 @@ class Executor:
             released = self.db.retrying(
                 store.release_tasks,
                 table,
+                attempts[0].table_name,
                 self.identity.server_id,
                 retry_count,
                 ids,

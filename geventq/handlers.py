@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gevent
+from gevent import monkey
 
 from geventq.config import Config
 from geventq.db import Database
@@ -94,10 +96,23 @@ def _describe(fn: Any) -> str:
     return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', repr(target))}"
 
 
+# How often ctx.cancel_requested() lets the hub run other greenlets (the
+# cancel watch among them) from a handler that never yields otherwise.
+CANCEL_CHECK_YIELD = 0.05
+_get_thread_ident = monkey.get_original("threading", "get_ident")
+_HUB_THREAD = _get_thread_ident()
+
+
+def _on_hub_thread() -> bool:
+    return _get_thread_ident() == _HUB_THREAD
+
+
 class JobContext:
     """What a handler gets for one attempt of one task."""
 
     __slots__ = (
+        "_cancel_check",
+        "_last_yield",
         "config",
         "created_at",
         "db",
@@ -110,6 +125,7 @@ class JobContext:
         "retry_count",
         "schedule_time",
         "server_id",
+        "started_at",
         "table_name",
         "task_id",
         "task_type",
@@ -133,6 +149,8 @@ class JobContext:
         config: Config | None = None,
         db: Database | None = None,
         created_at: Any = None,
+        started_at: Any = None,
+        cancel_check: Callable[[], bool] | None = None,
     ):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
@@ -150,11 +168,29 @@ class JobContext:
         self.config = config
         self.db = db
         self.created_at = created_at
+        self.started_at = started_at  # the claim's time, database clock: the row's start_time
+        self._cancel_check = cancel_check
+        self._last_yield = 0.0
 
     @property
     def attempt(self) -> int:
         """1 for the first run, 2 for the first retry, ..."""
         return self.retry_count + 1
+
+    def cancel_requested(self) -> bool:
+        """True once this task's cancel was requested. A loop that does not
+        otherwise yield (CPU work on the hub) should call it now and then:
+        it also yields to the hub at most every CANCEL_CHECK_YIELD seconds,
+        and the cancel may then arrive right there as geventq.TaskCancelled.
+        Safe to call from a run_in_thread function too (it never yields there)."""
+        if self._cancel_check is None:
+            return False
+        if _on_hub_thread():
+            now = time.monotonic()
+            if now - self._last_yield >= CANCEL_CHECK_YIELD:
+                self._last_yield = now
+                gevent.sleep(0)
+        return self._cancel_check()
 
     def run_in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run CPU-bound `fn` on gevent's native threadpool and wait for it, so

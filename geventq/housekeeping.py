@@ -1,6 +1,7 @@
 """Housekeeping: deleting finished tasks past each queue's retention_days,
-and pruning old job logs. Neither is on the task's path; both run from the
-maintenance pass (servers.Maintenance) while the lease is valid."""
+stale cancel requests and rate-window slices, and pruning old job logs.
+None of it is on the task's path; all of it runs from the maintenance pass
+(servers.Maintenance) while the lease is valid."""
 
 from __future__ import annotations
 
@@ -29,13 +30,32 @@ class Housekeeping:
         self._last_log_prune = 0.0
 
     def run_due(self) -> None:
-        """Whatever is due: retention every minute, job-log pruning every hour."""
+        """Whatever is due: stale cancel requests every pass; retention and
+        rate-window slices every minute; job-log pruning every hour."""
+        self.remove_stale_cancel_requests()
         if time.monotonic() - self._last_retention > RETENTION_EVERY:
             self._last_retention = time.monotonic()
             self.apply_retention()
+            self.prune_rate_slices()
         if time.monotonic() - self._last_log_prune > LOG_PRUNE_EVERY:
             self._last_log_prune = time.monotonic()
             self.job_logs.prune(self.log_retention_days)
+
+    def remove_stale_cancel_requests(self) -> int:
+        """Requests whose attempt ended before its owner acted on them."""
+        removed = 0
+        for table_name in self.db.call(store.tables_with_cancel_requests):
+            table = self.catalog.table(table_name)
+            if table is not None:
+                removed += self.db.call(store.delete_stale_cancel_requests, table, table_name)
+        return removed
+
+    def prune_rate_slices(self) -> int:
+        """Slices of the rate window that no window reaches any more."""
+        periods = {
+            name: limits.rate_period for name, limits in self.catalog.limits.items() if limits.rate_limit
+        }
+        return self.db.call(store.delete_old_rate_slices, periods)
 
     def apply_retention(self) -> None:
         """Delete finished tasks past each queue's retention_days, in small

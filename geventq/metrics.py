@@ -45,6 +45,7 @@ from geventq.catalog import QueueCatalog
 from geventq.db import Database
 from geventq.errors import DatabaseError
 from geventq.lease import Lease
+from geventq.limits import HELD_REASONS
 from geventq.logs import Throttle
 from geventq.queues import QueueRunner, RunningQueues
 
@@ -74,6 +75,12 @@ COUNTERS = (
         "rescued",
         "Tasks this server returned to pending (or failed) because their server's heartbeat expired",
     ),
+    (
+        "geventq_tasks_rate_limited",
+        "rate_limited",
+        "Attempts whose handler raised RateLimited (back to pending, not counted; the queue paused)",
+    ),
+    ("geventq_tasks_cancelled", "cancelled", "Running attempts stopped by a cancel request (status 4)"),
     (
         "geventq_tasks_timed_out",
         "timed_out",
@@ -109,10 +116,22 @@ class Buckets:
 class QueueStats:
     """What this process counted for one queue since it started."""
 
-    __slots__ = ("claimed", "failed", "pickup", "rescued", "retried", "run", "succeeded", "timed_out")
+    __slots__ = (
+        "cancelled",
+        "claimed",
+        "failed",
+        "pickup",
+        "rate_limited",
+        "rescued",
+        "retried",
+        "run",
+        "succeeded",
+        "timed_out",
+    )
 
     def __init__(self) -> None:
         self.claimed = self.succeeded = self.failed = self.retried = self.rescued = self.timed_out = 0
+        self.rate_limited = self.cancelled = 0
         self.run = Buckets(RUN_BUCKETS)
         self.pickup = Buckets(PICKUP_BUCKETS)
 
@@ -164,6 +183,10 @@ class Metrics:
             stats.retried += 1
         elif kind is OutcomeKind.FAILED:
             stats.failed += 1
+        elif kind is OutcomeKind.RATE_LIMITED:
+            stats.rate_limited += 1
+        elif kind is OutcomeKind.CANCELLED:
+            stats.cancelled += 1
         if outcome.timed_out:
             stats.timed_out += 1
         stats.run.observe(seconds)
@@ -249,6 +272,20 @@ class HotPathCollector(Collector):
             family.add_metric((queue, self.metrics.server_id), buckets.cumulative(), buckets.total)
         return family
 
+    def _held_back(self, runners: Iterable[QueueRunner]) -> Metric:
+        family = GaugeMetricFamily(
+            "geventq_tasks_held_back",
+            "Due tasks this server's last claim left pending because of a limit across the cluster "
+            "(reason: global, rate, key, paused)",
+            labels=(*QUEUE_SERVER, "reason"),
+        )
+        for runner in runners:
+            for reason in HELD_REASONS:
+                family.add_metric(
+                    (runner.queue_name, self.metrics.server_id, reason), runner.held_back.get(reason, 0)
+                )
+        return family
+
     def _process_gauges(self, runners: Iterable[QueueRunner]) -> Iterator[Metric]:
         metrics, server = self.metrics, self.metrics.server_id
         running: dict[str, int] = {}
@@ -268,6 +305,7 @@ class HotPathCollector(Collector):
         for queue in sorted(pool_size):
             family.add_metric((queue, server), pool_size[queue])
         yield family
+        yield self._held_back(runners)
         family = GaugeMetricFamily(
             "geventq_outcomes_buffered",
             "Outcomes waiting to be written to the database (recorder backlog)",

@@ -42,6 +42,10 @@ QUEUE_ROW = {
         "status": {"type": "integer", "enum": [0, 1]},
         "task_timeout": {"type": "integer"},
         "retention_days": {"type": "integer"},
+        "global_max_workers": {"type": "integer", "description": "0 = no cap"},
+        "rate_limit": {"type": "integer", "description": "starts per rate_period; 0 = no limit"},
+        "rate_period": {"type": "integer"},
+        "key_max_workers": {"type": "integer", "description": "0 = no cap"},
         "created_at": DATETIME,
         "updated_at": DATETIME,
     },
@@ -79,6 +83,13 @@ SCHEMAS: dict[str, Any] = {
                         "nullable": True,
                         "description": "why the task table could not be counted",
                     },
+                    "held_back": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "due tasks the latest claim left pending, by limit "
+                        "(global, rate, key, paused), and paused_until; null for a queue "
+                        "that never had a limit or a pause",
+                    },
                 },
             },
         ],
@@ -101,6 +112,11 @@ SCHEMAS: dict[str, Any] = {
                 },
             },
         },
+    },
+    "Checked": {
+        "type": "object",
+        "required": ["checked"],
+        "properties": {"checked": {"type": "boolean"}},
     },
     "Woken": {
         "type": "object",
@@ -192,6 +208,15 @@ SCHEMAS: dict[str, Any] = {
                 "nullable": True,
                 "description": "pass back as offset for the next page; null at the end",
             },
+        },
+    },
+    "CancelRequested": {
+        "type": "object",
+        "required": ["cancel_requested", "server_id"],
+        "properties": {
+            "cancel_requested": {"type": "boolean", "enum": [True]},
+            "server_id": {"type": "string", "description": "the server running the task"},
+            "task": ref("Task"),
         },
     },
     "TaskCreated": {
@@ -296,22 +321,14 @@ def responses(endpoint: Endpoint) -> dict[str, Any]:
     else:
         success = {
             "description": "success",
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["code", "message", "data"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "code": {"type": "integer", "enum": [0]},
-                            "message": {"type": "string", "enum": ["success"]},
-                            "data": endpoint.data,
-                        },
-                    }
-                }
-            },
+            "content": {"application/json": {"schema": envelope_of(endpoint.data)}},
         }
     answers = {str(endpoint.status): success}
+    for status, description, data in endpoint.also:
+        answers[str(status)] = {
+            "description": description,
+            "content": {"application/json": {"schema": envelope_of(data)}},
+        }
     errors = dict(endpoint.errors)
     if endpoint.query.fields or endpoint.body is not None:
         errors.setdefault(400, ERRORS[400])
@@ -328,3 +345,17 @@ def responses(endpoint: Endpoint) -> dict[str, Any]:
             "content": {"application/json": {"schema": ref("Error")}},
         }
     return answers
+
+
+def envelope_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The success envelope around a `data` schema."""
+    return {
+        "type": "object",
+        "required": ["code", "message", "data"],
+        "additionalProperties": False,
+        "properties": {
+            "code": {"type": "integer", "enum": [0]},
+            "message": {"type": "string", "enum": ["success"]},
+            "data": data,
+        },
+    }

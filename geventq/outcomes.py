@@ -88,7 +88,7 @@ class OutcomeRecorder:
             else:
                 self._settle(attempts, DONE, written)
         for attempt, outcome in singles:
-            written = self._execute(self._write_failure, attempt, outcome)
+            written = self._execute(self._write_failure, attempt, outcome, transaction=True)
             if written is None:
                 unwritten.append((attempt, outcome))
             else:
@@ -96,24 +96,28 @@ class OutcomeRecorder:
         return unwritten
 
     def _write_failure(self, cur, attempt: Attempt, outcome: Outcome) -> int:
+        """Every outcome but success, one attempt at a time, in one transaction."""
+        error = outcome.error or ""
         if outcome.kind is OutcomeKind.RETRY:
             return store.retry_task_later(
-                cur,
-                attempt.table,
-                self.server_id,
-                attempt.id,
-                attempt.retry_count,
-                outcome.error or "",
-                outcome.delay,
+                cur, attempt.table, self.server_id, attempt.id, attempt.retry_count, error, outcome.delay
             )
-        return store.fail_task(
-            cur, attempt.table, self.server_id, attempt.id, attempt.retry_count, outcome.error or ""
-        )
+        if outcome.kind is OutcomeKind.RATE_LIMITED:
+            # The queue's row first, as claims lock it (then task rows): one lock order.
+            store.pause_queue(cur, attempt.queue_name, outcome.delay)
+            return store.return_rate_limited(
+                cur, attempt.table, self.server_id, attempt.id, attempt.retry_count, error, outcome.delay
+            )
+        if outcome.kind is OutcomeKind.CANCELLED:
+            return store.finish_cancelled(
+                cur, attempt.table, attempt.table_name, self.server_id, attempt.id, attempt.retry_count, error
+            )
+        return store.fail_task(cur, attempt.table, self.server_id, attempt.id, attempt.retry_count, error)
 
-    def _execute(self, statement, *args) -> int | None:
+    def _execute(self, statement, *args, transaction: bool = False) -> int | None:
         """Rows matched, or None when the database is away (try later)."""
         try:
-            return self.db.call(statement, *args)
+            return self.db.call(statement, *args, transaction=transaction)
         except DatabaseUnavailable as error:
             self._log_error(error)
             return None

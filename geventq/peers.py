@@ -58,7 +58,7 @@ class Peers:
         self._queue_of_table: dict[str, str] = {}
         self._fetched_at = float("-inf")
         self._refresh_lock = Semaphore()
-        # (base url, table) -> True when another wake is wanted after the one in flight
+        # (base url, target) -> True when another POST is wanted after the one in flight
         self._in_flight: dict[tuple[str, str], bool] = {}
         self._connections = KeepAlive()
 
@@ -85,32 +85,48 @@ class Peers:
             self._refresh(force=False)
 
     def _wake_one(self, url: str, table_name: str) -> None:
-        key = (url, table_name)
+        self._post_coalesced(url, "/admin/queue/wake?" + urllib.parse.urlencode({"table": table_name}))
+
+    def check_cancels(self, server_id: str) -> None:
+        """Ask a live server to look for its cancel requests now. Returns at once."""
+        gevent.spawn(self._check_cancels, server_id)
+
+    def _check_cancels(self, server_id: str) -> None:
+        peer = self._peer(server_id) or (self._refresh(force=True) and self._peer(server_id))
+        if peer:
+            self._post_coalesced(peer["url"], "/admin/cancels/check")
+
+    def _peer(self, server_id: str) -> dict[str, Any] | None:
+        return next((peer for peer in self._peers if peer["server_id"] == server_id), None)
+
+    def _post_coalesced(self, url: str, target: str) -> None:
+        """POST `target` to a peer; while one is in flight, any number of new
+        ones collapse into a single follow-up."""
+        key = (url, target)
         if key in self._in_flight:
             self._in_flight[key] = True
             return
         self._in_flight[key] = False
-        gevent.spawn(self._send_wakes, key)
+        gevent.spawn(self._send_posts, key)
 
-    def _send_wakes(self, key: tuple[str, str]) -> None:
-        url, table_name = key
+    def _send_posts(self, key: tuple[str, str]) -> None:
+        url, target = key
         try:
             while True:
-                self._post_wake(url, table_name)
+                self._post(url, target)
                 if not self._in_flight.get(key):
                     return
                 self._in_flight[key] = False
         finally:
             self._in_flight.pop(key, None)
 
-    def _post_wake(self, url: str, table_name: str) -> None:
-        target = "/admin/queue/wake?" + urllib.parse.urlencode({"table": table_name})
+    def _post(self, url: str, target: str) -> None:
         try:
             status, _ = self._connections.request(url, "POST", target, self._auth_headers(), WAKE_TIMEOUT)
             if status != 200:
-                logger.debug("waking {} at {}: HTTP {}", table_name, url, status)
+                logger.debug("POST {} at {}: HTTP {}", target, url, status)
         except (OSError, http.client.HTTPException) as error:
-            logger.debug("waking {} at {} failed: {}", table_name, url, error)
+            logger.debug("POST {} at {} failed: {}", target, url, error)
 
     def _refresh(self, force: bool) -> bool:
         """Re-read who runs what when the view is older than a second (or

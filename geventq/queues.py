@@ -14,10 +14,11 @@ from gevent.pool import Group, Pool
 from loguru import logger
 
 from geventq.attempts import Attempt, ClaimedAttempts, Listeners, OutcomeKind
-from geventq.claims import Claimer
+from geventq.claims import Claimer, ClaimResult
 from geventq.db import QuotedTable, quote_table
 from geventq.errors import DatabaseError, DatabaseUnavailable
 from geventq.lease import Lease
+from geventq.limits import QueueLimits
 from geventq.logs import Throttle
 from geventq.running import AttemptRunner
 
@@ -75,6 +76,7 @@ class QueueRunner:
         self.table: QuotedTable = quote_table(self.table_name, None)
         self.scan_interval: float = float(row["scan_interval"])
         self.task_timeout: float = float(row.get("task_timeout") or 0)
+        self.limits = QueueLimits.from_row(row)
         self.pool = WorkerPool(int(row["max_workers"]))
         self._claimer = claimer
         self._lease = lease
@@ -88,17 +90,21 @@ class QueueRunner:
         # True from sending a claim until its rows are started or given up:
         # reconciliation must not take a slow claim's rows for lost ones.
         self.claim_in_flight = False
+        # Due tasks the last claim left pending because of a limit, by reason.
+        self.held_back: dict[str, int] = {}
+        self._has_key_column: bool | None = None  # read when a key limit first needs it
 
     # --- control, from sync and executor ---------------------------------------
 
     def start(self) -> None:
         self._scanner = gevent.spawn(self._scan_loop)
         logger.info(
-            "queue {} started on table {} (max_workers={}, scan_interval={}s)",
+            "queue {} started on table {} (max_workers={}, scan_interval={}s, limits: {})",
             self.queue_name,
             self.table_name,
             self.pool.size,
             self.scan_interval,
+            self.limits.describe(),
         )
 
     def apply(self, row: dict[str, Any]) -> None:
@@ -110,6 +116,14 @@ class QueueRunner:
             self.scan_interval = float(row["scan_interval"])
             self.wake()
         self.task_timeout = float(row.get("task_timeout") or 0)
+        limits = QueueLimits.from_row(row)
+        if limits != self.limits:
+            # Applies from the next claim; running tasks are never stopped by a lower limit.
+            logger.info(
+                "queue {}: limits {} -> {}", self.queue_name, self.limits.describe(), limits.describe()
+            )
+            self.limits, self._has_key_column = limits, None
+            self.wake()
 
     def wake(self) -> None:
         """Claim now instead of at the end of the scan interval."""
@@ -149,10 +163,15 @@ class QueueRunner:
                 continue
             free = self.pool.free_count()
             self._wake.clear()
-            claimed = self._claim_batch(free)
-            if claimed is None:
+            result = self._claim_batch(free)
+            if result is None:
                 self._wake.wait(min(self.scan_interval, 1.0))
-            elif claimed < free:
+            elif result.held:
+                # A limit held due tasks back: look again when it may allow
+                # more (a local task ending wakes us sooner, see _run).
+                retry_in = result.retry_in if result.retry_in is not None else self.scan_interval
+                self._wake.wait(min(self.scan_interval, max(retry_in, MIN_IDLE_WAIT)))
+            elif len(result.rows) < free:
                 self._wake.wait(self._idle_wait())
             elif self.pool.full():
                 # Every slot was filled: claim again as soon as slots free up.
@@ -165,7 +184,7 @@ class QueueRunner:
         """Nothing more is due: sleep until the next task falls due, at most
         scan_interval (tasks inserted by SQL are found by the next scan)."""
         try:
-            wait = self._claimer.seconds_until_next_due(self.table)
+            wait = self._claimer.seconds_until_next_due(self.table, self.queue_name)
         except DatabaseError:
             return self.scan_interval
         if wait is None:
@@ -173,16 +192,19 @@ class QueueRunner:
         # Due but not claimed means another server holds it right now.
         return min(self.scan_interval, max(wait, MIN_IDLE_WAIT))
 
-    def _claim_batch(self, limit: int) -> int | None:
+    def _claim_batch(self, limit: int) -> ClaimResult | None:
         """Claim up to `limit` due tasks and start them; None on a database error."""
         epoch = self._lease.epoch
         self.claim_in_flight = True
         try:
             try:
-                rows = self._claimer.claim(self.table, limit)
+                result = self._claimer.claim(
+                    self.table, limit, self.queue_name, self.limits, has_key_column=self._key_column()
+                )
             except DatabaseError as error:
                 self._log_claim_error(error)
                 return None
+            rows, self.held_back = result.rows, result.held
             if rows and not self._lease.valid_in(epoch):
                 # The lease lapsed while the claim was in flight (even if it has
                 # been renewed since): another server may have rescued these
@@ -194,9 +216,25 @@ class QueueRunner:
                     len(rows),
                 )
                 return None
-            return self._start_claimed(rows)
+            self._start_claimed(rows)
+            return result
         finally:
             self.claim_in_flight = False
+
+    def _key_column(self) -> bool:
+        """Whether the table has concurrency_key, read once a key limit needs it."""
+        if not self.limits.key_max_workers:
+            return False
+        if self._has_key_column is None:
+            self._has_key_column = "concurrency_key" in self._claimer.table_columns(self.table_name)
+            if not self._has_key_column:
+                logger.warning(
+                    "queue {}: key_max_workers is set but {} has no concurrency_key column; "
+                    "the per-key cap is not applied",
+                    self.queue_name,
+                    self.table_name,
+                )
+        return self._has_key_column
 
     def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()
@@ -217,8 +255,12 @@ class QueueRunner:
     # --- running -------------------------------------------------------------
 
     def _run(self, attempt: Attempt) -> None:
-        outcome = self._attempts.run(attempt, self.task_timeout)
-        if outcome.kind is OutcomeKind.RETRY:
+        try:
+            outcome = self._attempts.run(attempt, self.task_timeout)
+        finally:
+            if self.held_back:
+                self.wake()  # a slot of a capped queue may have freed here
+        if outcome.kind is OutcomeKind.RETRY or outcome.kind is OutcomeKind.RATE_LIMITED:
             # Look again when the retry falls due, not a whole scan_interval later.
             gevent.spawn_later(outcome.delay + RETRY_WAKE_MARGIN, self.wake)
 

@@ -15,7 +15,7 @@ from loguru import logger
 from geventq.attempts import DONE, Attempt, ClaimedAttempts, Listeners, Outcome
 from geventq.config import Config
 from geventq.db import Database
-from geventq.errors import LeaseLost, PermanentFailure
+from geventq.errors import LeaseLost, PermanentFailure, RateLimited, TaskCancelled
 from geventq.handlers import JobContext
 from geventq.logs import JobLogs
 from geventq.outcomes import OutcomeRecorder
@@ -55,13 +55,19 @@ class AttemptRunner:
         shutdown stops the handler with an exception that goes on up: then
         nothing is recorded here."""
         log_id, job_logs = attempt.log_id, self.job_logs
-        job_logs.begin(
-            log_id,
-            f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
-            f"/{attempt.max_retries + 1} on {self.server_id} (queue {attempt.queue_name})",
-        )
+        self.claimed.handler_started(attempt, gevent.getcurrent())
         try:
+            job_logs.begin(
+                log_id,
+                f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
+                f"/{attempt.max_retries + 1} on {self.server_id} (queue {attempt.queue_name})",
+            )
             outcome = self._execute(attempt, task_timeout)
+            self.claimed.handler_ended(attempt)  # no switch since the handler returned: it stands
+        except TaskCancelled:
+            self.claimed.handler_ended(attempt)
+            outcome = Outcome.cancelled(f"cancelled by request while running on {self.server_id}")
+            job_logs.line(log_id, "WARNING", f"{outcome.error}; it will not run again")
         except LeaseLost:
             job_logs.line(
                 log_id,
@@ -72,6 +78,7 @@ class AttemptRunner:
             raise
         except BaseException:
             # Shutdown killed the handler: the executor hands the task back.
+            self.claimed.handler_ended(attempt)
             job_logs.line(log_id, "WARNING", "stopped by shutdown; returned to pending")
             raise
         finally:
@@ -93,6 +100,8 @@ class AttemptRunner:
             return self._failure(attempt, f"timed out after {task_timeout:g}s", timed_out=True)
         except PermanentFailure as error:
             return self._failure(attempt, f"PermanentFailure: {error}", permanent=True)
+        except RateLimited as limited:
+            return self._rate_limited(attempt, limited)
         except Exception as error:  # noqa: BLE001 - a handler's failure is data, never fatal
             return self._failure(attempt, f"{type(error).__name__}: {error}")
         finally:
@@ -123,12 +132,20 @@ class AttemptRunner:
                 schedule_time=attempt.schedule_time,
                 created_at=attempt.created_at,
                 server_id=self.server_id,
+                started_at=attempt.claimed_at,
+                cancel_check=lambda: self.claimed.cancel_requested(attempt),
                 log_id=attempt.log_id,
                 log=logger.bind(log_id=attempt.log_id),
                 config=self.config,
                 db=self.handler_db,
             )
         )
+
+    def _rate_limited(self, attempt: Attempt, limited: RateLimited) -> Outcome:
+        message = f"RateLimited: {limited} (not counted as an attempt; queue {attempt.queue_name} paused)"
+        self.job_logs.line(attempt.log_id, "WARNING", message)
+        logger.info("task {}: {}", attempt.log_id, message)
+        return Outcome.rate_limited(message[:4000], limited.seconds)
 
     def _failure(
         self, attempt: Attempt, error: str, *, permanent: bool = False, timed_out: bool = False

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from geventq.attempts import Status
-from geventq.db import QuotedTable, quote_database
+from geventq.db import QuotedTable, check_table_name, quote_database
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 STATUS_NAMES = {status: status.label for status in Status}
@@ -73,6 +73,19 @@ def run_script(cur, statements: Iterable[str]) -> None:
         cur.execute(statement)
 
 
+def task_table_columns(cur, table_name: str) -> set[str]:
+    """The columns of a task table (`table` or `database.table`), lower case."""
+    parts = check_table_name(table_name)
+    schema, table = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+    cur.execute(
+        "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
+        "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s",
+        (schema, table),
+    )
+    # information_schema compares without case; table names on disk do not.
+    return {row["c"].lower() for row in cur.fetchall() if row["t"] == table}
+
+
 def table_columns(cur, table: str) -> set[str]:
     """The column names of one of geventq's own tables in the current database."""
     cur.execute(
@@ -85,21 +98,20 @@ def table_columns(cur, table: str) -> set[str]:
 
 # Columns added to geventq's own tables after the first release: a database
 # made by an older init.sql gets them at start-up, with defaults, so nothing
-# becomes required. (table, column) -> the statement that adds it.
+# becomes required. (table, column) -> its definition.
 NEW_COLUMNS: dict[tuple[str, str], str] = {
-    (
-        "queue_configs",
-        "task_timeout",
-    ): "ALTER TABLE queue_configs ADD COLUMN task_timeout INT NOT NULL DEFAULT 0",
-    (
-        "queue_configs",
-        "retention_days",
-    ): "ALTER TABLE queue_configs ADD COLUMN retention_days INT NOT NULL DEFAULT 0",
+    ("queue_configs", "task_timeout"): "INT NOT NULL DEFAULT 0",
+    ("queue_configs", "retention_days"): "INT NOT NULL DEFAULT 0",
+    ("queue_configs", "global_max_workers"): "INT NOT NULL DEFAULT 0",
+    ("queue_configs", "rate_limit"): "INT NOT NULL DEFAULT 0",
+    ("queue_configs", "rate_period"): "INT NOT NULL DEFAULT 60",
+    ("queue_configs", "key_max_workers"): "INT NOT NULL DEFAULT 0",
 }
 
 
 def add_column(cur, table: str, column: str) -> None:
-    cur.execute(NEW_COLUMNS[(table, column)])
+    # Both names come from NEW_COLUMNS, never from input.
+    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {NEW_COLUMNS[(table, column)]}")
 
 
 # --- queues ------------------------------------------------------------------
@@ -158,58 +170,219 @@ def database_now(cur) -> Any:
 # --- claiming ------------------------------------------------------------------
 
 
+# A queue a handler paused (geventq.RateLimited) starts nothing until then, on
+# any server. A plain, non-locking read of one primary key inside the claim's
+# own statement: no round trip, and no lock taken on queue_state.
+NOT_PAUSED = (
+    "AND NOT EXISTS (SELECT 1 FROM queue_state AS pause WHERE pause.queue_name = %(queue)s "
+    "AND pause.paused_until > NOW(3)) "
+)
+DUE = "status = 0 AND schedule_time <= NOW(3) AND task_type IN %(types)s "
+
+
 def claim_due_tasks_skip_locked(
-    cur, table: QuotedTable, server_id: str, task_types: Sequence[str], limit: int
+    cur, table: QuotedTable, server_id: str, task_types: Sequence[str], limit: int, queue_name: str
 ) -> list[dict]:
     """Lock up to `limit` due tasks and mark them ours, in the caller's
     transaction. The WHERE and ORDER BY match the (status, schedule_time)
     index (InnoDB appends id), so the scan walks the index in order and locks
-    only what it returns; SKIP LOCKED steps over rows other servers hold."""
+    only what it returns; SKIP LOCKED steps over rows other servers hold.
+    start_time is the claim's own NOW(3), so it equals the attempt's
+    claimed_at (ctx.started_at)."""
     cur.execute(
-        f"SELECT {CLAIM_COLUMNS}, NOW(3) AS claimed_at FROM {checked(table)} "
-        "WHERE status = 0 AND schedule_time <= NOW(3) AND task_type IN %(types)s "
+        f"SELECT {CLAIM_COLUMNS}, NOW(3) AS claimed_at FROM {checked(table)} WHERE {DUE}{NOT_PAUSED}"
         "ORDER BY schedule_time, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-        {"types": tuple(task_types), "limit": limit},
+        {"types": tuple(task_types), "limit": limit, "queue": queue_name},
     )
-    rows = cur.fetchall()
+    rows = list(cur.fetchall())
     if rows:
-        cur.execute(
-            f"UPDATE {table} SET status = 1, server_id = %(sid)s, start_time = NOW(3) WHERE id IN %(ids)s",
-            {"sid": server_id, "ids": tuple(row["id"] for row in rows)},
-        )
-    return list(rows)
+        mark_claimed(cur, table, server_id, [row["id"] for row in rows], rows[0]["claimed_at"])
+    return rows
 
 
-def find_due_tasks(cur, table: QuotedTable, task_types: Sequence[str], limit: int) -> list[dict]:
+def mark_claimed(cur, table: QuotedTable, server_id: str, ids: Sequence[int], claimed_at: Any) -> None:
+    """Rows this transaction locked become ours, started at `claimed_at`."""
+    cur.execute(
+        f"UPDATE {checked(table)} SET status = 1, server_id = %(sid)s, start_time = %(at)s "
+        "WHERE id IN %(ids)s",
+        {"sid": server_id, "at": claimed_at, "ids": tuple(ids)},
+    )
+
+
+def find_due_tasks(
+    cur, table: QuotedTable, task_types: Sequence[str], limit: int, queue_name: str
+) -> list[dict]:
     """Candidates for the conditional-UPDATE claim (servers without SKIP LOCKED)."""
     cur.execute(
-        f"SELECT {CLAIM_COLUMNS} FROM {checked(table)} "
-        "WHERE status = 0 AND schedule_time <= NOW(3) AND task_type IN %(types)s "
+        f"SELECT {CLAIM_COLUMNS} FROM {checked(table)} WHERE {DUE}{NOT_PAUSED}"
         "ORDER BY schedule_time, id LIMIT %(limit)s",
-        {"types": tuple(task_types), "limit": limit},
+        {"types": tuple(task_types), "limit": limit, "queue": queue_name},
     )
     return list(cur.fetchall())
 
 
-def seconds_until_next_due(cur, table: QuotedTable, task_types: Sequence[str]) -> float | None:
-    """How long until the earliest pending task we could run falls due (None:
-    no pending task). MIN over the (status, schedule_time) index reads one
-    entry per skipped type, not the table."""
+def seconds_until_next_due(
+    cur, table: QuotedTable, task_types: Sequence[str], queue_name: str
+) -> float | None:
+    """How long until the earliest pending task we could run falls due, or
+    the queue's pause ends if that is later (None: no pending task). MIN over
+    the (status, schedule_time) index reads one entry per skipped type, not
+    the table."""
     cur.execute(
-        f"SELECT TIMESTAMPDIFF(MICROSECOND, NOW(3), MIN(schedule_time)) / 1e6 AS wait "
-        f"FROM {checked(table)} WHERE status = 0 AND task_type IN %(types)s",
-        {"types": tuple(task_types)},
+        "SELECT TIMESTAMPDIFF(MICROSECOND, NOW(3), GREATEST(MIN(schedule_time), COALESCE("
+        "(SELECT paused_until FROM queue_state WHERE queue_name = %(queue)s), MIN(schedule_time)))) "
+        f"/ 1e6 AS wait FROM {checked(table)} WHERE status = 0 AND task_type IN %(types)s",
+        {"types": tuple(task_types), "queue": queue_name},
     )
     wait = cur.fetchone()["wait"]
     return None if wait is None else float(wait)
 
 
-def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int) -> bool:
+# --- claiming under the queue's limits -------------------------------------------
+#
+# A limited queue's claims take turns: each locks the queue's queue_state row,
+# counts what the limits count (running rows, starts in the rate window,
+# running rows per key) and claims only what fits, all in one transaction.
+
+
+def lock_queue_state(cur, queue_name: str) -> dict[str, Any]:
+    """Lock the queue's row (creating it the first time); the database
+    clock (local and UTC) and the pause, read under the lock."""
+    query = (
+        "SELECT NOW(3) AS now, UTC_TIMESTAMP(3) AS utc_now, paused_until "
+        "FROM queue_state WHERE queue_name = %s FOR UPDATE"
+    )
+    cur.execute(query, (queue_name,))
+    row = cur.fetchone()
+    if row is None:
+        cur.execute("INSERT IGNORE INTO queue_state (queue_name) VALUES (%s)", (queue_name,))
+        cur.execute(query, (queue_name,))
+        row = cur.fetchone()
+    return row
+
+
+def count_running(cur, table: QuotedTable) -> int:
+    """Running rows of the table, on every server, dead ones included until
+    rescued: a range of the (status, schedule_time) index."""
+    cur.execute(f"SELECT COUNT(*) AS n FROM {checked(table)} WHERE status = 1")
+    return int(cur.fetchone()["n"])
+
+
+def running_by_key(cur, table: QuotedTable) -> dict[str, int]:
+    cur.execute(
+        f"SELECT concurrency_key AS k, COUNT(*) AS n FROM {checked(table)} "
+        "WHERE status = 1 AND concurrency_key IS NOT NULL GROUP BY concurrency_key"
+    )
+    return {row["k"]: int(row["n"]) for row in cur.fetchall()}
+
+
+def rate_window(cur, queue_name: str, window_start: Any) -> tuple[int, Any]:
+    """Starts counted in slices that end after `window_start` (UTC), and the
+    earliest such slice's end: when it leaves the window, room opens."""
+    cur.execute(
+        "SELECT COALESCE(SUM(starts), 0) AS used, MIN(slice_end) AS first_end FROM queue_rate_window "
+        "WHERE queue_name = %s AND slice_end > %s",
+        (queue_name, window_start),
+    )
+    row = cur.fetchone()
+    return int(row["used"]), row["first_end"]
+
+
+def count_starts(cur, queue_name: str, slice_start: Any, slice_end: Any, starts: int) -> None:
+    cur.execute(
+        "INSERT INTO queue_rate_window (queue_name, slice_end, slice_start, starts) VALUES (%s, %s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE starts = starts + VALUES(starts)",
+        (queue_name, slice_end, slice_start, starts),
+    )
+
+
+def lock_due_candidates(
+    cur,
+    table: QuotedTable,
+    task_types: Sequence[str],
+    limit: int,
+    *,
+    with_key: bool = False,
+    after: tuple[Any, int] | None = None,
+    skip_locked: bool = True,
+) -> list[dict]:
+    """Due tasks in claim order, locked (SKIP LOCKED), optionally after a
+    (schedule_time, id) position: a capped key's tasks are stepped over and
+    the next batch read from where the last one ended."""
+    key = ", concurrency_key" if with_key else ""
+    # Without SKIP LOCKED (older servers) plain FOR UPDATE: the queue's lock
+    # already keeps its other claims out, so only short locks are waited on.
+    lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
+    args: dict[str, Any] = {"types": tuple(task_types), "limit": limit}
+    position = ""
+    if after is not None:
+        position = "AND (schedule_time > %(at)s OR (schedule_time = %(at)s AND id > %(id)s)) "
+        args.update(at=after[0], id=after[1])
+    cur.execute(
+        f"SELECT {CLAIM_COLUMNS}{key} FROM {checked(table)} WHERE {DUE}{position}"
+        f"ORDER BY schedule_time, id LIMIT %(limit)s {lock}",
+        args,
+    )
+    return list(cur.fetchall())
+
+
+def count_due(cur, table: QuotedTable, task_types: Sequence[str], limit: int) -> int:
+    """Due tasks, up to `limit`: how many a limit held back (for the gauges)."""
+    cur.execute(
+        f"SELECT COUNT(*) AS n FROM (SELECT id FROM {checked(table)} WHERE {DUE}LIMIT %(limit)s) AS due",
+        {"types": tuple(task_types), "limit": limit},
+    )
+    return int(cur.fetchone()["n"])
+
+
+def record_limited_claim(cur, queue_name: str, held: dict[str, int]) -> None:
+    """Written by every claim of a limited queue (a Galera cluster certifies
+    the lock through this write), with what it held back and why."""
+    cur.execute(
+        "UPDATE queue_state SET claims = claims + 1, held_global = %(global)s, held_rate = %(rate)s, "
+        "held_key = %(key)s, held_paused = %(paused)s, held_at = NOW(3) WHERE queue_name = %(queue)s",
+        {
+            "queue": queue_name,
+            "global": held.get("global", 0),
+            "rate": held.get("rate", 0),
+            "key": held.get("key", 0),
+            "paused": held.get("paused", 0),
+        },
+    )
+
+
+def pause_queue(cur, queue_name: str, seconds: float) -> None:
+    """A handler said the remote side is rate limiting: no starts for that long, anywhere."""
+    cur.execute(
+        "INSERT INTO queue_state (queue_name, paused_until) VALUES (%(queue)s, NOW(3) + INTERVAL %(us)s "
+        "MICROSECOND) ON DUPLICATE KEY UPDATE paused_until = GREATEST(COALESCE(paused_until, "
+        "VALUES(paused_until)), VALUES(paused_until))",
+        {"queue": queue_name, "us": micros(seconds)},
+    )
+
+
+def delete_old_rate_slices(cur, periods: dict[str, float]) -> int:
+    """Slices no window reaches any more: older than their queue's
+    rate_period, and every slice of a queue without a rate limit."""
+    deleted = 0
+    for queue_name, period in periods.items():
+        cur.execute(
+            "DELETE FROM queue_rate_window WHERE queue_name = %s "
+            "AND slice_end < UTC_TIMESTAMP(3) - INTERVAL %s MICROSECOND",
+            (queue_name, micros(period)),
+        )
+        deleted += cur.rowcount
+    others = "WHERE queue_name NOT IN %(limited)s" if periods else ""
+    cur.execute(f"DELETE FROM queue_rate_window {others}", {"limited": tuple(periods)})
+    return deleted + cur.rowcount
+
+
+def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int, claimed_at: Any) -> bool:
     """Take one candidate only if nobody took it since we read it."""
     cur.execute(
-        f"UPDATE {checked(table)} SET status = 1, server_id = %s, start_time = NOW(3) "
+        f"UPDATE {checked(table)} SET status = 1, server_id = %s, start_time = %s "
         "WHERE id = %s AND status = 0",
-        (server_id, task_id),
+        (server_id, claimed_at, task_id),
     )
     return cur.rowcount == 1
 
@@ -250,24 +423,72 @@ def fail_task(cur, table: QuotedTable, server_id: str, task_id: int, retry_count
     return cur.rowcount
 
 
-def release_tasks(cur, table: QuotedTable, server_id: str, retry_count: int, ids: Sequence[int]) -> int:
-    """Hand unfinished attempts back on shutdown: not counted as an attempt."""
+def return_rate_limited(
+    cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int, error: str, delay_seconds: float
+) -> int:
+    """The handler raised RateLimited: pending again, due after the delay,
+    retry_count unchanged (the attempt is not spent)."""
     cur.execute(
-        f"UPDATE {checked(table)} SET status = 0, start_time = NULL " + FENCED_GROUP,
-        {"ids": tuple(ids), "sid": server_id, "rc": retry_count},
+        f"UPDATE {checked(table)} SET status = 0, error_msg = %(err)s, start_time = NULL, "
+        "schedule_time = NOW(3) + INTERVAL %(delay)s MICROSECOND " + FENCED_ONE,
+        {"err": error, "delay": micros(delay_seconds), "id": task_id, "sid": server_id, "rc": retry_count},
+    )
+    return cur.rowcount
+
+
+def finish_cancelled(
+    cur, table: QuotedTable, table_name: str, server_id: str, task_id: int, retry_count: int, error: str
+) -> int:
+    """The handler was stopped by a cancel request: cancelled for good, and
+    the request is done with."""
+    cur.execute(
+        f"UPDATE {checked(table)} SET status = 4, error_msg = %(err)s, end_time = NOW(3) " + FENCED_ONE,
+        {"err": error, "id": task_id, "sid": server_id, "rc": retry_count},
+    )
+    changed = cur.rowcount
+    cur.execute(
+        "DELETE FROM task_cancels WHERE table_name = %s AND task_id = %s AND retry_count = %s",
+        (table_name, task_id, retry_count),
+    )
+    return changed
+
+
+def _cancel_requested(table: QuotedTable) -> str:
+    """True for a row whose running attempt has a cancel request (task_cancels)."""
+    return (
+        "EXISTS (SELECT 1 FROM task_cancels AS cancel WHERE cancel.table_name = %(tname)s "
+        f"AND cancel.task_id = {table}.id AND cancel.retry_count = {table}.retry_count)"
+    )
+
+
+def release_tasks(
+    cur, table: QuotedTable, table_name: str, server_id: str, retry_count: int, ids: Sequence[int]
+) -> int:
+    """Hand unfinished attempts back on shutdown: not counted as an attempt.
+    One whose task was cancelled meanwhile ends cancelled instead."""
+    cancelled = _cancel_requested(checked(table))
+    cur.execute(
+        f"UPDATE {table} SET status = IF({cancelled}, 4, 0), end_time = IF({cancelled}, NOW(3), NULL), "
+        f"error_msg = IF({cancelled}, 'cancelled by request (stopped by shutdown)', error_msg), "
+        "start_time = NULL " + FENCED_GROUP,
+        {"ids": tuple(ids), "sid": server_id, "rc": retry_count, "tname": table_name},
     )
     return cur.rowcount
 
 
 # A lost attempt counts as an attempt: back to pending while retries remain,
-# failed once they are exhausted. retry_count is assigned last so every other
-# expression reads the value the attempt was claimed with, whichever
-# assignment order the server's sql_mode uses.
-def _requeue_lost_attempt(error_sql: str = "%(err)s") -> str:
+# failed once they are exhausted, cancelled when a cancel request for it is
+# stored (its owner could not act on it). retry_count is assigned last so
+# every other expression reads the value the attempt was claimed with,
+# whichever assignment order the server's sql_mode uses. %(tname)s is the
+# table's registered name.
+def _requeue_lost_attempt(table: QuotedTable, error_sql: str = "%(err)s") -> str:
+    cancelled = _cancel_requested(table)
     return (
-        "status = IF(retry_count < max_retries, 0, 3), "
-        "end_time = IF(retry_count < max_retries, NULL, NOW(3)), "
-        f"error_msg = {error_sql}, retry_count = retry_count + 1"
+        f"status = IF({cancelled}, 4, IF(retry_count < max_retries, 0, 3)), "
+        f"end_time = IF({cancelled} OR retry_count >= max_retries, NOW(3), NULL), "
+        f"error_msg = IF({cancelled}, CONCAT('cancelled by request; ', {error_sql}), {error_sql}), "
+        "retry_count = retry_count + 1"
     )
 
 
@@ -285,7 +506,9 @@ def rescue_decision(cur, heartbeat_timeout: float) -> tuple[Any, list[str]]:
     return rows[0]["decided_at"], [row["server_id"] for row in rows if row["server_id"] is not None]
 
 
-def rescue_dead_servers_tasks(cur, table: QuotedTable, decided_at: Any, alive: Sequence[str]) -> int:
+def rescue_dead_servers_tasks(
+    cur, table: QuotedTable, table_name: str, decided_at: Any, alive: Sequence[str]
+) -> int:
     """Requeue attempts whose owner was not alive at `decided_at` (see
     rescue_decision), counted as an attempt.
 
@@ -300,24 +523,28 @@ def rescue_dead_servers_tasks(cur, table: QuotedTable, decided_at: Any, alive: S
     cur.execute(
         f"UPDATE {checked(table)} SET "
         + _requeue_lost_attempt(
-            "CONCAT('server ', server_id, ' stopped heartbeating while running this attempt')"
+            table, "CONCAT('server ', server_id, ' stopped heartbeating while running this attempt')"
         )
         + f" WHERE status = 1 {alive_clause}"
         "AND (start_time IS NULL OR start_time < %(decided)s)",
-        {"alive": tuple(alive), "decided": decided_at},
+        {"alive": tuple(alive), "decided": decided_at, "tname": table_name},
     )
     return cur.rowcount
 
 
-def recover_own_orphans(cur, table: QuotedTable, server_id: str) -> int:
+def recover_own_orphans(cur, table: QuotedTable, table_name: str, server_id: str) -> int:
     """On start-up, before this process claims anything: attempts a previous
     process under our server_id left running. Bounded by this statement's own
     start, like a rescue: should that previous process still be alive after
     all and claim while this waits on a lock, its new claims are left alone."""
     cur.execute(
-        f"UPDATE {checked(table)} SET {_requeue_lost_attempt()} WHERE status = 1 AND server_id = %(sid)s "
-        "AND (start_time IS NULL OR start_time < NOW(3))",
-        {"err": f"server {server_id} restarted while running this attempt", "sid": server_id},
+        f"UPDATE {checked(table)} SET {_requeue_lost_attempt(table)} "
+        "WHERE status = 1 AND server_id = %(sid)s AND (start_time IS NULL OR start_time < NOW(3))",
+        {
+            "err": f"server {server_id} restarted while running this attempt",
+            "sid": server_id,
+            "tname": table_name,
+        },
     )
     return cur.rowcount
 
@@ -333,14 +560,20 @@ def find_own_claims(cur, table: QuotedTable, server_id: str, older_than: float) 
 
 
 def requeue_unattended_claim(
-    cur, table: QuotedTable, server_id: str, task_id: int, retry_count: int, older_than: float
+    cur,
+    table: QuotedTable,
+    table_name: str,
+    server_id: str,
+    task_id: int,
+    retry_count: int,
+    older_than: float,
 ) -> int:
     """A claim whose COMMIT landed but whose reply was lost: nobody runs it.
     Fenced like an outcome, and again on the claim's age: a shutdown hand-back
     keeps retry_count, so only start_time tells a newer claim of the same
     attempt apart from the one that was found unattended."""
     cur.execute(
-        f"UPDATE {checked(table)} SET {_requeue_lost_attempt()} "
+        f"UPDATE {checked(table)} SET {_requeue_lost_attempt(table)} "
         + FENCED_ONE
         + " AND start_time < NOW(3) - INTERVAL %(age)s MICROSECOND",
         {
@@ -349,7 +582,36 @@ def requeue_unattended_claim(
             "sid": server_id,
             "rc": retry_count,
             "age": micros(older_than),
+            "tname": table_name,
         },
+    )
+    return cur.rowcount
+
+
+# --- cancel requests -------------------------------------------------------------
+
+
+def cancel_requests_for(cur, server_id: str) -> list[dict[str, Any]]:
+    """The cancel requests addressed to one server (its running attempts)."""
+    cur.execute(
+        "SELECT table_name, task_id, retry_count FROM task_cancels WHERE server_id = %s", (server_id,)
+    )
+    return list(cur.fetchall())
+
+
+def tables_with_cancel_requests(cur) -> list[str]:
+    cur.execute("SELECT DISTINCT table_name FROM task_cancels")
+    return [row["table_name"] for row in cur.fetchall()]
+
+
+def delete_stale_cancel_requests(cur, table: QuotedTable, table_name: str) -> int:
+    """Requests whose attempt is no longer running where it was (it ended,
+    or was rescued, before its owner acted): nothing left to cancel."""
+    cur.execute(
+        f"DELETE cancel FROM task_cancels AS cancel LEFT JOIN {checked(table)} AS task "
+        "ON task.id = cancel.task_id AND task.status = 1 AND task.retry_count = cancel.retry_count "
+        "AND task.server_id = cancel.server_id WHERE cancel.table_name = %s AND task.id IS NULL",
+        (table_name,),
     )
     return cur.rowcount
 

@@ -444,10 +444,18 @@ def test_task_create_get_list_cancel_retry_round_trip(url, api_db):
             None,
         )
     error(call(url, "POST", "/admin/task/retry", table=table, id=first), 409, "pending")
-    # a running task cannot be cancelled (owned by a live server, so no rescue touches it)
+    # a running task gets a cancel request for its owner: 202, and again 202 (the
+    # row is marked running by hand: server-a runs nothing of it, so nothing stops)
     api_db.execute(f"UPDATE {table} SET status = {RUNNING:d}, server_id = 'server-a' WHERE id = %s", (third,))
-    error(call(url, "POST", "/admin/task/cancel", table=table, id=third), 409, "running")
+    for _ in range(2):
+        status, body = call(url, "POST", "/admin/task/cancel", table=table, id=third)
+        assert status == 202 and body["data"]["cancel_requested"] is True
+        assert body["data"]["server_id"] == "server-a" and body["data"]["task"]["status"] == RUNNING
+    assert api_db.query("SELECT table_name, task_id, server_id FROM task_cancels") == [
+        {"table_name": table, "task_id": third, "server_id": "server-a"}
+    ]
     api_db.execute(f"UPDATE {table} SET status = {DONE:d} WHERE id = %s", (third,))
+    error(call(url, "POST", "/admin/task/cancel", table=table, id=third), 409, "done")
     # unknown ids
     for path in ("/admin/task/get", "/admin/task/retry", "/admin/task/cancel", "/admin/task/log"):
         method = "GET" if path.endswith(("get", "log")) else "POST"

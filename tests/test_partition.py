@@ -195,9 +195,14 @@ class _Claimer:
     task_types = ("chaos",)
 
     def __init__(self, claim):
-        self.claim = claim
+        self._claim = claim
 
-    def seconds_until_next_due(self, table):
+    def claim(self, table, limit, queue_name, limits, *, has_key_column=False):
+        from geventq.claims import ClaimResult
+
+        return ClaimResult(self._claim(table, limit))
+
+    def seconds_until_next_due(self, table, queue_name):
         from geventq.errors import DatabaseUnavailable
 
         raise DatabaseUnavailable("no database in this test")

@@ -94,7 +94,7 @@ def waiting_on_a_lock(db, conn) -> bool:
 
 def claim(conn, server_id: str, limit: int) -> list[int]:
     with conn.cursor() as cur:
-        rows = store.claim_due_tasks_skip_locked(cur, quote_table(TABLE, None), server_id, ("t",), limit)
+        rows = store.claim_due_tasks_skip_locked(cur, quote_table(TABLE, None), server_id, ("t",), limit, "q")
     return [row["id"] for row in rows]
 
 
@@ -116,7 +116,7 @@ def test_a_rescue_waiting_on_locks_never_requeues_a_claim_made_after_its_decisio
     def rescue():
         with rescuer.cursor() as cur:
             decided_at, alive = store.rescue_decision(cur, TIMEOUT)
-            rescued["n"] = store.rescue_dead_servers_tasks(cur, table, decided_at, alive)
+            rescued["n"] = store.rescue_dead_servers_tasks(cur, table, TABLE, decided_at, alive)
 
     thread = threading.Thread(target=rescue)
     thread.start()
@@ -151,7 +151,7 @@ def test_a_rescue_decided_while_everyone_lives_rescues_nothing(db, connect):
     with connect().cursor() as cur:
         decided_at, alive = store.rescue_decision(cur, TIMEOUT)
         assert sorted(alive) == ["X"]
-        assert store.rescue_dead_servers_tasks(cur, quote_table(TABLE, None), decided_at, alive) == 0
+        assert store.rescue_dead_servers_tasks(cur, quote_table(TABLE, None), TABLE, decided_at, alive) == 0
 
 
 def test_a_rescue_takes_rows_of_unknown_and_offline_servers_too(db, connect):
@@ -164,7 +164,7 @@ def test_a_rescue_takes_rows_of_unknown_and_offline_servers_too(db, connect):
     with connect().cursor() as cur:
         decided_at, alive = store.rescue_decision(cur, TIMEOUT)
         assert alive == []
-        assert store.rescue_dead_servers_tasks(cur, quote_table(TABLE, None), decided_at, alive) == 2
+        assert store.rescue_dead_servers_tasks(cur, quote_table(TABLE, None), TABLE, decided_at, alive) == 2
     assert [db.task(TABLE, task)["status"] for task in lost] == [PENDING, PENDING]
 
 
@@ -178,10 +178,12 @@ def test_reconcile_never_requeues_a_newer_claim_of_the_same_attempt(db, connect)
         # Given reconcile found A's 30 s old claim unattended
         [found] = store.find_own_claims(cur, table, "A", 10)
         # When, before it requeues, the task is handed back and A claims it again
-        assert store.release_tasks(cur, table, "A", 0, [task]) == 1
+        assert store.release_tasks(cur, table, TABLE, "A", 0, [task]) == 1
         assert claim(connect(), "A", 1) == [task]
         # Then the requeue finds nothing to do
-        assert store.requeue_unattended_claim(cur, table, "A", found["id"], found["retry_count"], 10) == 0
+        assert (
+            store.requeue_unattended_claim(cur, table, TABLE, "A", found["id"], found["retry_count"], 10) == 0
+        )
     row = db.task(TABLE, task)
     assert (row["status"], row["retry_count"]) == (RUNNING, 0)
 
@@ -201,7 +203,7 @@ def test_orphan_recovery_leaves_claims_made_while_it_waited(db, connect):
 
     def recover():
         with recoverer.cursor() as cur:
-            recovered["n"] = store.recover_own_orphans(cur, table, "A")
+            recovered["n"] = store.recover_own_orphans(cur, table, TABLE, "A")
 
     thread = threading.Thread(target=recover)
     thread.start()
