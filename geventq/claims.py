@@ -137,11 +137,13 @@ class Claimer:
         if reason:
             held[reason] = max(0, store.count_due(cur, table, self.task_types, wanted) - len(rows))
         if rows:
+            # The latest clock read, after every count: one start time for the batch.
+            claimed_at, claimed_utc = max((row["claimed_at"], row["claimed_utc"]) for row in rows)
             for row in rows:
-                row["claimed_at"] = now
-            store.mark_claimed(cur, table, self.server_id, [row["id"] for row in rows], now)
+                row["claimed_at"] = claimed_at
+            store.mark_claimed(cur, table, self.server_id, [row["id"] for row in rows], claimed_at)
             if queue_limits.rate_limit:
-                start, end = limits.current_slice(utc_now, queue_limits)
+                start, end = limits.current_slice(claimed_utc, queue_limits)
                 store.count_starts(cur, queue_name, start, end, len(rows))
         store.record_limited_claim(cur, queue_name, held)
         return ClaimResult(rows, {name: count for name, count in held.items() if count}, retry_in)

@@ -308,7 +308,9 @@ def lock_due_candidates(
 ) -> list[dict]:
     """Due tasks in claim order, locked (SKIP LOCKED), optionally after a
     (schedule_time, id) position: a capped key's tasks are stepped over and
-    the next batch read from where the last one ended."""
+    the next batch read from where the last one ended. Each row carries the
+    statement's clock (claimed_at, and claimed_utc for the rate window): read
+    after the limits were counted, so a start never predates its count."""
     key = ", concurrency_key" if with_key else ""
     # Without SKIP LOCKED (older servers) plain FOR UPDATE: the queue's lock
     # already keeps its other claims out, so only short locks are waited on.
@@ -319,7 +321,8 @@ def lock_due_candidates(
         position = "AND (schedule_time > %(at)s OR (schedule_time = %(at)s AND id > %(id)s)) "
         args.update(at=after[0], id=after[1])
     cur.execute(
-        f"SELECT {CLAIM_COLUMNS}{key} FROM {checked(table)} WHERE {DUE}{position}"
+        f"SELECT {CLAIM_COLUMNS}{key}, NOW(3) AS claimed_at, UTC_TIMESTAMP(3) AS claimed_utc "
+        f"FROM {checked(table)} WHERE {DUE}{position}"
         f"ORDER BY schedule_time, id LIMIT %(limit)s {lock}",
         args,
     )

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS executions (
   pid INT NOT NULL,
   started_at DATETIME(6) NOT NULL,
   finished_at DATETIME(6) NULL,
+  claimed_at DATETIME(3) NULL,
   KEY (table_name, task_id)
 )"""
 
@@ -49,6 +50,26 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {value!r})")
         time.sleep(interval)
+
+
+def max_overlap(intervals) -> int:
+    """Largest number of (start, end) intervals open at one instant."""
+    events = sorted(
+        [(start, 1) for start, end in intervals] + [(end, -1) for start, end in intervals],
+        key=lambda event: (event[0], event[1]),
+    )
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def running_queue_on(db: TestDatabase, server_ids, queue_name: str) -> bool:
+    """Every one of the servers reports the queue among those it runs."""
+    rows = db.query("SELECT server_id, queues FROM servers")
+    queues = {row["server_id"]: json.loads(row["queues"] or "[]") for row in rows}
+    return all(queue_name in queues.get(server, []) for server in server_ids)
 
 
 def free_port() -> int:
@@ -119,14 +140,36 @@ class TestDatabase:
         scan_interval: int = 1,
         status: int = 1,
         task_timeout: int = 0,
+        global_max_workers: int = 0,
+        rate_limit: int = 0,
+        rate_period: int = 60,
+        key_max_workers: int = 0,
     ) -> int:
         if "." not in table_name:
             self.execute(f"CREATE TABLE IF NOT EXISTS `{table_name}` LIKE email_tasks")
+            if key_max_workers:
+                self.execute(
+                    f"ALTER TABLE `{table_name}` ADD COLUMN IF NOT EXISTS concurrency_key VARCHAR(191) NULL, "
+                    "ADD KEY IF NOT EXISTS idx_status_key (status, concurrency_key)"
+                )
         with self.connect() as conn, conn.cursor() as cur:
             cur.execute(
-                "INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, "
-                "scan_interval, status, task_timeout) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                (queue_name, table_name, server_id, max_workers, scan_interval, status, task_timeout),
+                "INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, scan_interval, "
+                "status, task_timeout, global_max_workers, rate_limit, rate_period, key_max_workers) "
+                "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (
+                    queue_name,
+                    table_name,
+                    server_id,
+                    max_workers,
+                    scan_interval,
+                    status,
+                    task_timeout,
+                    global_max_workers,
+                    rate_limit,
+                    rate_period,
+                    key_max_workers,
+                ),
             )
             return cur.lastrowid
 

@@ -2,28 +2,14 @@
 servers, pinned and moved queues, concurrency caps, crash rescue, drain."""
 
 import collections
-import json
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from geventq import Status
-from tests.support import wait_for
+from tests.support import max_overlap, running_queue_on, wait_for
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
-
-
-def max_overlap(intervals) -> int:
-    """Largest number of (start, end) intervals open at one instant."""
-    events = sorted(
-        [(start, 1) for start, end in intervals] + [(end, -1) for start, end in intervals],
-        key=lambda event: (event[0], event[1]),
-    )
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def executions(db, task_type_table="q_tasks"):
@@ -32,13 +18,6 @@ def executions(db, task_type_table="q_tasks"):
         "WHERE table_name = %s",
         (task_type_table,),
     )
-
-
-def running_queue_on(db, server_ids, queue_name: str) -> bool:
-    """Every one of the servers reports the queue among those it runs."""
-    rows = db.query("SELECT server_id, queues FROM servers")
-    queues = {row["server_id"]: json.loads(row["queues"] or "[]") for row in rows}
-    return all(queue_name in queues.get(server, []) for server in server_ids)
 
 
 def test_three_servers_run_every_task_exactly_once(db, executors):

@@ -7,15 +7,15 @@ import time
 
 import gevent
 
-from geventq import PermanentFailure, task_handler
+from geventq import PermanentFailure, RateLimited, task_handler
 
 
 def _started(ctx) -> int:
     with ctx.db.cursor() as cur:
         cur.execute(
-            "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at) "
-            "VALUES (%s, %s, %s, %s, %s, NOW(6))",
-            (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid()),
+            "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at, "
+            "claimed_at) VALUES (%s, %s, %s, %s, %s, NOW(6), %s)",
+            (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid(), ctx.started_at),
         )
         return cur.lastrowid
 
@@ -101,3 +101,17 @@ def touch(ctx):
     seconds = float(ctx.params.get("seconds", 0))
     if seconds:
         gevent.sleep(seconds)
+
+
+@task_handler("rate_limited")
+def rate_limited(ctx):
+    """Its first run raises RateLimited(params.seconds); later runs succeed."""
+    execution = _started(ctx)
+    _finished(ctx, execution)
+    with ctx.db.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*) AS n FROM executions WHERE table_name = %s AND task_id = %s",
+            (ctx.table_name, ctx.task_id),
+        )
+        if cur.fetchone()["n"] == 1:
+            raise RateLimited(float(ctx.params.get("seconds", 2)), "the partner API said 429")

@@ -28,7 +28,7 @@ import pymysql
 from gevent.lock import BoundedSemaphore
 
 from geventq import task_handler
-from geventq.errors import LeaseLost
+from geventq.errors import LeaseLost, TaskCancelled
 
 _host, _, _port = os.environ.get("CHAOS_RECORD_DB", "127.0.0.1:3306").rpartition(":")
 RECORD_DB = (_host or "127.0.0.1", int(_port))
@@ -82,6 +82,8 @@ def _ended(error: BaseException | None) -> str:
         return "timeout"
     if isinstance(error, LeaseLost):
         return "lease"
+    if isinstance(error, TaskCancelled):
+        return "cancelled"
     if isinstance(error, gevent.GreenletExit):
         return "shutdown"
     if isinstance(error, RuntimeError):
@@ -94,8 +96,8 @@ def _ended(error: BaseException | None) -> str:
 # the table first. Such a run is recorded as having started when it finished:
 # its handler had not begun.
 START = (
-    "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, started_at) "
-    "VALUES (%s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE started_at = started_at"
+    "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, run_id, claimed_at, "
+    "started_at) VALUES (%s, %s, %s, %s, %s, %s, %s, NOW(6)) ON DUPLICATE KEY UPDATE started_at = started_at"
 )
 # A second stop landing while the first finish is being written (shutdown
 # after a timeout) is written again on a fresh connection, and the server may
@@ -122,7 +124,7 @@ def chaos(ctx):
     run = (ctx.table_name, ctx.task_id, ctx.retry_count, ctx.server_id, os.getpid(), uuid.uuid4().hex)
     error = None
     try:
-        _write(database, START, run)
+        _write(database, START, (*run, ctx.started_at))
         _behave(ctx)
     except BaseException as raised:
         error = raised
