@@ -94,6 +94,8 @@ class Admin:
         job_logs: JobLogs,
         peers: Peers,
         queues_changed: Callable[[], None],
+        tasks_added: Callable[[str], None],
+        schedules_changed: Callable[[], None],
     ):
         self.db = db
         self.server_id = server_id
@@ -103,6 +105,8 @@ class Admin:
         self.job_logs = job_logs
         self.peers = peers
         self.queues_changed = queues_changed  # applies a queue change here at once, not at the next sync
+        self.tasks_added = tasks_added  # wakes the scanners of a table, here and on peers
+        self.schedules_changed = schedules_changed  # the schedule firer looks again now
         self.endpoints: list[Endpoint] = []  # every route's, for the OpenAPI document
         self._settings: dict[str, Any] | None = None
         self._settings_at = 0.0
@@ -136,13 +140,6 @@ class Admin:
             offset = int(self.settings()["utc_offset"])
             for task in tasks:
                 task["schedule_time"] = spec.to_database_time(task["schedule_time"], offset)
-
-    def tasks_added(self, table_name: str) -> None:
-        """Due work was just committed: scan now, here and on the servers running it."""
-        runner = self.queues.for_table(table_name)
-        if runner is not None:
-            runner.wake()
-        self.peers.wake(table_name)
 
     def document(self) -> dict[str, Any]:
         if self._document is None:

@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from geventq.errors import InvalidSchedule
+
 MAX_INTERVAL = 366 * 86_400
 CRON_MAX_LENGTH = 100
 # Vixie cron's aliases; @reboot has no meaning for a queue and is refused.
@@ -51,13 +53,8 @@ _LOOKBACK = (timedelta(hours=1), timedelta(days=2), timedelta(days=40), timedelt
 _FOLD_RETRIES = 4
 
 
-class InvalidCadence(ValueError):
+class InvalidCadence(InvalidSchedule):
     """A schedule's cron, interval or time zone cannot be used; `field` names which."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class NeverFires(InvalidCadence):

@@ -17,6 +17,10 @@ from geventq.errors import HandlerError
 
 Handler = Callable[["JobContext"], Any]
 
+# The task_params key of a task a schedule created: {"name", "fire_at"}
+# (fire_at in UTC, "YYYY-MM-DD HH:MM:SS.mmm"); handlers see it as ctx.schedule.
+SCHEDULE_KEY = "_schedule"
+
 # Filled while handler modules are imported; `load_handlers` hands a copy to
 # the executor, so reloading in tests starts from an empty registry.
 _registry: dict[str, Handler] = {}
@@ -108,6 +112,7 @@ class JobContext:
         "params",
         "queue_name",
         "retry_count",
+        "schedule",
         "schedule_time",
         "server_id",
         "table_name",
@@ -133,6 +138,7 @@ class JobContext:
         config: Config | None = None,
         db: Database | None = None,
         created_at: Any = None,
+        schedule: dict[str, Any] | None = None,
     ):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
@@ -150,6 +156,9 @@ class JobContext:
         self.config = config
         self.db = db
         self.created_at = created_at
+        # {"name", "fire_at"} for a task a schedule created (also in params
+        # as "_schedule", where the task carries it), None for any other
+        self.schedule = schedule
 
     @property
     def attempt(self) -> int:
