@@ -13,7 +13,7 @@ Values always travel as parameters; task tables only as `QuotedTable`.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from geventq.db import DRIVER_ERRORS, QuotedTable, quote_table, table_problem
@@ -328,13 +328,48 @@ def task_statuses(cur, tasks: Iterable[tuple[str, int]]) -> dict[tuple[str, int]
     return found
 
 
-def fire_counts(cur) -> dict[str, dict[str, int]]:
-    """schedule name -> ledger rows by outcome, for the status command."""
-    cur.execute(
-        "SELECT s.name, f.outcome, COUNT(*) AS n FROM schedule_fires AS f "
-        "JOIN schedules AS s ON s.id = f.schedule_id GROUP BY s.name, f.outcome"
+def schedules_overview(cur, schedule_id: int | None = None) -> tuple[list[dict[str, Any]], datetime]:
+    """Every schedule (or one), each with the status of its last task
+    (last_task_status, None when gone), and the database's UTC time."""
+    if schedule_id is None:
+        rows = list_schedules(cur)
+    else:
+        row = get_schedule(cur, schedule_id)
+        rows = [] if row is None else [row]
+    last_tasks = [
+        (row["last_task_table"], int(row["last_task_id"]))
+        for row in rows
+        if row["last_task_table"] and row["last_task_id"] is not None
+    ]
+    statuses = task_statuses(cur, last_tasks)
+    for row in rows:
+        key = (row["last_task_table"], row["last_task_id"])
+        row["last_task_status"] = statuses.get(key) if row["last_task_id"] is not None else None
+    return rows, utc_now(cur)
+
+
+def fires_overview(cur, schedule_id: int, limit: int) -> list[dict[str, Any]] | None:
+    """The schedule's ledger, newest first, each row with its task's status
+    (task_status); None when there is no such schedule."""
+    if get_schedule(cur, schedule_id) is None:
+        return None
+    fires = list_fires(cur, schedule_id, limit)
+    statuses = task_statuses(
+        cur, [(fire["task_table"], int(fire["task_id"])) for fire in fires if fire["task_id"] is not None]
     )
-    counts: dict[str, dict[str, int]] = {}
-    for row in cur.fetchall():
-        counts.setdefault(row["name"], {})[row["outcome"]] = int(row["n"])
-    return counts
+    for fire in fires:
+        fire["task_status"] = (
+            statuses.get((fire["task_table"], fire["task_id"])) if fire["task_id"] is not None else None
+        )
+    return fires
+
+
+def free_fire_time(cur, schedule_id: int, moment: datetime) -> datetime:
+    """A manual run's fire time: `moment`, moved on by a millisecond while it
+    is a whole second (the cadence's fires are whole seconds, so a manual run
+    never takes a scheduled fire's place) or already in the ledger. The
+    caller holds the schedule's row lock, so no other run can take it meanwhile."""
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    while moment.microsecond == 0 or recorded_fires(cur, schedule_id, [moment]):
+        moment += timedelta(milliseconds=1)
+    return moment
