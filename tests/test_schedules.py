@@ -40,6 +40,13 @@ def assert_invariants(db) -> None:
         assert result.ok, f"{result.name}: {result.violations[:5]}"
 
 
+def counter(metrics_text: str, name: str, schedule: str) -> int:
+    match = re.search(
+        rf'geventq_schedule_{name}_total{{schedule="{schedule}",server="[^"]+"}} ([0-9.]+)', metrics_text
+    )
+    return int(float(match.group(1))) if match else 0
+
+
 def fires_counted(metrics_text: str, schedule: str) -> int:
     match = re.search(
         rf'geventq_schedule_fires_total{{schedule="{schedule}",server="[^"]+"}} ([0-9.]+)', metrics_text
@@ -144,6 +151,7 @@ def test_misfire_policies_after_a_downtime(db, executors):
         message="every schedule caught up",
     )
     db.execute("UPDATE schedules SET status = 0")
+    metrics = http("GET", restarted.admin_url + "/metrics")[1]
     restarted.terminate()
     assert restarted.wait(30) == 0
 
@@ -169,6 +177,11 @@ def test_misfire_policies_after_a_downtime(db, executors):
     # all with overlap: skip: the first catch-up task is pending, so the rest are skipped
     assert [f["outcome"] for f in late["overlap"]][:2] == ["enqueued", "skipped_overlap"]
     assert {f["outcome"] for f in late["overlap"][1:]} == {"skipped_overlap"}
+    # and the one server that fired all of it counted it
+    assert counter(metrics, "misses", "skip") == 1 and counter(metrics, "misses", "all3") == 1
+    assert counter(metrics, "fires", "all") == len(ledger(db, ids["all"]))
+    skipped = [f for f in ledger(db, ids["overlap"]) if f["outcome"] == "skipped_overlap"]
+    assert counter(metrics, "overlap_skips", "overlap") == len(skipped) >= 8
     # whatever was on time when the server came back was fired as usual, and
     # nothing fires before its time or twice
     assert_invariants(db)
