@@ -154,7 +154,7 @@ class Report:
         lines.append("invariants:")
         for result in self.results:
             verdict = "ok" if result.ok else f"BROKEN ({len(result.violations)})"
-            lines.append(f"  {result.name:<14} {verdict}")
+            lines.append(f"  {result.name:<18} {verdict}")
             lines.extend(f"      {violation}" for violation in result.violations[:limit])
         return "\n".join(lines)
 
