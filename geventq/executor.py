@@ -215,7 +215,9 @@ class Executor:
             job_logs=self.job_logs,
             rescue=Rescue(db, self.catalog, self.listeners, cfg.executor.heartbeat_timeout),
             reconcile=Reconcile(db, self.identity.server_id, self.catalog, self.queues, self.claimed),
-            housekeeping=Housekeeping(db, self.job_logs, cfg.log.retention_days, self.catalog),
+            housekeeping=Housekeeping(
+                db, self.job_logs, cfg.log.retention_days, self.catalog, cfg.queue.schedule_history_days
+            ),
             interval=cfg.executor.heartbeat_interval,
             db_address=db.address,
         )

@@ -213,6 +213,37 @@ def advance_schedule(
     )
 
 
+# --- housekeeping ------------------------------------------------------------------------
+
+
+def schedules_for_pruning(cur, days: int) -> tuple[list[dict[str, Any]], datetime]:
+    """Each schedule's id and latest scheduled fire, and the cut-off: UTC now − days."""
+    cur.execute("SELECT id, last_fire_at FROM schedules")
+    rows = list(cur.fetchall())
+    cur.execute("SELECT UTC_TIMESTAMP(3) - INTERVAL %s DAY AS cutoff", (days,))
+    return rows, cur.fetchone()["cutoff"]
+
+
+def prune_fires(cur, schedule_id: int, before: datetime, keep: datetime | None, limit: int) -> int:
+    """One small batch of a schedule's ledger rows older than `before` (a
+    range of the primary key), but the fire at `keep`."""
+    cur.execute(
+        "DELETE FROM schedule_fires WHERE schedule_id = %s AND fire_at < %s AND NOT fire_at <=> %s LIMIT %s",
+        (schedule_id, before, keep, limit),
+    )
+    return cur.rowcount
+
+
+def prune_orphan_fires(cur, before: datetime, limit: int) -> int:
+    """One batch of old ledger rows of deleted schedules."""
+    cur.execute(
+        "DELETE FROM schedule_fires WHERE fire_at < %s "
+        "AND schedule_id NOT IN (SELECT id FROM schedules) LIMIT %s",
+        (before, limit),
+    )
+    return cur.rowcount
+
+
 # --- the admin API, the status command, the metrics ------------------------------------
 
 
