@@ -201,6 +201,7 @@ class ScheduleFirer:
         wait, unstarted = self.db.call(schedule_store.peek, parked)
         if unstarted:
             self._start_unstarted(parked)
+            wait, _ = self.db.call(schedule_store.peek, parked)  # their first fire may be a moment away
         if wait is not None and wait <= 0:
             self._fire_due()
             wait, _ = self.db.call(schedule_store.peek, self._parked_ids())
