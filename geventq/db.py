@@ -153,6 +153,8 @@ class Database:
         # this many seconds (wait_timeout), open transaction or not: a client
         # cut off by a partition cannot keep its row locks for hours.
         self.idle_timeout = idle_timeout
+        # ...so a connection idle for half of that is pinged before it is handed out
+        self._ping_after = PING_AFTER_IDLE if idle_timeout is None else min(PING_AFTER_IDLE, idle_timeout / 2)
         # autocommit=False saves the BEGIN round trip of every transaction
         # (the first statement opens one); such a pool only runs transactions.
         self.autocommit = autocommit
@@ -335,7 +337,7 @@ class Database:
                 conn, idle_since = self._idle.get_nowait()
             except Empty:
                 return None
-            if time.monotonic() - idle_since < PING_AFTER_IDLE:
+            if time.monotonic() - idle_since < self._ping_after:
                 return conn
             try:
                 conn.ping(reconnect=False)
