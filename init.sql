@@ -79,6 +79,50 @@ CREATE TABLE IF NOT EXISTS task_cancels (
   KEY idx_server (server_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- Recurring tasks. A schedule fires by cron (5 fields read in `timezone`, or
+-- an alias such as @hourly) or at a fixed rate (interval_seconds); exactly one
+-- of the two is set. next_fire_at and last_fire_at are UTC. Added by SQL
+-- with next_fire_at NULL, a schedule is started by any server within a second.
+CREATE TABLE IF NOT EXISTS schedules (
+  id                    INT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+  name                  VARCHAR(100) NOT NULL,
+  queue_name            VARCHAR(100) NOT NULL,
+  task_type             VARCHAR(50)  NOT NULL,
+  task_params           MEDIUMTEXT   NULL COMMENT 'a JSON object, or NULL',
+  max_retries           INT          NOT NULL DEFAULT 3,
+  cron                  VARCHAR(100) NULL,
+  interval_seconds      INT          NULL,
+  timezone              VARCHAR(64)  NOT NULL DEFAULT 'UTC',
+  misfire_policy        ENUM('skip', 'once', 'all') NOT NULL DEFAULT 'once',
+  misfire_grace_seconds INT          NOT NULL DEFAULT 60,
+  max_catchup           INT          NOT NULL DEFAULT 100,
+  overlap               ENUM('allow', 'skip') NOT NULL DEFAULT 'allow',
+  status                TINYINT      NOT NULL DEFAULT 1 COMMENT '1 enabled, 0 paused',
+  next_fire_at          DATETIME(3)  NULL COMMENT 'UTC',
+  last_fire_at          DATETIME(3)  NULL COMMENT 'UTC',
+  last_task_id          BIGINT UNSIGNED NULL,
+  created_at            DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  updated_at            DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3) ON UPDATE CURRENT_TIMESTAMP(3),
+  UNIQUE KEY uk_schedule_name (name),
+  KEY idx_status_next_fire (status, next_fire_at),
+  CONSTRAINT chk_schedule_cadence CHECK ((cron IS NULL) <> (interval_seconds IS NULL)),
+  CONSTRAINT chk_schedule_interval CHECK (interval_seconds IS NULL OR interval_seconds >= 1)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The ledger of fires: its primary key makes each (schedule, fire time)
+-- happen once, whoever fires it and whatever next_fire_at says; its rows are
+-- the schedule's history. fire_at is UTC; a manual run is recorded at the
+-- moment it was asked for.
+CREATE TABLE IF NOT EXISTS schedule_fires (
+  schedule_id  INT UNSIGNED NOT NULL,
+  fire_at      DATETIME(3)  NOT NULL COMMENT 'UTC',
+  task_table   VARCHAR(100) NOT NULL,
+  task_id      BIGINT UNSIGNED NULL,
+  outcome      ENUM('enqueued', 'skipped_overlap', 'missed') NOT NULL,
+  created_at   DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+  PRIMARY KEY (schedule_id, fire_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
 -- The base columns every task table has. A table made by hand with these
 -- columns (DATETIME without fractions works too) can be registered as a queue.
 CREATE TABLE IF NOT EXISTS email_tasks (
@@ -123,3 +167,7 @@ FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM data_sync_tasks);
 INSERT INTO report_tasks (task_type, task_params)
 SELECT 'report', '{"title": "daily"}'
 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM report_tasks);
+
+-- A sample schedule: a report every hour, paused until someone resumes it.
+INSERT IGNORE INTO schedules (name, queue_name, task_type, task_params, cron, timezone, status)
+VALUES ('hourly_report', 'report_queue', 'report', '{"title": "hourly"}', '@hourly', 'UTC', 0);

@@ -24,7 +24,7 @@ import gevent
 import ujson
 from loguru import logger
 
-from geventq import admin_store, openapi, store
+from geventq import admin_store, openapi, schedule_store, store
 from geventq import api_schema as spec
 from geventq.api_schema import Endpoint, Invalid, array_of, ref
 from geventq.catalog import QueueCatalog
@@ -34,11 +34,14 @@ from geventq.errors import (
     DatabaseUnavailable,
     DuplicateKey,
     InvalidIdentifier,
+    InvalidSchedule,
     NoSuchColumn,
     NoSuchTable,
     RetryableConflict,
 )
+from geventq.firing import ParkSchedule, cadence_of, enqueue_fire, target_table
 from geventq.logs import JobLogs
+from geventq.misfire import initial_fire
 from geventq.peers import Peers, PeerUnreachable, parse_queue_list
 from geventq.queues import RunningQueues
 
@@ -103,6 +106,8 @@ class Admin:
         peers: Peers,
         queues_changed: Callable[[], None],
         check_cancels: Callable[[], None],
+        tasks_added: Callable[[str], None],
+        schedules_changed: Callable[[], None],
     ):
         self.db = db
         self.server_id = server_id
@@ -113,6 +118,8 @@ class Admin:
         self.peers = peers
         self.queues_changed = queues_changed  # applies a queue change here at once, not at the next sync
         self.check_cancels = check_cancels  # this server's cancel watch looks now, not at its next poll
+        self.tasks_added = tasks_added  # wakes the scanners of a table, here and on peers
+        self.schedules_changed = schedules_changed  # the schedule firer looks again now
         self.endpoints: list[Endpoint] = []  # every route's, for the OpenAPI document
         self._settings: dict[str, Any] | None = None
         self._settings_at = 0.0
@@ -146,13 +153,6 @@ class Admin:
             offset = int(self.settings()["utc_offset"])
             for task in tasks:
                 task["schedule_time"] = spec.to_database_time(task["schedule_time"], offset)
-
-    def tasks_added(self, table_name: str) -> None:
-        """Due work was just committed: scan now, here and on the servers running it."""
-        runner = self.queues.for_table(table_name)
-        if runner is not None:
-            runner.wake()
-        self.peers.wake(table_name)
 
     def cancel_requested(self, owner: str) -> None:
         """A cancel request for `owner` was stored: have it look now. The
@@ -521,6 +521,280 @@ def task_log(admin: Admin, call: Call) -> dict[str, Any]:
         "log": text[-LOG_LIMIT:] if truncated else text,
         "truncated": truncated,
     }
+
+
+# --- schedules ---------------------------------------------------------------------------
+
+NOT_FOUND_SCHEDULE = (404, "no schedule has that id")
+NEXT_FIRES = 5
+
+
+@route(
+    Endpoint(
+        "POST",
+        "/admin/schedule/create",
+        "Create a recurring task: cron or fixed rate; starts at its first fire after now",
+        ref("Schedule"),
+        tag="schedules",
+        body=spec.SCHEDULE_CREATE,
+        status=201,
+        errors=((409, "a schedule with that name exists"),),
+    )
+)
+def schedule_create(admin: Admin, call: Call) -> Created:
+    body = call.body
+    check_cadence(body)
+
+    def create(cur) -> dict[str, Any]:
+        check_queue(cur, body["queue_name"])
+        if schedule_store.schedule_by_name(cur, body["name"]) is not None:
+            raise DuplicateKey(f"name: a schedule named {body['name']!r} exists")
+        return schedule_store.create_schedule(cur, body, lambda now: initial_fire(cadence_of(body), now))
+
+    row = admin.db.call(create, transaction=True)
+    admin.schedules_changed()
+    return Created(one_schedule(admin, row["id"]))
+
+
+@route(
+    Endpoint(
+        "GET",
+        "/admin/schedule/list",
+        "Every schedule with its next five fire times",
+        array_of("Schedule"),
+        tag="schedules",
+    )
+)
+def schedule_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
+    rows, now = admin.db.call(schedule_store.schedules_overview)
+    return [schedule_json(row, now) for row in rows]
+
+
+@route(
+    Endpoint(
+        "GET",
+        "/admin/schedule/get",
+        "One schedule with its next five fire times",
+        ref("Schedule"),
+        tag="schedules",
+        query=spec.SCHEDULE_ID_QUERY,
+        errors=(NOT_FOUND_SCHEDULE,),
+    )
+)
+def schedule_get(admin: Admin, call: Call) -> dict[str, Any]:
+    return one_schedule(admin, call.query["id"])
+
+
+@route(
+    Endpoint(
+        "PUT",
+        "/admin/schedule/update",
+        "Change some fields of a schedule; it restarts at its first fire after now",
+        ref("Schedule"),
+        tag="schedules",
+        query=spec.SCHEDULE_ID_QUERY,
+        body=spec.SCHEDULE_UPDATE,
+        errors=(NOT_FOUND_SCHEDULE, (409, "another schedule has that name")),
+    )
+)
+def schedule_update(admin: Admin, call: Call) -> dict[str, Any]:
+    body, schedule_id = call.body, call.query["id"]
+
+    def changes(cur, row: dict[str, Any]) -> dict[str, Any]:
+        changed = with_one_cadence(body)
+        check_cadence({**row, **changed})
+        if "queue_name" in changed:
+            check_queue(cur, changed["queue_name"])
+        if "name" in changed:
+            clash = schedule_store.schedule_by_name(cur, changed["name"])
+            if clash is not None and clash["id"] != schedule_id:
+                raise DuplicateKey(f"name: schedule {clash['id']} is named {changed['name']!r}")
+        return changed
+
+    return change_schedule(admin, schedule_id, changes)
+
+
+@route(
+    Endpoint(
+        "DELETE",
+        "/admin/schedule/delete",
+        "Remove a schedule: it fires no more (its fire history stays)",
+        ref("Schedule"),
+        tag="schedules",
+        query=spec.SCHEDULE_ID_QUERY,
+        errors=(NOT_FOUND_SCHEDULE,),
+    )
+)
+def schedule_delete(admin: Admin, call: Call) -> dict[str, Any]:
+    row = admin.db.call(schedule_store.delete_schedule, call.query["id"], transaction=True)
+    if row is None:
+        raise ApiError(404, f"id: no schedule has id {call.query['id']}")
+    admin.schedules_changed()
+    row["last_task_status"] = None
+    return schedule_json(row, None)
+
+
+@route(
+    Endpoint(
+        "POST",
+        "/admin/schedule/pause",
+        "Pause a schedule: no fires until it is resumed",
+        ref("Schedule"),
+        tag="schedules",
+        query=spec.SCHEDULE_ID_QUERY,
+        errors=(NOT_FOUND_SCHEDULE,),
+    )
+)
+def schedule_pause(admin: Admin, call: Call) -> dict[str, Any]:
+    return change_schedule(admin, call.query["id"], lambda cur, row: {"status": 0})
+
+
+@route(
+    Endpoint(
+        "POST",
+        "/admin/schedule/resume",
+        "Resume a schedule at its first fire after now (nothing fires retroactively)",
+        ref("Schedule"),
+        tag="schedules",
+        query=spec.SCHEDULE_ID_QUERY,
+        errors=(NOT_FOUND_SCHEDULE,),
+    )
+)
+def schedule_resume(admin: Admin, call: Call) -> dict[str, Any]:
+    return change_schedule(admin, call.query["id"], lambda cur, row: {"status": 1})
+
+
+@route(
+    Endpoint(
+        "POST",
+        "/admin/schedule/run",
+        "Create one task of the schedule now, recorded in its ledger; the schedule is unchanged",
+        ref("ScheduleFire"),
+        tag="schedules",
+        query=spec.SCHEDULE_ID_QUERY,
+        status=201,
+        errors=(NOT_FOUND_SCHEDULE, (409, "the schedule's queue does not exist")),
+    )
+)
+def schedule_run(admin: Admin, call: Call) -> Created:
+    schedule_id = call.query["id"]
+
+    def run(cur) -> dict[str, Any] | None:
+        row = schedule_store.get_schedule(cur, schedule_id, lock=True)
+        if row is None:
+            return None
+        try:
+            table_name = target_table(cur, row)
+        except ParkSchedule as why:
+            raise ApiError(409, f"queue_name: {why.reason}") from None
+        fire_at = schedule_store.free_fire_time(cur, schedule_id, schedule_store.utc_now(cur))
+        task_id = enqueue_fire(cur, row, table_name, fire_at)
+        return {
+            "schedule_id": schedule_id,
+            "fire_at": fire_at,
+            "task_table": table_name,
+            "task_id": task_id,
+            "outcome": "enqueued",
+        }
+
+    try:
+        fired = admin.db.call(run, transaction=True)
+    except InvalidSchedule as error:
+        raise ApiError(409, f"{error} (fix the schedule first)") from None
+    if fired is None:
+        raise ApiError(404, f"id: no schedule has id {schedule_id}")
+    admin.tasks_added(fired["task_table"])
+    return Created(fired)
+
+
+@route(
+    Endpoint(
+        "GET",
+        "/admin/schedule/fires",
+        "A schedule's fires, newest first, with their tasks' status",
+        array_of("ScheduleFire"),
+        tag="schedules",
+        query=spec.SCHEDULE_FIRES_QUERY,
+        errors=(NOT_FOUND_SCHEDULE,),
+    )
+)
+def schedule_fires(admin: Admin, call: Call) -> list[dict[str, Any]]:
+    fires = admin.db.call(schedule_store.fires_overview, call.query["id"], call.query["limit"])
+    if fires is None:
+        raise ApiError(404, f"id: no schedule has id {call.query['id']}")
+    return fires
+
+
+def with_one_cadence(body: dict[str, Any]) -> dict[str, Any]:
+    """An update that gives a cron switches the schedule to cron (and an
+    interval to a fixed rate): the other of the two becomes NULL unless given."""
+    changed = dict(body)
+    for given, other in (("cron", "interval_seconds"), ("interval_seconds", "cron")):
+        if changed.get(given) is not None and other not in changed:
+            changed[other] = None
+    return changed
+
+
+def check_cadence(fields: dict[str, Any]) -> None:
+    try:
+        cadence_of(fields)
+    except InvalidSchedule as error:
+        raise Invalid([str(error)]) from None
+
+
+def check_queue(cur, queue_name: str) -> None:
+    if not schedule_store.queue_exists(cur, queue_name):
+        raise Invalid([f"queue_name: no queue is named {queue_name!r}"])
+
+
+def change_schedule(
+    admin: Admin, schedule_id: int, changes: Callable[[Any, dict[str, Any]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Apply `changes(cur, row)` and restart the schedule at its first fire after now."""
+
+    def update(cur) -> dict[str, Any] | None:
+        return schedule_store.update_schedule(
+            cur,
+            schedule_id,
+            lambda row: changes(cur, row),
+            lambda row, now: initial_fire(cadence_of(row), now),
+        )
+
+    row = admin.db.call(update, transaction=True)
+    if row is None:
+        raise ApiError(404, f"id: no schedule has id {schedule_id}")
+    admin.schedules_changed()
+    return one_schedule(admin, schedule_id)
+
+
+def one_schedule(admin: Admin, schedule_id: int) -> dict[str, Any]:
+    rows, now = admin.db.call(schedule_store.schedules_overview, schedule_id)
+    if not rows:
+        raise ApiError(404, f"id: no schedule has id {schedule_id}")
+    return schedule_json(rows[0], now)
+
+
+def schedule_json(row: dict[str, Any], now: datetime | None) -> dict[str, Any]:
+    """A schedule row as the API shows it: params parsed, the cadence in
+    words, and its next five fire times (UTC): from next_fire_at while it is
+    enabled, from now while it is paused (what resuming now would give).
+    `error` says why a row made by SQL cannot fire."""
+    row = task_json(row)
+    row.pop("now", None)
+    row["next_fires"], row["description"], row["error"] = [], None, None
+    try:
+        cadence = cadence_of(row)
+    except InvalidSchedule as error:
+        row["error"] = str(error)
+        return row
+    row["description"] = cadence.describe()
+    if now is None:
+        return row
+    first = row["next_fire_at"] if row["status"] == 1 and row["next_fire_at"] is not None else None
+    if first is None:
+        first = cadence.next_after(now)
+    row["next_fires"] = [first, *cadence.fires_after(first, NEXT_FIRES - 1)]
+    return row
 
 
 @route(

@@ -138,6 +138,16 @@ def JsonParams(name: str, doc: str = "", **presence: Any) -> Field:
     return Field(name, JsonDocument(), doc, **presence)
 
 
+def Word(name: str, doc: str = "", *, choices: tuple[str, ...], **presence: Any) -> Field:
+    """One of a few words (a schedule's policies)."""
+    return Field(name, validation.OneOf(choices), doc, **presence)
+
+
+def ParamsObject(name: str, doc: str = "", **presence: Any) -> Field:
+    """A JSON object (or JSON text of one) without the reserved `_schedule` key; its JSON text."""
+    return Field(name, ScheduleParams(), doc, **presence)
+
+
 def ScheduleTime(name: str, doc: str = "", **presence: Any) -> Field:
     """A datetime: naive (the database's time zone) or aware (has an offset)."""
     return Field(name, DateTimeText(), doc, **presence)
@@ -202,6 +212,34 @@ class JsonDocument(Kind):
             raise mismatch("a JSON object or array", f"JSON {type_name(parsed)}")
         _check_finite(parsed)
         return _check_encodable(text)
+
+
+@dataclass(frozen=True)
+class ScheduleParams(JsonDocument):
+    """A schedule's task_params: an object (or JSON text of one); `_schedule`
+    is geventq's, added to each task it creates."""
+
+    def expectation(self) -> str:
+        return "an object or a JSON text of one"
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, (dict, str)):
+            raise self._mismatch(type_name(value))
+        text = super().check(value)
+        parsed = ujson.loads(text)
+        if not isinstance(parsed, dict):
+            raise mismatch(self.expectation(), f"JSON {type_name(parsed)}")
+        if "_schedule" in parsed:
+            raise Problem("_schedule is reserved: geventq adds it to each task the schedule creates")
+        return text
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "oneOf": [
+                {"type": "object", "not": {"required": ["_schedule"]}},
+                {"type": "string", "description": "JSON text of an object"},
+            ]
+        }
 
 
 @dataclass(frozen=True)
@@ -483,6 +521,72 @@ TASK_CREATE = Spec(
     )
 )
 TASK_BATCH = ListOf(TASK_CREATE)
+
+SCHEDULE_FIELDS = Spec(
+    (
+        String("name", "unique name of the schedule", required=True, min_length=1, max_length=100),
+        String(
+            "queue_name", "the queue whose table gets the tasks", required=True, min_length=1, max_length=100
+        ),
+        String("task_type", "the handler's task type", required=True, min_length=1, max_length=50),
+        ParamsObject(
+            "task_params", "handed to the handler as ctx.params, plus _schedule", default=None, nullable=True
+        ),
+        Integer("max_retries", "retries after the first attempt", default=3, minimum=0, maximum=100),
+        String(
+            "cron",
+            "5 fields (minute hour day-of-month month day-of-week) or @hourly, @daily, ...; "
+            "exactly one of cron and interval_seconds",
+            default=None,
+            nullable=True,
+            min_length=1,
+            max_length=100,
+        ),
+        Integer(
+            "interval_seconds",
+            "fixed rate: fires at the multiples of this many seconds since 1970-01-01 UTC",
+            default=None,
+            nullable=True,
+            minimum=1,
+            maximum=366 * 86_400,
+        ),
+        String("timezone", "IANA time zone the cron is read in", default="UTC", min_length=1, max_length=64),
+        Word(
+            "misfire_policy",
+            "late fires: skip (none), once (the latest), all (each, up to max_catchup)",
+            default="once",
+            choices=("skip", "once", "all"),
+        ),
+        Integer(
+            "misfire_grace_seconds",
+            "a fire older than this when it is taken is late",
+            default=60,
+            minimum=1,
+            maximum=86_400,
+        ),
+        Integer(
+            "max_catchup",
+            "at most this many late fires with misfire_policy all",
+            default=100,
+            minimum=1,
+            maximum=1000,
+        ),
+        Word(
+            "overlap",
+            "skip: no task while the previous one is pending or running",
+            default="allow",
+            choices=("allow", "skip"),
+        ),
+        Choice("status", "1 enabled, 0 paused", default=1, choices=(0, 1)),
+    )
+)
+SCHEDULE_CREATE = SCHEDULE_FIELDS
+SCHEDULE_UPDATE = SCHEDULE_FIELDS.partial()
+SCHEDULE_ID = Integer("id", "schedule id", required=True, minimum=1, maximum=MAX_QUEUE_ID)
+SCHEDULE_ID_QUERY = Spec((SCHEDULE_ID,))
+SCHEDULE_FIRES_QUERY = Spec(
+    (SCHEDULE_ID, Integer("limit", "how many fires, newest first", default=50, minimum=1, maximum=1000))
+)
 
 QUEUE_ID = Integer("id", "queue id", required=True, minimum=1, maximum=MAX_QUEUE_ID)
 TASK_ID = Integer("id", "task id", required=True, minimum=1, maximum=MAX_TASK_ID)

@@ -137,6 +137,8 @@ class QueueConfig:
     retry_backoff_max: float = key(3600, Number(minimum=0, maximum=604800))
     # seconds completions may wait to be written together
     completion_flush_interval: float = key(0.005, Number(greater_than=0, maximum=5))
+    # days a schedule's fires stay in schedule_fires (its latest scheduled fire always stays); 0 = forever
+    schedule_history_days: int = key(30, Integer(minimum=0, maximum=36500))
 
 
 @dataclass(frozen=True)

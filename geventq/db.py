@@ -145,9 +145,16 @@ class Database:
         database: str | None = "",
         name: str = "db",
         autocommit: bool = True,
+        idle_timeout: int | None = None,
     ):
         self.config = config
         self.name = name
+        # The server closes a connection of this pool that says nothing for
+        # this many seconds (wait_timeout), open transaction or not: a client
+        # cut off by a partition cannot keep its row locks for hours.
+        self.idle_timeout = idle_timeout
+        # ...so a connection idle for half of that is pinged before it is handed out
+        self._ping_after = PING_AFTER_IDLE if idle_timeout is None else min(PING_AFTER_IDLE, idle_timeout / 2)
         # autocommit=False saves the BEGIN round trip of every transaction
         # (the first statement opens one); such a pool only runs transactions.
         self.autocommit = autocommit
@@ -166,7 +173,7 @@ class Database:
         cfg = self.config
         read_timeout = read_timeout or cfg.read_timeout
         try:
-            return pymysql.connect(
+            conn = pymysql.connect(
                 host=cfg.host,
                 port=cfg.port,
                 user=cfg.username,
@@ -188,6 +195,14 @@ class Database:
                 # and inserts racing claims do not deadlock on gap locks.
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             )
+            if self.idle_timeout is not None:
+                try:
+                    with conn.cursor() as cur:
+                        cur.execute("SET SESSION wait_timeout = %s", (self.idle_timeout,))
+                except BaseException:
+                    _close_quietly(conn)
+                    raise
+            return conn
         except DRIVER_ERRORS as error:
             raise translate(error) from error
 
@@ -322,7 +337,7 @@ class Database:
                 conn, idle_since = self._idle.get_nowait()
             except Empty:
                 return None
-            if time.monotonic() - idle_since < PING_AFTER_IDLE:
+            if time.monotonic() - idle_since < self._ping_after:
                 return conn
             try:
                 conn.ping(reconnect=False)

@@ -51,6 +51,16 @@ class InvalidIdentifier(GeventqError):
     """A table name failed the identifier pattern or is not a registered queue."""
 
 
+class InvalidSchedule(GeventqError):
+    """A schedule's field cannot be used (a cron that does not parse, an
+    unknown time zone, params that are not an object); `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 class HandlerError(GeventqError):
     """A handler module failed to import, or a task type was registered twice."""
 

@@ -24,6 +24,7 @@ from geventq.claims import Claimer, use_skip_locked
 from geventq.config import Config
 from geventq.db import Database, wait_until_reachable
 from geventq.errors import GeventqError
+from geventq.firing import ScheduleFirer
 from geventq.handlers import load_handlers
 from geventq.housekeeping import Housekeeping
 from geventq.identity import Identity
@@ -155,6 +156,26 @@ class Executor:
         self.listeners.add(metrics)
         self.cancel_watch = CancelWatch(db, server_id, self.claimed)
         peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
+
+        def tasks_added(table_name: str) -> None:
+            """Due work was just committed: scan now, here and on the servers running it."""
+            runner = self.queues.for_table(table_name)
+            if runner is not None:
+                runner.wake()
+            peers.wake(table_name)
+
+        self.firer: ScheduleFirer | None = None
+        if cfg.queue.enable:
+            self.firer = ScheduleFirer(
+                db=db,
+                # A fire holds its schedule's row lock: a connection cut off
+                # mid-fire must not keep it, so the server drops one silent for 10 s.
+                fire_db=Database(cfg.database, name="schedules", size=2, autocommit=False, idle_timeout=10),
+                lease=self.lease,
+                skip_locked=skip_locked,
+                tasks_added=tasks_added,
+                listener=metrics,
+            )
         routes = admin.Admin(
             db=db,
             server_id=server_id,
@@ -165,6 +186,8 @@ class Executor:
             peers=peers,
             queues_changed=self.sync.wake,
             check_cancels=self.cancel_watch.wake,
+            tasks_added=tasks_added,
+            schedules_changed=self.firer.wake if self.firer is not None else lambda: None,
         )
         self._http.application = admin.create_app(routes, cfg.admin.token, metrics.routes())
         self.registration = Registration(server_id, self.identity.admin_address)
@@ -195,13 +218,17 @@ class Executor:
             job_logs=self.job_logs,
             rescue=Rescue(db, self.catalog, self.listeners, cfg.executor.heartbeat_timeout),
             reconcile=Reconcile(db, self.identity.server_id, self.catalog, self.queues, self.claimed),
-            housekeeping=Housekeeping(db, self.job_logs, cfg.log.retention_days, self.catalog),
+            housekeeping=Housekeeping(
+                db, self.job_logs, cfg.log.retention_days, self.catalog, cfg.queue.schedule_history_days
+            ),
             interval=cfg.executor.heartbeat_interval,
             db_address=db.address,
         )
         self.maintenance.start()
         self.cancel_watch.start()
         self.sync.start()
+        if self.firer is not None:
+            self.firer.start()
 
     def status_snapshot(self) -> tuple[str, str, int]:
         """What our `servers` row says: state, the queues we run, running handlers."""
@@ -234,6 +261,8 @@ class Executor:
             self.queues.running_count(),
             self.config.executor.shutdown_timeout,
         )
+        if self.firer is not None:
+            self.firer.stop()
         self.sync.stop()
         self._drain_runners()
         self.cancel_watch.stop()
@@ -247,6 +276,8 @@ class Executor:
         self.job_logs.stop()
         for pool in (self.db, self.claim_db, self.handler_db):
             pool.close()
+        if self.firer is not None:
+            self.firer.fire_db.close()
         logger.info("server {} stopped", self.identity.server_id)
 
     def _drain_runners(self) -> None:

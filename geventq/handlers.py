@@ -19,6 +19,10 @@ from geventq.errors import HandlerError
 
 Handler = Callable[["JobContext"], Any]
 
+# The task_params key of a task a schedule created: {"name", "fire_at"}
+# (fire_at in UTC, "YYYY-MM-DD HH:MM:SS.mmm"); handlers see it as ctx.schedule.
+SCHEDULE_KEY = "_schedule"
+
 # Filled while handler modules are imported; `load_handlers` hands a copy to
 # the executor, so reloading in tests starts from an empty registry.
 _registry: dict[str, Handler] = {}
@@ -123,6 +127,7 @@ class JobContext:
         "params",
         "queue_name",
         "retry_count",
+        "schedule",
         "schedule_time",
         "server_id",
         "started_at",
@@ -151,6 +156,7 @@ class JobContext:
         created_at: Any = None,
         started_at: Any = None,
         cancel_check: Callable[[], bool] | None = None,
+        schedule: dict[str, Any] | None = None,
     ):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
@@ -171,6 +177,9 @@ class JobContext:
         self.started_at = started_at  # the claim's time, database clock: the row's start_time
         self._cancel_check = cancel_check
         self._last_yield = 0.0
+        # {"name", "fire_at"} for a task a schedule created (also in params
+        # as "_schedule", where the task carries it), None for any other
+        self.schedule = schedule
 
     @property
     def attempt(self) -> int:

@@ -1,6 +1,6 @@
 """Housekeeping: deleting finished tasks past each queue's retention_days,
-stale cancel requests and rate-window slices, and pruning old job logs.
-None of it is on the task's path; all of it runs from the maintenance pass
+stale cancel requests, rate-window slices and old schedule fires, and pruning
+old job logs. None of it is on the task's path; all of it runs from the maintenance pass
 (servers.Maintenance) while the lease is valid."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 import gevent
 from loguru import logger
 
-from geventq import store
+from geventq import schedule_store, store
 from geventq.catalog import QueueCatalog
 from geventq.db import Database, QuotedTable
 from geventq.logs import JobLogs
@@ -18,16 +18,26 @@ from geventq.logs import JobLogs
 RETENTION_EVERY = 60.0
 RETENTION_BATCH = 1000
 LOG_PRUNE_EVERY = 3600.0
+FIRES_PRUNE_EVERY = 3600.0
 
 
 class Housekeeping:
-    def __init__(self, db: Database, job_logs: JobLogs, log_retention_days: int, catalog: QueueCatalog):
+    def __init__(
+        self,
+        db: Database,
+        job_logs: JobLogs,
+        log_retention_days: int,
+        catalog: QueueCatalog,
+        schedule_history_days: int = 0,
+    ):
         self.db = db
         self.job_logs = job_logs
         self.log_retention_days = log_retention_days
         self.catalog = catalog  # each queue's table and retention_days
+        self.schedule_history_days = schedule_history_days  # 0: keep every fire
         self._last_retention = 0.0
         self._last_log_prune = 0.0
+        self._last_fires_prune = float("-inf")  # the first maintenance pass prunes
 
     def run_due(self) -> None:
         """Whatever is due: stale cancel requests every pass; retention and
@@ -40,6 +50,35 @@ class Housekeeping:
         if time.monotonic() - self._last_log_prune > LOG_PRUNE_EVERY:
             self._last_log_prune = time.monotonic()
             self.job_logs.prune(self.log_retention_days)
+        if self.schedule_history_days and time.monotonic() - self._last_fires_prune > FIRES_PRUNE_EVERY:
+            self._last_fires_prune = time.monotonic()
+            self.prune_schedule_fires()
+
+    def prune_schedule_fires(self) -> None:
+        """Ledger rows older than schedule_history_days, in small batches. A
+        schedule's latest scheduled fire stays whatever its age: while its
+        queue is missing its tasks go to that fire's table. Every server may
+        do this at once: each batch is a bounded, idempotent DELETE."""
+        schedules, cutoff = self.db.call(schedule_store.schedules_for_pruning, self.schedule_history_days)
+        deleted = 0
+        for schedule in schedules:
+            deleted += self._prune_batches(
+                schedule_store.prune_fires, schedule["id"], cutoff, schedule["last_fire_at"]
+            )
+        deleted += self._prune_batches(schedule_store.prune_orphan_fires, cutoff)
+        if deleted:
+            logger.info(
+                "schedule history: deleted {} fires older than {} days", deleted, self.schedule_history_days
+            )
+
+    def _prune_batches(self, prune, *args) -> int:
+        deleted = 0
+        while True:
+            count = self.db.call(prune, *args, RETENTION_BATCH)
+            deleted += count
+            if count < RETENTION_BATCH:
+                return deleted
+            gevent.sleep(0.05)
 
     def remove_stale_cancel_requests(self) -> int:
         """Requests whose attempt ended before its owner acted on them."""

@@ -88,6 +88,21 @@ COUNTERS = (
     ),
 )
 
+# Per schedule: the fires this server wrote to the ledger, by outcome.
+SCHEDULE_COUNTERS = (
+    ("geventq_schedule_fires", "enqueued", "Schedule fires this server turned into a task"),
+    (
+        "geventq_schedule_misses",
+        "missed",
+        "Late fires (misfire policy skip, or all past max_catchup) this server recorded as missed",
+    ),
+    (
+        "geventq_schedule_overlap_skips",
+        "skipped_overlap",
+        "Fires this server skipped because the previous task was still pending or running (overlap: skip)",
+    ),
+)
+
 
 class Buckets:
     """One histogram's observations: per-bucket counts (not cumulative) and their sum."""
@@ -158,6 +173,8 @@ class Metrics:
         self.outcome_backlog = outcome_backlog
         self.token = token  # the bearer token /metrics needs; "" = none
         self.queues: dict[str, QueueStats] = {}  # by queue name: counters survive a runner's restart
+        # by schedule name, then a ledger outcome (enqueued, missed, skipped_overlap): fires written here
+        self.schedule_fires: dict[str, dict[str, int]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(HotPathCollector(self))
         self.registry.register(DatabaseCollector(self))
@@ -194,6 +211,12 @@ class Metrics:
     def rescued(self, table_name: str, count: int) -> None:
         """Not on the hot path: once per heartbeat at most, per table."""
         self.queue_stats(self.queue_of_table(table_name)).rescued += count
+
+    # --- the schedule firer's listener (after each fire's commit) ---
+
+    def schedule_fired(self, name: str, outcome: str, count: int) -> None:
+        by_outcome = self.schedule_fires.setdefault(name, {})
+        by_outcome[str(outcome)] = by_outcome.get(str(outcome), 0) + count
 
     def queue_of_table(self, table_name: str) -> str:
         """The queue_name of a table; the table's own name when no queue has it now."""
@@ -262,6 +285,15 @@ class HotPathCollector(Collector):
             "pickup",
         )
         yield from self._process_gauges(runners)
+        yield from self._schedule_counters()
+
+    def _schedule_counters(self) -> Iterator[Metric]:
+        server, fires = self.metrics.server_id, sorted(self.metrics.schedule_fires.items())
+        for name, outcome, documentation in SCHEDULE_COUNTERS:
+            family = CounterMetricFamily(name, documentation, labels=("schedule", "server"))
+            for schedule, by_outcome in fires:
+                family.add_metric((schedule, server), by_outcome.get(outcome, 0))
+            yield family
 
     def _histogram(
         self, name: str, documentation: str, queues: list[tuple[str, QueueStats]], slot: str

@@ -51,6 +51,96 @@ QUEUE_ROW = {
     },
 }
 
+UTC_DATETIME = {"type": "string", "description": "YYYY-MM-DD HH:MM:SS.fff, UTC"}
+OPTIONAL_UTC_DATETIME = {**UTC_DATETIME, "nullable": True}
+TASK_STATUS = {
+    "type": "integer",
+    "nullable": True,
+    "enum": [0, 1, 2, 3, 4, None],
+    "description": "0 pending, 1 running, 2 done, 3 failed, 4 cancelled; null: no such task (any more)",
+}
+
+SCHEDULE = {
+    "type": "object",
+    "description": "a schedules row, with its next fire times and its cadence in words",
+    "required": [
+        "id",
+        "name",
+        "queue_name",
+        "task_type",
+        "task_params",
+        "max_retries",
+        "cron",
+        "interval_seconds",
+        "timezone",
+        "misfire_policy",
+        "misfire_grace_seconds",
+        "max_catchup",
+        "overlap",
+        "status",
+        "next_fire_at",
+        "last_fire_at",
+        "last_task_id",
+        "last_task_table",
+        "last_task_status",
+        "next_fires",
+        "description",
+        "error",
+        "created_at",
+        "updated_at",
+    ],
+    "properties": {
+        "id": {"type": "integer", "minimum": 1},
+        "name": {"type": "string"},
+        "queue_name": {"type": "string"},
+        "task_type": {"type": "string"},
+        "task_params": {"nullable": True, "description": "a JSON object, or null"},
+        "max_retries": {"type": "integer"},
+        "cron": {"type": "string", "nullable": True},
+        "interval_seconds": {"type": "integer", "nullable": True},
+        "timezone": {"type": "string"},
+        "misfire_policy": {"type": "string", "enum": ["skip", "once", "all"]},
+        "misfire_grace_seconds": {"type": "integer"},
+        "max_catchup": {"type": "integer"},
+        "overlap": {"type": "string", "enum": ["allow", "skip"]},
+        "status": {"type": "integer", "enum": [0, 1], "description": "1 enabled, 0 paused"},
+        "next_fire_at": OPTIONAL_UTC_DATETIME,
+        "last_fire_at": {**OPTIONAL_UTC_DATETIME, "description": "the fire time of its latest task"},
+        "last_task_id": {"type": "integer", "nullable": True},
+        "last_task_table": {"type": "string", "nullable": True},
+        "last_task_status": TASK_STATUS,
+        "next_fires": {
+            "type": "array",
+            "maxItems": 5,
+            "items": UTC_DATETIME,
+            "description": "the next five fire times (while paused: what resuming now would give)",
+        },
+        "description": {"type": "string", "nullable": True, "description": "the cadence in words"},
+        "error": {
+            "type": "string",
+            "nullable": True,
+            "description": "why a schedule written by SQL cannot fire",
+        },
+        "created_at": DATETIME,
+        "updated_at": DATETIME,
+    },
+}
+
+SCHEDULE_FIRE = {
+    "type": "object",
+    "description": "a schedule_fires row (the ledger)",
+    "required": ["schedule_id", "fire_at", "task_table", "task_id", "outcome"],
+    "properties": {
+        "schedule_id": {"type": "integer", "minimum": 1},
+        "fire_at": UTC_DATETIME,
+        "task_table": {"type": "string"},
+        "task_id": {"type": "integer", "nullable": True},
+        "outcome": {"type": "string", "enum": ["enqueued", "skipped_overlap", "missed"]},
+        "task_status": TASK_STATUS,
+        "created_at": DATETIME,
+    },
+}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -247,6 +337,8 @@ SCHEMAS: dict[str, Any] = {
             "truncated": {"type": "boolean", "description": "only the end of a very long log"},
         },
     },
+    "Schedule": SCHEDULE,
+    "ScheduleFire": SCHEDULE_FIRE,
     "Health": {
         "type": "object",
         "required": ["server_id", "db_rtt_ms"],

@@ -16,7 +16,7 @@ from geventq.attempts import DONE, Attempt, ClaimedAttempts, Listeners, Outcome
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import LeaseLost, PermanentFailure, RateLimited, TaskCancelled
-from geventq.handlers import JobContext
+from geventq.handlers import SCHEDULE_KEY, JobContext
 from geventq.logs import JobLogs
 from geventq.outcomes import OutcomeRecorder
 
@@ -119,6 +119,7 @@ class AttemptRunner:
             params = ujson.loads(raw) if raw else {}
         except ValueError as error:
             raise PermanentFailure(f"task_params is not valid JSON: {error}") from None
+        schedule = params.get(SCHEDULE_KEY) if isinstance(params, dict) else None
         handler(
             JobContext(
                 task_id=attempt.id,
@@ -138,6 +139,7 @@ class AttemptRunner:
                 log=logger.bind(log_id=attempt.log_id),
                 config=self.config,
                 db=self.handler_db,
+                schedule=schedule if isinstance(schedule, dict) else None,
             )
         )
 

@@ -16,7 +16,17 @@ INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
 
 # geventq's own tables, created on an existing installation too when a newer
 # release added them (CREATE TABLE IF NOT EXISTS in init.sql, so idempotent).
-OWN_TABLES = frozenset({"queue_configs", "servers", "queue_state", "queue_rate_window", "task_cancels"})
+OWN_TABLES = frozenset(
+    {
+        "queue_configs",
+        "servers",
+        "queue_state",
+        "queue_rate_window",
+        "task_cancels",
+        "schedules",
+        "schedule_fires",
+    }
+)
 _CREATE_TABLE = re.compile(r"^CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+`?(\w+)`?", re.I)
 
 

@@ -1,4 +1,4 @@
-"""`python -m geventq status`: the queues and servers, read straight from the
+"""`python -m geventq status`: the queues, schedules and servers, read straight from the
 database with the admin API's own statements, so it works when no admin is
 reachable (or none runs). Plain text, aligned columns."""
 
@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from geventq import admin_store, store
+from geventq import admin_store, schedule_store, store
 from geventq.attempts import Status
+from geventq.cadence import Cadence
 from geventq.config import Config
-from geventq.db import Database
-from geventq.errors import DatabaseError, NoSuchTable
+from geventq.db import DRIVER_ERRORS, Database, table_problem
+from geventq.errors import DatabaseError, InvalidSchedule, NoSuchTable
 from geventq.peers import parse_queue_list
 
 QUEUE_COLUMNS = (
@@ -29,6 +30,17 @@ QUEUE_COLUMNS = (
     "CANCELLED",
     "OLDEST DUE",
 )
+SCHEDULE_COLUMNS = (
+    "SCHEDULE",
+    "QUEUE",
+    "TYPE",
+    "WHEN",
+    "ZONE",
+    "ENABLED",
+    "NEXT FIRE (UTC)",
+    "LAST FIRE (UTC)",
+    "LAST TASK",
+)
 SERVER_COLUMNS = ("SERVER", "HOST", "PID", "STATE", "ALIVE", "HEARTBEAT", "QUEUES", "RUNNING")
 # Columns aligned right: the numbers.
 QUEUE_NUMBERS = frozenset(
@@ -42,7 +54,7 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
     """Print the status; 0, or 1 with a message naming host:port when the database fails."""
     db = Database(config.database, size=1, name="status")
     try:
-        now, queues, servers = db.call(read_status, config.executor.heartbeat_timeout)
+        now, queues, schedules, servers = db.call(read_status, config.executor.heartbeat_timeout)
     except DatabaseError as error:
         hint = ""
         if isinstance(error, NoSuchTable):  # no geventq schema here yet
@@ -51,20 +63,36 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
         return 1
     finally:
         db.close()
-    out.write(render(config, db.address, now, queues, servers))
+    out.write(render(config, db.address, now, queues, servers, schedules))
     return 0
 
 
-def read_status(cur, heartbeat_timeout: float) -> tuple[Any, list[dict], list[dict]]:
-    """The database clock, every queue with its counts, every server; one connection."""
+def read_status(cur, heartbeat_timeout: float) -> tuple[Any, list[dict], list[dict], list[dict]]:
+    """The database clock, every queue with its counts, every schedule, every
+    server; one connection. (A database made before schedules existed has no
+    schedules table until an executor starts on it: none are shown.)"""
+    try:
+        schedules, _ = schedule_store.schedules_overview(cur)
+    except DRIVER_ERRORS as error:
+        if table_problem(error) is None:
+            raise
+        schedules = []
     return (
         store.database_now(cur),
         admin_store.queue_overview(cur),
+        schedules,
         admin_store.list_servers(cur, heartbeat_timeout),
     )
 
 
-def render(config: Config, address: str, now: Any, queues: list[dict], servers: list[dict]) -> str:
+def render(
+    config: Config,
+    address: str,
+    now: Any,
+    queues: list[dict],
+    servers: list[dict],
+    schedules: list[dict] | None = None,
+) -> str:
     clock = now.strftime("%Y-%m-%d %H:%M:%S") if now is not None else "?"
     lines = [
         f"geventq status: database {config.database.database} at {address}, {clock} (database clock)",
@@ -80,6 +108,14 @@ def render(config: Config, address: str, now: Any, queues: list[dict], servers: 
         ]
     else:
         lines.append("  none: queue_configs is empty")
+    schedules = schedules or []
+    enabled = sum(1 for schedule in schedules if int(schedule["status"]) == 1)
+    lines += ["", f"Schedules ({enabled} enabled of {len(schedules)})"]
+    if schedules:
+        lines += table(SCHEDULE_COLUMNS, [schedule_cells(schedule) for schedule in schedules], frozenset())
+        lines += [f"  ! {name}: {problem}" for name, problem in schedule_problems(schedules)]
+    else:
+        lines.append("  none")
     alive = sum(1 for server in servers if server["alive"])
     lines += [
         "",
@@ -105,6 +141,41 @@ def queue_cells(queue: dict[str, Any]) -> list[str]:
         *(f"{counts[name]:,}" if counts else "?" for name in COUNTS),
         age(queue.get("oldest_pending_age")),
     ]
+
+
+def schedule_cells(schedule: dict[str, Any]) -> list[str]:
+    enabled = int(schedule["status"]) == 1
+    status = schedule.get("last_task_status")
+    return [
+        str(schedule["name"]),
+        str(schedule["queue_name"]),
+        str(schedule["task_type"]),
+        str(schedule["cron"]) if schedule["cron"] else f"every {schedule['interval_seconds']}s",
+        "-" if schedule["interval_seconds"] else str(schedule["timezone"]),
+        "yes" if enabled else "paused",
+        moment(schedule["next_fire_at"]) if enabled else "-",
+        moment(schedule["last_fire_at"]),
+        "-" if schedule["last_task_id"] is None else f"#{schedule['last_task_id']} {label(status)}",
+    ]
+
+
+def schedule_problems(schedules: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Schedules (written by SQL) that cannot fire, and why."""
+    problems = []
+    for schedule in schedules:
+        try:
+            Cadence.of(schedule["cron"], schedule["interval_seconds"], schedule["timezone"])
+        except InvalidSchedule as error:
+            problems.append((schedule["name"], str(error)))
+    return problems
+
+
+def moment(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def label(status: Any) -> str:
+    return Status(int(status)).label if status is not None else "(gone)"
 
 
 def server_cells(server: dict[str, Any]) -> list[str]:

@@ -20,6 +20,8 @@ applies faults, one every few seconds, picked by the seed:
 - resize: a queue's max_workers to 1..60 for 3 to 8 s;
 - disable: a queue off for 1 to 5 s, then on again;
 - cancel: cancel up to 20 pending tasks, as the admin API would;
+- schedule_run: run a schedule now through a live server's admin API
+  (`POST /admin/schedule/run`), while the servers fire it;
 - dbcrash (with --own-mariadb only): SIGKILL the database server itself and
   restart it on the same datadir 0.5 to 5 s later.
 
@@ -30,7 +32,14 @@ on a private MariaDB (tests/ownmariadb.py) that the soak may crash; the
 ground truth (the runs and the fault log) stays on the machine's MariaDB,
 in a database of the same name.
 
-Then every fault is healed, every queue row restored, every server up; it
+Recurring tasks fire meanwhile into the `sched` queue: every second, every
+minute (cron), and every 2 s with overlap: skip and 3-second tasks; the
+checker's one_task_per_fire and no_fire_gap hold them to exactly one task
+per fire time and no fire missing (the grace is 60 s and one server always
+stays healthy, so no gap is allowed).
+
+Then every fault is healed, every queue row restored, every server up (the
+schedules are paused: the drain must end); it
 waits until no task is pending or running (failing when no task has ended
 for 30 s, or after 5 minutes), stops the servers with
 SIGTERM, and runs tests/invariants.py over the tables. It prints a report
@@ -61,7 +70,7 @@ from geventq import Status
 from tests.faultproxy import FaultProxy
 from tests.invariants import check, log_fault, prepare
 from tests.ownmariadb import OwnMariaDB
-from tests.support import ExecutorProcess, TestDatabase, write_config
+from tests.support import ExecutorProcess, TestDatabase, http, write_config
 
 SERVERS = ("s1", "s2", "s3")
 # queue -> (table, server_id, max_workers, task_timeout); pinned to s1
@@ -69,6 +78,17 @@ QUEUES = {
     "open1": ("chaos_open1", "", 40, 5),
     "open2": ("chaos_open2", "", 40, 5),
     "pinned": ("chaos_pinned", "s1", 20, 5),
+    "sched": ("chaos_sched", "", 20, 5),  # only the schedules below put tasks here
+}
+# name -> the schedules row's columns
+SCHEDULES = {
+    "chaos_tick": {"interval_seconds": 1, "task_params": '{"kind": "fast"}'},
+    "chaos_minute": {"cron": "* * * * *", "task_params": '{"kind": "fast"}'},
+    "chaos_overlap": {
+        "interval_seconds": 2,
+        "overlap": "skip",
+        "task_params": '{"kind": "slow", "seconds": 3}',
+    },
 }
 TABLE_SHARE = (("chaos_open1", 0.4), ("chaos_open2", 0.4), ("chaos_pinned", 0.2))
 HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
@@ -83,6 +103,7 @@ FAULT_WEIGHTS = {
     "resize": 2,
     "disable": 2,
     "cancel": 1,
+    "schedule_run": 1,
 }
 # Only when the soak has a database server of its own to crash.
 DBCRASH_WEIGHT = 2
@@ -266,6 +287,12 @@ class Chaos:
         for name, (table, server_id, workers, timeout) in QUEUES.items():
             self.db.add_queue(
                 name, table, server_id=server_id, max_workers=workers, scan_interval=1, task_timeout=timeout
+            )
+        for name, columns in SCHEDULES.items():
+            columns = {"name": name, "queue_name": "sched", "task_type": "chaos", "max_retries": 5, **columns}
+            self.db.execute(
+                f"INSERT INTO schedules ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
+                tuple(columns.values()),
             )
         for server_id in SERVERS:
             self.servers[server_id] = Server(server_id, self.db, self.workdir)
@@ -454,6 +481,21 @@ class Chaos:
         )
         self.fault("cancel", detail=f"{cancelled} in {table}")
 
+    def fault_schedule_run(self) -> None:
+        healthy = self.healthy()
+        if not healthy:
+            return
+        server, name = self.rng.choice(healthy), self.rng.choice(list(SCHEDULES))
+        schedule_id = self.db.scalar("SELECT id FROM schedules WHERE name = %s", (name,))
+        status, answer = http(
+            "POST", f"{server.process.admin_url}/admin/schedule/run?id={schedule_id}", timeout=5
+        )
+        detail = f"{name} via {server.server_id}: {status}"
+        if status == 201:
+            detail += f" task {answer['data']['task_id']} at {answer['data']['fire_at']}"
+        self.fault("schedule_run", server, detail)
+        self.say(f"run schedule {name} now through {server.server_id} ({status})")
+
     def set_queue(self, queue: str, **values) -> None:
         assignments = ", ".join(f"{column} = %s" for column in values)
         self.db.execute(
@@ -463,7 +505,8 @@ class Chaos:
     # -- the end --
     def heal_and_drain(self) -> bool:
         self.stopping_faults = True
-        self.say("faults stop: healing every proxy, restoring queues, restarting servers")
+        self.say("faults stop: pausing schedules, healing every proxy, restoring queues, restarting servers")
+        self.db.execute("UPDATE schedules SET status = 0")
         if self.own_mariadb is not None:
             self.restart_database()  # first: the heals below write to it
         # Pending heals and restarts run now rather than later.
@@ -531,6 +574,26 @@ class Chaos:
             server.proxy.stop()
 
 
+def schedule_summary(db: TestDatabase) -> str:
+    """One line per schedule: its ledger rows by outcome (manual runs apart), and
+    how late its fires were written, by the database clock."""
+    rows = db.query(
+        "SELECT s.name, f.outcome, MICROSECOND(f.fire_at) > 0 AS manual, COUNT(*) AS n, "
+        "MAX(TIMESTAMPDIFF(MICROSECOND, f.fire_at, f.created_at - INTERVAL "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) SECOND)) / 1e6 AS late "
+        "FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id GROUP BY s.name, f.outcome, manual"
+    )
+    lines = ["schedules (fires by outcome; the latest a scheduled fire was written after its time):"]
+    for name in SCHEDULES:
+        mine = [row for row in rows if row["name"] == name]
+        counts = ", ".join(
+            f"{row['outcome']}{' (run now)' if row['manual'] else ''} {row['n']}" for row in mine
+        )
+        late = max((float(row["late"]) for row in mine if not row["manual"]), default=0.0)
+        lines.append(f"  {name:<14} {counts or 'none'}; latest {late:.2f}s")
+    return "\n".join(lines)
+
+
 def start_cpu_hogs(count: int) -> list[subprocess.Popen]:
     """Busy loops at the same priority as the executors and the database."""
     return [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(count)]
@@ -591,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.monotonic() - began:.0f}s in all, drained: {'yes' if drained else 'NO'}"
         )
         print(report.text())
+        print(schedule_summary(chaos.db))
         print(
             f"exit codes after SIGTERM during the run: {dict(sigterm_codes) or 'none'}; at the end: {codes}"
         )

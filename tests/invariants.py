@@ -42,6 +42,19 @@ The invariants:
 - in_order: runs of one task start in retry_count order: a stale attempt
   never starts after a newer one.
 
+And for recurring tasks (the `schedules` and `schedule_fires` tables):
+
+- one_task_per_fire: every `enqueued` ledger row names exactly one task, in
+  its task_table, whose params carry that schedule's name and fire time;
+  every task whose params carry `_schedule` is named by exactly one ledger
+  row; no two tasks carry the same (schedule, fire time); `missed` and
+  `skipped_overlap` rows name no task.
+- no_fire_gap: between two consecutive fires in a schedule's ledger, every
+  fire time the cadence skipped was late (more than misfire_grace_seconds
+  old) when the later row was written, so only a misfire policy can leave a
+  gap; and no fire was written before its time. Manual runs (recorded at the
+  moment they were asked for, never a whole second) are left out.
+
 `python -m tests.invariants --database NAME [--tables a,b]` checks a
 database; it exits 1 and prints the offending rows when any invariant breaks.
 """
@@ -54,12 +67,14 @@ import json
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pymysql
 
 from geventq.attempts import Status
+from geventq.cadence import Cadence
+from geventq.errors import InvalidSchedule
 
 NEVER = datetime.max
 LOST_MESSAGES = ("stopped heartbeating", "restarted while running", "was lost before it started")
@@ -140,7 +155,7 @@ class Report:
         lines.append("invariants:")
         for result in self.results:
             verdict = "ok" if result.ok else f"BROKEN ({len(result.violations)})"
-            lines.append(f"  {result.name:<14} {verdict}")
+            lines.append(f"  {result.name:<18} {verdict}")
             lines.extend(f"      {violation}" for violation in result.violations[:limit])
         return "\n".join(lines)
 
@@ -179,7 +194,7 @@ def check(conn, tables: list[str], records=None) -> Report:
     for task in tasks:
         by_status.setdefault(task["table"], Counter())[STATUS.get(task["status"], task["status"])] += 1
     return Report(
-        results=list(checker.results.values()),
+        results=[*checker.results.values(), *check_schedules(conn)],
         tasks_by_status=by_status,
         runs_by_end=Counter(run["ended"] or "(no finish: process died)" for run in all_runs),
         faults=Counter(row["kind"] for row in faults),
@@ -311,6 +326,108 @@ class _Checker:
         self.repeated_ok_runs += sum(
             1 for run in runs if run["ended"] == "ok" and run["retry_count"] < consumed
         )
+
+
+# --- recurring tasks ------------------------------------------------------------------
+
+EARLY_TOLERANCE = 0.01  # seconds: a manual run is recorded at its request's millisecond
+
+
+def check_schedules(conn) -> list[Result]:
+    """one_task_per_fire and no_fire_gap over every schedule's ledger (see
+    the module's docstring). Assumes the cadences were not edited meanwhile."""
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset")
+        offset = cur.fetchone()["utc_offset"]
+        cur.execute("SELECT * FROM schedules")
+        schedules = {row["id"]: row for row in cur.fetchall()}
+        cur.execute("SELECT * FROM schedule_fires ORDER BY schedule_id, fire_at")
+        fires = list(cur.fetchall())
+        tasks = {}
+        for table in sorted({fire["task_table"] for fire in fires}):
+            cur.execute(
+                f"SELECT id, task_params FROM {_quoted(table)} WHERE task_params LIKE %s", ('%"_schedule"%',)
+            )
+            for row in cur.fetchall():
+                tasks[(table, row["id"])] = _schedule_of(row["task_params"])
+    once, gaps = Result("one_task_per_fire"), Result("no_fire_gap")
+    _check_fire_tasks(once, schedules, fires, tasks)
+    by_schedule: dict[int, list[dict]] = defaultdict(list)
+    for fire in fires:
+        by_schedule[fire["schedule_id"]].append(fire)
+    for schedule_id, ledger in by_schedule.items():
+        if schedule_id in schedules:
+            _check_gaps(gaps, schedules[schedule_id], ledger, offset)
+    return [once, gaps]
+
+
+def _quoted(table: str) -> str:
+    return ".".join(f"`{part}`" for part in table.split("."))
+
+
+def _schedule_of(params: str | None) -> tuple[str, str] | None:
+    try:
+        mark = json.loads(params or "{}").get("_schedule")
+    except (ValueError, AttributeError):
+        return None
+    return (mark.get("name"), mark.get("fire_at")) if isinstance(mark, dict) else None
+
+
+def _fire_text(fire_at: datetime) -> str:
+    return fire_at.strftime("%Y-%m-%d %H:%M:%S.") + f"{fire_at.microsecond // 1000:03d}"
+
+
+def _check_fire_tasks(result: Result, schedules: dict, fires: list[dict], tasks: dict) -> None:
+    named: Counter = Counter()
+    for fire in fires:
+        where = f"schedule {fire['schedule_id']} fire {_fire_text(fire['fire_at'])} ({fire['outcome']})"
+        if fire["outcome"] != "enqueued":
+            if fire["task_id"] is not None:
+                result.violations.append(f"{where} names task {fire['task_id']}")
+            continue
+        key = (fire["task_table"], fire["task_id"])
+        named[key] += 1
+        if key not in tasks:
+            result.violations.append(f"{where}: task {key} does not exist or carries no _schedule")
+            continue
+        name = schedules.get(fire["schedule_id"], {}).get("name")
+        if name is not None and tasks[key] != (name, _fire_text(fire["fire_at"])):
+            result.violations.append(f"{where}: task {key} carries {tasks[key]}")
+    for key, count in named.items():
+        if count > 1:
+            result.violations.append(f"task {key} is named by {count} ledger rows")
+    for key, mark in tasks.items():
+        if named[key] == 0:
+            result.violations.append(f"task {key} carries _schedule {mark} but no ledger row names it")
+    for mark, count in Counter(mark for mark in tasks.values() if mark is not None).items():
+        if count > 1:
+            result.violations.append(f"{count} tasks carry _schedule {mark}")
+
+
+def _check_gaps(result: Result, schedule: dict, ledger: list[dict], offset: int) -> None:
+    try:
+        cadence = Cadence.of(schedule["cron"], schedule["interval_seconds"], schedule["timezone"])
+    except InvalidSchedule as error:
+        result.violations.append(f"schedule {schedule['name']}: {error}")
+        return
+    grace = schedule["misfire_grace_seconds"]
+    previous = None
+    for fire in ledger:
+        written = fire["created_at"] - timedelta(seconds=offset)  # UTC, like fire_at
+        if (fire["fire_at"] - written).total_seconds() > EARLY_TOLERANCE:
+            result.violations.append(
+                f"schedule {schedule['name']}: fire {_fire_text(fire['fire_at'])} written early, at {written}"
+            )
+        if fire["fire_at"].microsecond:  # a manual run, off the cadence
+            continue
+        if previous is not None:
+            skipped = cadence.last_before(fire["fire_at"], previous + timedelta(microseconds=1))
+            if skipped is not None and (written - skipped).total_seconds() <= grace:
+                result.violations.append(
+                    f"schedule {schedule['name']}: no fire at {_fire_text(skipped)} although it was "
+                    f"on time (grace {grace}s) when {_fire_text(fire['fire_at'])} was written at {written}"
+                )
+        previous = fire["fire_at"]
 
 
 def _brief(run: dict) -> dict:

@@ -137,3 +137,48 @@ def test_checker_catches_wrong_retry_counts_and_outcomes(tables):
     task(db, FAILED, 4, error_msg="RuntimeError")  # one past max_retries, no lost attempt named
     task(db, RUNNING, 0)  # left running
     assert broken(db) == {"retry_count": 5, "terminal": 1, "none_running": 1}
+
+
+def fire(db, schedule_id, fire_at, written, outcome="enqueued", name="every_minute", mark=None) -> None:
+    """A ledger row written `written` seconds after its fire time, and its task."""
+    task_id = None
+    if outcome == "enqueued":
+        params = {"kind": "fast", "_schedule": mark or {"name": name, "fire_at": f"{fire_at}.000"}}
+        with db.connect() as conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO st (task_type, task_params, status) VALUES ('chaos', %s, 2)",
+                (json.dumps(params),),
+            )
+            task_id = cur.lastrowid
+    db.execute(
+        "INSERT INTO schedule_fires (schedule_id, fire_at, task_table, task_id, outcome, created_at) "
+        "VALUES (%s, %s, 'st', %s, %s, %s + INTERVAL TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) SECOND "
+        "+ INTERVAL %s SECOND)",
+        (schedule_id, fire_at, task_id, outcome, fire_at, written),
+    )
+
+
+def test_checker_catches_a_second_task_for_a_fire_and_a_gap(tables):
+    db = tables
+    db.execute("CREATE TABLE st LIKE email_tasks")  # the schedule's tasks (no runs: not checked as tasks)
+    db.execute(
+        "INSERT INTO schedules (name, queue_name, task_type, cron, misfire_grace_seconds) "
+        "VALUES ('every_minute', 'q', 'chaos', '* * * * *', 300)"
+    )
+    sid = db.scalar("SELECT id FROM schedules WHERE name = 'every_minute'")
+    # on time at 10:00 and 10:01; 10:02 missing although 10:03 was written 5 s after its time
+    fire(db, sid, "2030-01-01 10:00:00", 0.1)
+    fire(db, sid, "2030-01-01 10:01:00", 0.1)
+    fire(db, sid, "2030-01-01 10:03:00", 5)
+    # a late run settled by a policy is no gap: 10:04 to 10:08 were late when 10:09 was written
+    fire(db, sid, "2030-01-01 10:09:00", 400)
+    # a task carrying 10:00 again, which no ledger row names
+    with db.connect() as conn, conn.cursor() as cur:
+        mark = {"name": "every_minute", "fire_at": "2030-01-01 10:00:00.000"}
+        cur.execute(
+            "INSERT INTO st (task_type, task_params, status) VALUES ('chaos', %s, 2)",
+            (json.dumps({"kind": "fast", "_schedule": mark}),),
+        )
+    # a fire written before its time
+    fire(db, sid, "2030-01-01 10:10:00", -2)
+    assert broken(db) == {"one_task_per_fire": 2, "no_fire_gap": 2}

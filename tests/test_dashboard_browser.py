@@ -259,6 +259,80 @@ def test_dashboard_asks_for_the_token_once(db, executors, browser):
     assert severe_console_entries(driver, allowed=(unauthorized,)) == []
 
 
+def test_dashboard_schedules_view(db, executors, browser):
+    # Given a server, an every-second schedule that has fired, and a cron one in Berlin
+    process = executors.start()
+    base = process.admin_url
+    db.add_queue("ticks", "tick_tasks")
+    for body in (
+        {"name": "ticker", "queue_name": "ticks", "task_type": "noop", "interval_seconds": 1},
+        {
+            "name": "berlin",
+            "queue_name": "ticks",
+            "task_type": "noop",
+            "cron": "*/5 9-17 * * MON-FRI",
+            "timezone": "Europe/Berlin",
+        },
+    ):
+        status, answer = http("POST", f"{base}/admin/schedule/create", body)
+        assert status == 201, answer
+    berlin_next = answer["data"]["next_fires"][0][:19]
+    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM tick_tasks WHERE status = 2") >= 2, message="ticks done")
+
+    # When the dashboard is opened
+    driver = open_dashboard(browser, base)
+
+    # Then each schedule shows its cadence in words, zone, next fire and last fire
+    def cell(name: str, field: str):
+        return row_cell(find(driver, f'#schedules-table tr[data-schedule="{name}"]'), field)
+
+    assert "every second" in stable(lambda: cell("ticker", "cadence").text)
+    berlin = stable(lambda: cell("berlin", "cadence").text)
+    assert "Every fifth minute" in berlin and "*/5 9-17 * * MON-FRI" in berlin
+    assert stable(lambda: cell("berlin", "timezone").text) == "Europe/Berlin"
+    assert stable(lambda: cell("berlin", "next_fires").text).startswith(berlin_next)
+    wait_for(lambda: "done" in stable(lambda: cell("ticker", "last_fire").text), message="the last task done")
+    assert stable(lambda: cell("hourly_report", "status").text) == "paused"  # init.sql's sample
+    save_full_page_screenshot(driver, ARTIFACTS / "schedules.png")
+
+    # When the ticker is paused and the paused sample run now
+    def button(name: str, action: str):
+        return find(driver, f'#schedules-table tr[data-schedule="{name}"] button[data-action="{action}"]')
+
+    stable(lambda: button("ticker", "pause").click())
+    wait_for(lambda: db.scalar("SELECT status FROM schedules WHERE name = 'ticker'") == 0, message="paused")
+    wait_for(lambda: stable(lambda: cell("ticker", "status").text) == "paused", message="shown paused")
+    stable(lambda: button("hourly_report", "run").click())
+    wait_for(
+        lambda: (
+            db.scalar(
+                "SELECT COUNT(*) FROM schedule_fires f JOIN schedules s ON s.id = f.schedule_id "
+                "WHERE s.name = 'hourly_report'"
+            )
+            == 1
+        ),
+        message="a manual run of the sample",
+    )
+
+    # And the Berlin schedule is edited: a bad cron is refused naming the field, a good one saved
+    stable(lambda: button("berlin", "edit").click())
+    cron = find(driver, "#sf-cron")
+    cron.clear()
+    cron.send_keys("61 * * * *")
+    find(driver, "#sf-save").click()
+    wait_text(driver, "#sf-error", "cron: Bad minute")
+    cron.clear()
+    cron.send_keys("0 3 * * *")
+    find(driver, "#sf-save").click()
+    wait_for(
+        lambda: db.scalar("SELECT cron FROM schedules WHERE name = 'berlin'") == "0 3 * * *", message="saved"
+    )
+    wait_for(lambda: "At 03:00" in stable(lambda: cell("berlin", "cadence").text), message="shown")
+
+    # and the console has no errors but the refused edit's 400
+    assert severe_console_entries(driver, allowed=("status of 400",)) == []
+
+
 def save_full_page_screenshot(driver, path: Path) -> None:
     """The whole page, not only the window (through the DevTools protocol)."""
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]

@@ -5,8 +5,9 @@ Every operation gets a bounded number of generated requests, valid ones
 Each response must not be a 5xx, must match the documented status codes,
 content types and schemas, and an invalid request must be rejected with a
 4xx. Afterwards, nothing the requests did not address may have changed:
-queue rows, task rows, tables, databases and the servers table are compared
-with snapshots taken before, allowing only what successful requests did.
+queue rows, task rows, schedule rows and their fires, tables, databases and
+the servers table are compared with snapshots taken before, allowing only
+what successful requests did.
 """
 
 from __future__ import annotations
@@ -27,6 +28,16 @@ from schemathesis import checks as sc  # noqa: E402
 
 EXAMPLES = int(os.environ.get("GEVENTQ_SCHEMATHESIS_EXAMPLES", "25"))
 FUZZ_QUEUE_ID, UNTOUCHED_QUEUE_ID = 2_000_000_001, 2_000_000_002
+FUZZ_SCHEDULE_ID, UNTOUCHED_SCHEDULE_ID = 2_000_000_011, 2_000_000_012
+# Valid cadences a request is steered to half the time, so schedule writes
+# reach the database instead of stopping at "cron: ...".
+CADENCES = [
+    {"cron": "*/5 * * * *", "interval_seconds": None, "timezone": "Europe/Berlin"},
+    {"cron": "@daily", "interval_seconds": None, "timezone": "UTC"},
+    {"cron": None, "interval_seconds": 3600},
+    None,
+    None,
+]
 POSITIVE_CHECKS = [
     sc.not_a_server_error,
     sc.status_code_conformance,
@@ -81,6 +92,10 @@ def snapshot(db, other_db: str) -> dict:
             )
         },
         "servers": db.query("SELECT server_id, host, pid, admin_address, started_at FROM servers"),
+        "schedules": {row["id"]: row for row in db.query("SELECT * FROM schedules")},
+        "fires": collections.Counter(
+            row["schedule_id"] for row in db.query("SELECT schedule_id FROM schedule_fires")
+        ),
     }
 
 
@@ -112,6 +127,12 @@ def test_schemathesis_finds_no_errors_and_touches_nothing_else(db, executors, ot
                 "VALUES ('noop', '{\"k\": 1}', %s)",
                 (int(status),),
             )
+    for schedule_id, name in ((FUZZ_SCHEDULE_ID, "fuzz"), (UNTOUCHED_SCHEDULE_ID, "untouched")):
+        db.execute(
+            "INSERT INTO schedules (id, name, queue_name, task_type, cron) "
+            "VALUES (%s, %s, %s, 'noop', '@hourly')",
+            (schedule_id, f"{name}_schedule", f"{name}_queue"),
+        )
     process = executors.start(queue={"enable": False})
     base_url = process.admin_url
     schema = schemathesis.openapi.from_url(f"{base_url}/admin/openapi.json")
@@ -159,8 +180,10 @@ def fuzz(
         table=st.sampled_from(["fuzz_tasks", None, "fuzz_tasks", "email_tasks"]),
         task_id=st.sampled_from([*reversed(fuzz_ids), None]),
         queue_id=st.sampled_from([1, 2, 3, None]),
+        schedule_id=st.sampled_from([FUZZ_SCHEDULE_ID, 1, None]),
+        cadence=st.sampled_from(CADENCES),
     )
-    def run(case, table, task_id, queue_id):
+    def run(case, table, task_id, queue_id, schedule_id, cadence):
         # Valid requests are steered to real queues and tasks most of the
         # time, so they reach the database instead of stopping at a 404 (never
         # to the fuzz and untouched queues' rows, which must stay as they are).
@@ -169,8 +192,14 @@ def fuzz(
             query["table"] = table
             if "id" in query and task_id:
                 query["id"] = task_id
+        elif "id" in query and case.path.startswith("/admin/schedule/"):
+            # deletes only ever reach the sample schedule: the fuzz one stays for the rest
+            if schedule_id:
+                query["id"] = 1 if case.path == "/admin/schedule/delete" else schedule_id
         elif "id" in query and queue_id:
             query["id"] = queue_id
+        if positive and case.path.startswith("/admin/schedule/") and isinstance(case.body, dict):
+            steer_schedule(case.body, cadence)
         response = case.call(base_url=base_url)
         statuses[response.status_code] += 1
         calls.append(
@@ -186,6 +215,14 @@ def fuzz(
         case.validate_response(response, checks=checks)
 
     run()
+
+
+def steer_schedule(body: dict, cadence: dict | None) -> None:
+    """A schedule body aimed at the fuzz queue, with a valid cadence half the time."""
+    if "queue_name" in body:
+        body["queue_name"] = "fuzz_queue"
+    if cadence is not None and ("cron" in body or "interval_seconds" in body or "name" in body):
+        body.update(cadence)
 
 
 def _table_names(call: dict) -> list[str]:
@@ -229,7 +266,11 @@ def assert_only_addressed_changes(before: dict, after: dict, calls: list[dict]) 
         if call["query"].get("table") == "fuzz_tasks"
         and call["path"] in ("/admin/task/retry", "/admin/task/cancel")
     }
-    fuzz_created = set()
+    fuzz_created = {
+        call["json"]["data"]["task_id"]
+        for call in ok
+        if call["path"] == "/admin/schedule/run" and call["json"]["data"]["task_table"] == "fuzz_tasks"
+    }
     for call in ok:
         if call["query"].get("table") == "fuzz_tasks":
             data = call["json"]["data"]
@@ -242,6 +283,7 @@ def assert_only_addressed_changes(before: dict, after: dict, calls: list[dict]) 
             assert after["fuzz_tasks"][task_id] == row, f"fuzz task {task_id} changed unaddressed"
     assert set(after["fuzz_tasks"]) - set(before["fuzz_tasks"]) == fuzz_created
 
+    assert_only_addressed_schedule_changes(before, after, ok)
     assert after["checksums"] == before["checksums"]
     # No database named in a request appeared (other tests may come and go meanwhile).
     named = {value.split(".")[0] for call in calls for value in _table_names(call) if "." in value}
@@ -249,3 +291,26 @@ def assert_only_addressed_changes(before: dict, after: dict, calls: list[dict]) 
     assert after["other_tables"] == before["other_tables"]
     assert after["servers"] == before["servers"]
     assert json.dumps(after["servers"], default=str)  # rows are comparable
+
+
+def assert_only_addressed_schedule_changes(before: dict, after: dict, ok: list[dict]) -> None:
+    changing = (
+        "/admin/schedule/update",
+        "/admin/schedule/delete",
+        "/admin/schedule/pause",
+        "/admin/schedule/resume",
+    )
+    addressed = {call["query"].get("id") for call in ok if call["path"] in changing}
+    created = {call["json"]["data"]["id"] for call in ok if call["path"] == "/admin/schedule/create"}
+    for schedule_id, row in before["schedules"].items():
+        if schedule_id not in addressed:
+            assert after["schedules"].get(schedule_id) == row, f"schedule {schedule_id} changed unaddressed"
+    assert set(after["schedules"]) - set(before["schedules"]) <= created, (
+        "a schedule appeared without a create"
+    )
+    assert UNTOUCHED_SCHEDULE_ID in after["schedules"]
+    # The executor fires nothing (queue.enable is false): every new ledger row is a manual run.
+    runs = collections.Counter(
+        call["query"].get("id") for call in ok if call["path"] == "/admin/schedule/run"
+    )
+    assert after["fires"] - before["fires"] == runs

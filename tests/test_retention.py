@@ -39,3 +39,31 @@ def test_no_retention_keeps_everything(db, executors):
     db.insert_tasks("q_tasks", "record")
     wait_for(lambda: db.scalar("SELECT COUNT(*) FROM executions") == 1)
     assert db.scalar("SELECT COUNT(*) FROM q_tasks") == 2
+
+
+def test_schedule_history_keeps_recent_fires_and_each_schedules_latest(db, executors):
+    # Given a schedule whose latest fire is 40 days old, ledger rows 35 days old,
+    # a recent one, and old rows of a schedule that was deleted
+    latest = db.scalar("SELECT UTC_TIMESTAMP(3) - INTERVAL 40 DAY")
+    db.execute(
+        "INSERT INTO schedules (id, name, queue_name, task_type, cron, status, last_fire_at) "
+        "VALUES (7, 'old', 'q', 'noop', '@daily', 0, %s)",
+        (latest,),
+    )
+    db.execute(
+        "INSERT INTO schedule_fires (schedule_id, fire_at, task_table, outcome) "
+        "SELECT 7, UTC_TIMESTAMP(3) - INTERVAL 35 DAY - INTERVAL seq SECOND, 't', 'missed' FROM seq_1_to_1500"
+    )
+    db.execute(
+        "INSERT INTO schedule_fires (schedule_id, fire_at, task_table, outcome) VALUES "
+        "(7, %s, 't', 'enqueued'), "
+        "(7, UTC_TIMESTAMP(3) - INTERVAL 1 DAY, 't', 'missed'), "
+        "(99, UTC_TIMESTAMP(3) - INTERVAL 35 DAY, 't', 'missed')",
+        (latest,),
+    )
+    # When an executor keeping 30 days of history runs its maintenance
+    process = executors.start(queue={"schedule_history_days": 30})
+    # Then only the latest fire and the recent one remain
+    wait_for(lambda: db.scalar("SELECT COUNT(*) FROM schedule_fires") == 2, timeout=20)
+    assert "schedule history: deleted 1501 fires older than 30 days" in wait_for(lambda: process.output)
+    assert db.scalar("SELECT COUNT(*) FROM schedule_fires WHERE schedule_id = 7") == 2

@@ -17,7 +17,7 @@ def test_init_sql_applies_twice_without_duplicates(db):
         db.execute(statement)
     counts = {
         table: db.scalar(f"SELECT COUNT(*) FROM {table}")
-        for table in ("queue_configs", "email_tasks", "data_sync_tasks", "report_tasks")
+        for table in ("queue_configs", "email_tasks", "data_sync_tasks", "report_tasks", "schedules")
     }
     # When it runs again
     for statement in split_statements(INIT_SQL.read_text()):
@@ -25,6 +25,10 @@ def test_init_sql_applies_twice_without_duplicates(db):
     # Then nothing is duplicated
     assert counts == {table: db.scalar(f"SELECT COUNT(*) FROM {table}") for table in counts}
     assert counts["queue_configs"] == 3 and counts["email_tasks"] == 2
+    # and the sample schedule is there once, paused
+    assert db.query("SELECT name, status, cron FROM schedules") == [
+        {"name": "hourly_report", "status": 0, "cron": "@hourly"}
+    ]
 
 
 def test_admin_task_table_ddl_matches_init_sql():
@@ -42,6 +46,8 @@ def test_an_older_installation_gains_new_own_tables_and_columns_but_no_samples(d
     # Given a database made by an older release: no servers table, no newer
     # queue_configs columns, and the user removed a sample table
     db.execute("DROP TABLE servers")
+    db.execute("DROP TABLE schedules")
+    db.execute("DROP TABLE schedule_fires")
     db.execute("ALTER TABLE queue_configs DROP COLUMN task_timeout, DROP COLUMN retention_days")
     db.execute("DROP TABLE report_tasks")
     queues = db.scalar("SELECT COUNT(*) FROM queue_configs")
@@ -53,10 +59,12 @@ def test_an_older_installation_gains_new_own_tables_and_columns_but_no_samples(d
     assert (
         db.scalar(
             "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() "
-            "AND table_name IN ('servers', 'report_tasks')"
+            "AND table_name IN ('servers', 'schedules', 'schedule_fires', 'report_tasks')"
         )
-        == 1
+        == 3
     )
+    # the sample schedule is a fresh installation's only
+    assert db.scalar("SELECT COUNT(*) FROM schedules") == 0
     assert db.query("SELECT task_timeout, retention_days FROM queue_configs LIMIT 1") == [
         {"task_timeout": 0, "retention_days": 0}
     ]

@@ -56,6 +56,22 @@ def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
         "VALUES ('server-007', 'web-7', 4242, 'online', '[\"orders\"]', 2, NOW(3)), "
         "('server-old', 'web-1', 99, 'offline', '[]', 0, NOW(3) - INTERVAL 1 HOUR)"
     )
+    # and two schedules: one that fired task 1 of order_tasks, one written by SQL with a bad zone
+    db.execute(
+        "INSERT INTO schedules (name, queue_name, task_type, cron, timezone, next_fire_at, last_fire_at, "
+        "last_task_id) VALUES ('nightly', 'orders', 'x', '0 3 * * *', 'Europe/Berlin', "
+        "'2030-01-01 02:00:00', '2029-12-31 02:00:00', 1)"
+    )
+    nightly = db.scalar("SELECT id FROM schedules WHERE name = 'nightly'")
+    db.execute(
+        "INSERT INTO schedule_fires (schedule_id, fire_at, task_table, task_id, outcome) "
+        "VALUES (%s, '2029-12-31 02:00:00', 'order_tasks', 1, 'enqueued')",
+        (nightly,),
+    )
+    db.execute(
+        "INSERT INTO schedules (name, queue_name, task_type, interval_seconds, timezone) "
+        "VALUES ('odd', 'orders', 'x', 60, 'Mars/Base')"
+    )
     config = write_config(tmp_path, db)
 
     # When the status command runs
@@ -83,6 +99,24 @@ def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
     assert queues["paused"]["SERVER"] == "any" and queues["paused"]["ENABLED"] == "no"
     assert queues["paused"]["PENDING"] == "0" and queues["paused"]["OLDEST DUE"] == "-"
     assert "email_queue" in queues  # init.sql's sample queues
+
+    # and each schedule with its cadence, next and last fire and its last task's status
+    schedules = rows_of(result.stdout, "Schedules")
+    assert schedules["nightly"] == {
+        "SCHEDULE": "nightly",
+        "QUEUE": "orders",
+        "TYPE": "x",
+        "WHEN": "0 3 * * *",
+        "ZONE": "Europe/Berlin",
+        "ENABLED": "yes",
+        "NEXT FIRE (UTC)": "2030-01-01 02:00:00",
+        "LAST FIRE (UTC)": "2029-12-31 02:00:00",
+        "LAST TASK": "#1 pending",
+    }
+    assert schedules["hourly_report"]["ENABLED"] == "paused"  # init.sql's sample
+    assert schedules["odd"]["WHEN"] == "every 60s"
+    assert "  ! odd: timezone: unknown time zone 'Mars/Base'" in result.stdout
+    assert "Schedules (2 enabled of 3)" in result.stdout
 
     # and each server, alive or not, with its heartbeat age and queues
     servers = rows_of(result.stdout, "Servers")

@@ -32,6 +32,8 @@
   const state = {
     queues: [],
     servers: [],
+    schedules: [],
+    editing: null,           // the schedule row being edited
     throughput: {},          // queue -> [{minute, done, failed}]
     throughputNow: null,     // optional server-provided "now"
     done5: {},               // queue -> done in last 5 minutes
@@ -294,8 +296,8 @@
     const collect = (label) => (r) => {
       if (r.status === 'rejected' && !(r.reason instanceof AuthRequired)) errors.push({ label, message: String(r.reason && r.reason.message) });
     };
-    const first = await Promise.allSettled([loadQueues(), loadServers(), loadThroughput()]);
-    first.forEach((r, i) => collect(['queues', 'servers', 'throughput'][i])(r));
+    const first = await Promise.allSettled([loadQueues(), loadServers(), loadThroughput(), loadSchedules()]);
+    first.forEach((r, i) => collect(['queues', 'servers', 'throughput', 'schedules'][i])(r));
     const second = await Promise.allSettled([loadTasks(), refreshDetail()]);
     second.forEach((r, i) => collect(['tasks', 'task'][i])(r));
     if (state.awaitingToken) return;
@@ -622,6 +624,177 @@
     tbody.replaceChildren(frag);
     $('#servers-empty').hidden = state.servers.length > 0;
   }
+
+  // ------------------------------------------------------------ schedules
+  async function loadSchedules() {
+    const data = await api('GET', 'admin/schedule/list');
+    state.schedules = Array.isArray(data) ? data : [];
+    renderSchedules();
+  }
+
+  // "Every fifth minute" reads better than "*/5 * * * *"; both are shown.
+  function cadenceCell(s) {
+    const td = el('td', { className: 'sched-when', dataset: { field: 'cadence' } });
+    const raw = s.cron ? String(s.cron) : `interval_seconds ${s.interval_seconds}`;
+    td.append(el('span', { text: s.description || raw }));
+    if (s.description) td.append(el('span', { className: 'muted cadence-raw', text: raw }));
+    if (s.error) td.append(el('span', { className: 'cadence-error', text: s.error }));
+    return td;
+  }
+
+  function nextFiresCell(s) {
+    const fires = Array.isArray(s.next_fires) ? s.next_fires : [];
+    const td = el('td', { className: 'sched-next', dataset: { field: 'next_fires' }, title: fires.map(fmtTime).join('\n') || null });
+    if (!fires.length) { td.append(el('span', { className: 'muted', text: '–' })); return td; }
+    td.append(el('span', { className: Number(s.status) === 1 ? '' : 'muted', text: fmtTime(fires[0]) }));
+    if (fires.length > 1) {
+      td.append(el('span', { className: 'muted later', text: `then ${fmtTimeShort(fires[1])}${fires.length > 2 ? ' …' : ''}` }));
+    }
+    return td;
+  }
+
+  function lastFireCell(s) {
+    const td = el('td', { dataset: { field: 'last_fire' } });
+    if (!s.last_fire_at) { td.append(el('span', { className: 'muted', text: 'never' })); return td; }
+    td.append(el('span', { text: `${fmtTimeShort(s.last_fire_at)} ` }));
+    if (s.last_task_status !== null && s.last_task_status !== undefined) {
+      const b = badge(s.last_task_status);
+      b.title = `task #${s.last_task_id} in ${s.last_task_table}`;
+      td.append(b);
+    } else if (s.last_task_id) {
+      td.append(el('span', { className: 'muted', text: `task #${s.last_task_id} gone` }));
+    }
+    return td;
+  }
+
+  function scheduleButton(s, label, kind, extra) {
+    return el('button', {
+      type: 'button', className: `btn btn-small${extra ? ` ${extra}` : ''}`, text: label,
+      dataset: { action: kind }, onclick: (ev) => scheduleAction(s, kind, ev.currentTarget),
+    });
+  }
+
+  function renderSchedules() {
+    const tbody = $('#schedules-table tbody');
+    const frag = document.createDocumentFragment();
+    for (const s of state.schedules) {
+      const enabled = Number(s.status) === 1;
+      const policy = `${s.misfire_policy}${s.misfire_policy === 'all' ? ` ≤ ${s.max_catchup}` : ''}`;
+      frag.append(el('tr', { dataset: { schedule: s.name }, className: enabled ? '' : 'dead-row' },
+        el('td', { dataset: { field: 'name' } }, el('strong', { text: s.name }),
+          el('span', { className: 'muted cadence-raw', text: s.task_type })),
+        el('td', { dataset: { field: 'queue' }, text: s.queue_name }),
+        cadenceCell(s),
+        el('td', { dataset: { field: 'timezone' }, text: s.interval_seconds ? '–' : s.timezone }),
+        nextFiresCell(s),
+        lastFireCell(s),
+        el('td', { className: 'sched-policy', dataset: { field: 'policy' } },
+          el('span', { text: policy }),
+          el('span', { className: 'muted', text: `grace ${s.misfire_grace_seconds}s${s.overlap === 'skip' ? ' · no overlap' : ''}` })),
+        el('td', { dataset: { field: 'status' } },
+          el('span', { className: `badge ${enabled ? 'badge-enabled' : 'badge-paused'}`, text: enabled ? 'enabled' : 'paused' })),
+        el('td', { className: 'sched-actions' },
+          enabled ? scheduleButton(s, 'Pause', 'pause') : scheduleButton(s, 'Resume', 'resume', 'btn-primary'),
+          scheduleButton(s, 'Run now', 'run'),
+          scheduleButton(s, 'Edit', 'edit')),
+      ));
+    }
+    tbody.replaceChildren(frag);
+    $('#schedules-empty').hidden = state.schedules.length > 0;
+  }
+
+  async function scheduleAction(s, kind, button) {
+    if (kind === 'edit') { openScheduleEditor(s); return; }
+    button.disabled = true;
+    try {
+      const data = await api('POST', `admin/schedule/${kind}`, { id: s.id });
+      clearError('action');
+      if (kind === 'run' && data) button.title = `task #${data.task_id} in ${data.task_table}`;
+      await refreshAfterChange();
+    } catch (err) {
+      reportActionError(err, `Could not ${kind} schedule ${s.name}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  const scheduleOverlay = $('#schedule-overlay');
+  const scheduleForm = $('#schedule-form');
+  const SCHEDULE_INPUTS = {
+    cron: '#sf-cron', interval_seconds: '#sf-interval', timezone: '#sf-timezone', misfire_policy: '#sf-policy',
+    misfire_grace_seconds: '#sf-grace', max_catchup: '#sf-catchup', overlap: '#sf-overlap', task_params: '#sf-params',
+  };
+
+  function openScheduleEditor(s) {
+    state.editing = s;
+    setText($('#sf-name'), s.name);
+    for (const [field, sel] of Object.entries(SCHEDULE_INPUTS)) {
+      let v = s[field];
+      if (field === 'task_params') v = v === null || v === undefined ? '' : JSON.stringify(v, null, 2);
+      $(sel).value = v === null || v === undefined ? '' : String(v);
+    }
+    $('#sf-error').hidden = true;
+    scheduleOverlay.hidden = false;
+    setTimeout(() => $('#sf-cron').focus(), 0);
+  }
+
+  function closeScheduleEditor() {
+    state.editing = null;
+    scheduleOverlay.hidden = true;
+  }
+
+  // Only what changed is sent; an emptied cron with an interval switches to a fixed rate and back.
+  function scheduleChanges(s) {
+    const body = {};
+    const cron = $('#sf-cron').value.trim();
+    const interval = $('#sf-interval').value.trim();
+    if ((cron || null) !== (s.cron || null)) body.cron = cron || null;
+    const iv = interval ? Number(interval) : null;
+    if (iv !== (s.interval_seconds ?? null)) body.interval_seconds = iv;
+    for (const field of ['timezone', 'misfire_policy', 'overlap']) {
+      const v = $(SCHEDULE_INPUTS[field]).value.trim();
+      if (v && v !== s[field]) body[field] = v;
+    }
+    for (const field of ['misfire_grace_seconds', 'max_catchup']) {
+      const v = $(SCHEDULE_INPUTS[field]).value.trim();
+      if (v && Number(v) !== Number(s[field])) body[field] = Number(v);
+    }
+    const text = $('#sf-params').value.trim();
+    const params = text ? JSON.parse(text) : null;  // a SyntaxError is reported as such
+    if (JSON.stringify(params) !== JSON.stringify(s.task_params ?? null)) body.task_params = params;
+    return body;
+  }
+
+  scheduleForm.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const s = state.editing;
+    if (!s) return;
+    const problem = $('#sf-error');
+    let body;
+    try {
+      body = scheduleChanges(s);
+    } catch (err) {
+      problem.textContent = `task_params: not valid JSON (${err.message})`;
+      problem.hidden = false;
+      return;
+    }
+    if (!Object.keys(body).length) { closeScheduleEditor(); return; }
+    $('#sf-save').disabled = true;
+    try {
+      await api('PUT', 'admin/schedule/update', { id: s.id }, body);
+      closeScheduleEditor();
+      clearError('action');
+      await refreshAfterChange();
+    } catch (err) {
+      if (err instanceof AuthRequired) { closeScheduleEditor(); return; }
+      problem.textContent = err.message;  // names the field: "cron: Bad minute in '61 * * * *'"
+      problem.hidden = false;
+    } finally {
+      $('#sf-save').disabled = false;
+    }
+  });
+  $('#sf-cancel').addEventListener('click', closeScheduleEditor);
+  scheduleOverlay.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') closeScheduleEditor(); });
 
   // ------------------------------------------------------------ throughput
   async function loadThroughput() {

@@ -18,6 +18,7 @@ W3_SQL_SLACK_MS = 50.0
 W4_RATIO = 0.90
 W5_GROWTH_MB = 20.0
 STATEMENTS_PER_TASK = 0.25
+W9_CREATED_MS = 1000.0  # issue 10: a task exists within 1 s of its fire time
 
 
 @dataclass
@@ -83,6 +84,7 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w4_rows(results, ceiling)
     rows += _w5_rows(results, ceiling)
     rows += _w6_rows(results, ceiling)
+    rows += _w9_rows(results)
     return rows
 
 
@@ -290,6 +292,32 @@ def _w6_rows(results: dict, ceiling: float | None) -> list[Row]:
     return [
         Row("W6 two servers", "combined tasks/s", _num(rate), _ratio(rate, ceiling)),
         Row("W6 two servers", "ratio to W1", _num(get(results, "W6", "ratio_to_w1"), ".2f")),
+    ]
+
+
+def _w9_rows(results: dict) -> list[Row]:
+    skipped = _skipped(results, "W9", "W9 schedule fires")
+    if skipped:
+        return skipped
+    entry = results["W9"]
+    p99, duplicates = entry.get("created_p99_ms"), entry.get("duplicate_tasks")
+    value = "/".join(
+        _num(entry.get(k), ".1f") for k in ("created_p50_ms", "created_p99_ms", "created_max_ms")
+    )
+    met = None if p99 is None else entry["created_max_ms"] <= W9_CREATED_MS and not duplicates
+    return [
+        Row(
+            "W9 schedule fires, 2 servers",
+            "task created − fire time, p50/p99/max ms",
+            f"{value} ({entry.get('fires')} fires, {duplicates} duplicates)",
+            target=f"max ≤ {W9_CREATED_MS:g} ms, none twice",
+            verdict=_verdict(met),
+        ),
+        Row(
+            "W9 schedule fires, 2 servers",
+            "task started − fire time, p50/p99 ms",
+            "/".join(_num(entry.get(k), ".1f") for k in ("started_p50_ms", "started_p99_ms")),
+        ),
     ]
 
 

@@ -51,6 +51,7 @@ class Sizes:
     w3_seconds: float = 10.0
     w4_finished: int = 1_000_000
     w5_tasks: int = 100_000
+    w9_seconds: float = 30.0
     sleep: float = 0.2
     settle_s: float = 3.0  # pause before each workload
     repeats: int = 3  # runs of W1, W2, W4, W6 and of the ceiling loop; the median is reported
@@ -63,6 +64,7 @@ class Sizes:
             w3_seconds=3.0,
             w4_finished=100_000,
             w5_tasks=10_000,
+            w9_seconds=6.0,
             settle_s=0.5,
             repeats=1,
         )
@@ -795,6 +797,62 @@ def _ceiling_run(
     return result
 
 
+def w9(ctx: Context) -> dict[str, Any]:
+    """Schedule fire latency: an every-second schedule fired by two idle
+    servers (both race for each fire) for w9_seconds. Per fire, by the
+    database clock: created_at of its task minus its fire time (the task
+    exists), and start_time minus its fire time (it runs)."""
+    db = ctx.db
+    db.reset_between_workloads()
+    db.execute("DELETE FROM schedules")
+    db.execute("DELETE FROM schedule_fires")
+    db.add_queue("bench_w9", "bench_w9", max_workers=10, scan_interval=5)
+    workdir = ctx.workdir("W9")
+    with executors(db, workdir, ["bench-a", "bench-b"], ctx.profile_dir) as procs:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.wait_online()
+        time.sleep(1.0)  # idle
+        db.execute(
+            "INSERT INTO schedules (name, queue_name, task_type, interval_seconds) "
+            "VALUES ('bench_w9', 'bench_w9', 'bench_noop', 1)"
+        )
+        time.sleep(ctx.sizes.w9_seconds)
+        db.execute("UPDATE schedules SET status = 0")
+        time.sleep(1.5)  # the last fires' tasks start
+        # fire_at is UTC; created_at and start_time are in the database's time zone
+        rows = db.query(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, f.fire_at, t.created_at - INTERVAL z.o SECOND) / 1000 "
+            "AS created_ms, "
+            "TIMESTAMPDIFF(MICROSECOND, f.fire_at, t.start_time - INTERVAL z.o SECOND) / 1000 AS started_ms "
+            "FROM schedule_fires f JOIN bench_w9 t ON t.id = f.task_id "
+            "JOIN (SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS o) z "
+            "WHERE f.outcome = 'enqueued'"
+        )
+        duplicates = int(db.scalar("SELECT COUNT(*) - COUNT(DISTINCT task_params) AS n FROM bench_w9"))
+        result = finish(ctx, workdir, procs)
+    created = sorted(float(row["created_ms"]) for row in rows)
+    started = sorted(float(row["started_ms"]) for row in rows if row["started_ms"] is not None)
+    figures = {
+        "seconds": ctx.sizes.w9_seconds,
+        "fires": len(created),
+        "duplicate_tasks": duplicates,
+        "created_p50_ms": percentile(created, 50),
+        "created_p99_ms": percentile(created, 99),
+        "created_max_ms": created[-1] if created else None,
+        "started_p50_ms": percentile(started, 50),
+        "started_p99_ms": percentile(started, 99),
+        **result,
+    }
+    ctx.progress(
+        f"  {len(created)} fires: task created p50 {figures['created_p50_ms']:.1f} ms, "
+        f"p99 {figures['created_p99_ms']:.1f} ms, max {figures['created_max_ms']:.1f} ms after its fire; "
+        f"started p50 {figures['started_p50_ms']:.1f} ms"
+    )
+    return figures
+
+
 WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ceiling": ceiling,
     "W1": w1,
@@ -803,4 +861,5 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W4": w4,
     "W5": w5,
     "W6": w6,
+    "W9": w9,
 }

@@ -115,3 +115,19 @@ def rate_limited(ctx):
         )
         if cur.fetchone()["n"] == 1:
             raise RateLimited(float(ctx.params.get("seconds", 2)), "the partner API said 429")
+
+
+@task_handler("scheduled")
+def scheduled(ctx):
+    """For tasks a schedule created: fails for good unless ctx.schedule is the
+    `_schedule` the task carries; records its run; sleeps params.seconds."""
+    execution = _started(ctx)
+    if ctx.schedule is None or ctx.schedule != ctx.params.get("_schedule"):
+        raise PermanentFailure(
+            f"ctx.schedule is {ctx.schedule!r}, params say {ctx.params.get('_schedule')!r}"
+        )
+    ctx.log.info("fired by schedule {} at {}", ctx.schedule["name"], ctx.schedule["fire_at"])
+    seconds = float(ctx.params.get("seconds", 0))
+    if seconds:
+        gevent.sleep(seconds)
+    _finished(ctx, execution)
