@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 # name -> the module that defines it
 _EXPORTS = {
+    "Client": "geventq.client",
     "JobContext": "geventq.handlers",
     "PermanentFailure": "geventq.errors",
     "Status": "geventq.attempts",
@@ -21,6 +22,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Client",
     "JobContext",
     "PermanentFailure",
     "Status",
@@ -31,6 +33,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time __getattr__ imports on demand
     from geventq.attempts import Status
+    from geventq.client import Client
     from geventq.errors import PermanentFailure
     from geventq.handlers import JobContext, register_task_handler, task_handler
 

@@ -14,8 +14,21 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from geventq.db import DRIVER_ERRORS, QuotedTable, check_table_name, quote_table, table_problem
-from geventq.errors import DuplicateKey, GeventqError, InvalidIdentifier, RetryableConflict
+from geventq.db import (
+    DRIVER_ERRORS,
+    QuotedTable,
+    check_table_name,
+    duplicate_key,
+    quote_table,
+    table_problem,
+)
+from geventq.errors import (
+    DuplicateKey,
+    GeventqError,
+    InvalidIdentifier,
+    RetryableConflict,
+    TaskStateError,
+)
 from geventq.store import PENDING, STATUS_NAMES, checked, list_queue_configs, micros, release_lock
 
 # Queue definitions change under a named lock, so two admins creating or
@@ -72,8 +85,30 @@ TASK_TABLE_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   KEY idx_status_schedule (status, schedule_time)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
 
-TASK_INSERT = "INSERT INTO {table} (task_type, task_params, schedule_time, max_retries) VALUES "
-TASK_VALUES = "(%s, %s, COALESCE(%s, NOW(3)), %s)"
+# Optional task-table columns (store.TaskTableFeatures): what queue/create adds
+# for each, before the base index. `dedupe_active` is the key while the task
+# is pending or running and NULL otherwise, so the UNIQUE index lets one
+# active task hold a key and any number of finished ones keep it.
+OPTIONAL_TASK_DDL: dict[str, tuple[str, ...]] = {
+    "priority": (
+        "priority      INT          NOT NULL DEFAULT 0 COMMENT 'smaller runs first'",
+        "KEY idx_status_priority_schedule (status, priority, schedule_time)",
+    ),
+    "dedupe_key": (
+        "dedupe_key    VARCHAR(191) NULL",
+        "dedupe_active VARCHAR(191) AS (IF(status IN (0, 1), dedupe_key, NULL)) STORED",
+        "UNIQUE KEY uk_dedupe_active (dedupe_active)",
+    ),
+}
+
+# A task row as the inserts take it: task_type and task_params (JSON text)
+# always; the others may be None (the column's default, or now). A batch's
+# statement names only the columns some task of it sets.
+TASK_INSERT = "INSERT INTO {table} ({columns}) VALUES "
+OPTIONAL_VALUES = ("max_retries", "priority", "dedupe_key", "concurrency_key")
+# A dedupe conflict is looked up and retried this often before giving up: the
+# task holding the key can finish between the failed insert and the look-up.
+DEDUPE_ATTEMPTS = 5
 
 
 class StatementTooLarge(GeventqError):
@@ -123,7 +158,7 @@ def create_queue(cur, fields: dict[str, Any]) -> dict[str, Any]:
     columns = [column for column in QUEUE_COLUMNS if column in fields]
     with _queue_admin_lock(cur):
         _check_queue_unique(cur, fields, exclude_id=0)
-        created = _ensure_task_table(cur, fields["table_name"])
+        created = _ensure_task_table(cur, fields["table_name"], fields.get("columns") or ())
         try:
             cur.execute(
                 f"INSERT INTO queue_configs ({', '.join(columns)}) "
@@ -195,9 +230,10 @@ def _split_table(name: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-def _ensure_task_table(cur, name: str) -> bool:
-    """Create the task table with the base columns unless it exists; an
-    existing table must have them. True when this call created it."""
+def _ensure_task_table(cur, name: str, optional: Sequence[str] = ()) -> bool:
+    """Create the task table with the base columns (and the `optional` ones)
+    unless it exists; an existing table must have them. True when this call
+    created it."""
     schema, table = _split_table(name)
     if schema is not None:
         if schema.lower() in SYSTEM_SCHEMAS:
@@ -220,9 +256,32 @@ def _ensure_task_table(cur, name: str) -> bool:
             raise InvalidIdentifier(
                 f"table_name: existing table {name!r} lacks the base task columns {', '.join(missing)}"
             )
+        lacking = [column for column in optional if column not in columns]
+        if lacking:
+            # Adding columns would rebuild a table that may be large and in use:
+            # that is the owner's call, so say how instead of doing it.
+            how = "; ".join(
+                f"ALTER TABLE {quote_table(name, None)} ADD COLUMN {OPTIONAL_TASK_DDL[column][0]}"
+                for column in lacking
+            )
+            raise InvalidIdentifier(
+                f"columns: existing table {name!r} has no {', '.join(lacking)} column; "
+                f"add it first (README, Priorities and de-duplication: {how}, and the index)"
+            )
         return False
-    cur.execute(TASK_TABLE_DDL.format(table=quote_table(name, None)))
+    cur.execute(task_table_ddl(quote_table(name, None), optional))
     return True
+
+
+def task_table_ddl(table: QuotedTable, optional: Sequence[str] = ()) -> str:
+    """CREATE TABLE for a task table: the base columns, and the optional ones
+    named (keys of OPTIONAL_TASK_DDL) before the base index."""
+    ddl = TASK_TABLE_DDL.format(table=table)
+    if not optional:
+        return ddl
+    extra = ",\n".join(f"  {line}" for column in optional for line in OPTIONAL_TASK_DDL[column])
+    head, tail = ddl.rsplit("\n) ENGINE", 1)
+    return f"{head},\n{extra}\n) ENGINE{tail}"
 
 
 def _drop_new_table(cur, name: str) -> None:
@@ -346,14 +405,67 @@ def is_server_alive(cur, server_id: str, heartbeat_timeout: float) -> dict[str, 
 # --- tasks ---
 
 
-def _task_values(task: dict[str, Any]) -> tuple:
-    return (task["task_type"], task["task_params"], task["schedule_time"], task["max_retries"])
+def _insert_shape(tasks: Sequence[dict[str, Any]]) -> tuple[str, str, list[str]]:
+    """(column list, one row's VALUES, the task keys in parameter order) for
+    a batch: columns no task of it sets are left to their defaults, so the
+    common batch (type and params) sends two parameters per task."""
+    sets = {
+        key
+        for key in ("schedule_time", "delay", *OPTIONAL_VALUES)
+        if any(t.get(key) is not None for t in tasks)
+    }
+    columns, values, keys = ["task_type", "task_params"], ["%s", "%s"], ["task_type", "task_params"]
+    if "schedule_time" in sets or "delay" in sets:
+        columns.append("schedule_time")
+        # `delay` is microseconds from now by the database clock, `schedule_time` a database time
+        if "schedule_time" in sets and "delay" in sets:
+            values.append("COALESCE(%s, NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND)")
+            keys += ["schedule_time", "delay"]
+        elif "schedule_time" in sets:
+            values.append("COALESCE(%s, NOW(3))")
+            keys.append("schedule_time")
+        else:
+            values.append("NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND")
+            keys.append("delay")
+    for key in OPTIONAL_VALUES:
+        if key in sets:
+            columns.append(key)
+            # DEFAULT(column): the table's own default where a task leaves it out
+            values.append("%s" if key.endswith("_key") else f"COALESCE(%s, DEFAULT({key}))")
+            keys.append(key)
+    return ", ".join(columns), f"({', '.join(values)})", keys
 
 
 def insert_task(cur, table: QuotedTable, task: dict[str, Any]) -> int:
     """One task; schedule_time None means now by the database clock."""
-    cur.execute(TASK_INSERT.format(table=checked(table)) + TASK_VALUES, _task_values(task))
+    columns, values, keys = _insert_shape([task])
+    cur.execute(
+        TASK_INSERT.format(table=checked(table), columns=columns) + values, [task.get(k) for k in keys]
+    )
     return cur.lastrowid
+
+
+def insert_task_deduped(cur, table: QuotedTable, task: dict[str, Any], dedupe_index: str) -> tuple[int, bool]:
+    """One task with a dedupe_key, on a table whose UNIQUE `dedupe_index`
+    enforces it: (its id, False), or (the id of the pending or running task
+    that holds the key, True). The database decides, never a look-up first."""
+    for _ in range(DEDUPE_ATTEMPTS):
+        try:
+            return insert_task(cur, table, task), False
+        except DRIVER_ERRORS as error:
+            if duplicate_key(error) != dedupe_index:
+                raise
+        # A locking read sees the latest committed row even in a snapshot transaction.
+        cur.execute(
+            f"SELECT id FROM {table} WHERE dedupe_active = %s LOCK IN SHARE MODE", (task["dedupe_key"],)
+        )
+        row = cur.fetchone()
+        if row is not None:
+            return row["id"], True
+        # The holder finished between the insert and the look-up: insert again.
+    raise RetryableConflict(
+        f"dedupe_key: {task['dedupe_key']!r} changed hands {DEDUPE_ATTEMPTS} times; try again"
+    )
 
 
 def insert_tasks(
@@ -368,10 +480,14 @@ def insert_tasks(
     (`db.call(..., snapshot=True)`): rows others committed before it began
     have smaller ids, rows they commit later are invisible, so the ids from
     the first one up are ours."""
-    rows = ", ".join([TASK_VALUES] * len(tasks))
-    args = [value for task in tasks for value in _task_values(task)]
-    statement = cur.mogrify(TASK_INSERT.format(table=checked(table)) + rows, args)
-    if len(statement.encode("utf-8", "surrogatepass")) > max_statement:
+    columns, values, keys = _insert_shape(tasks)
+    rows = ", ".join([values] * len(tasks))
+    args = [task.get(key) for task in tasks for key in keys]
+    statement = cur.mogrify(TASK_INSERT.format(table=checked(table), columns=columns) + rows, args)
+    if (
+        len(statement) > max_statement // 4
+        and len(statement.encode("utf-8", "surrogatepass")) > max_statement
+    ):
         raise StatementTooLarge(
             f"the batch needs a statement of {len(statement):,} bytes, more "
             f"than the database's max_allowed_packet ({max_statement:,})"
@@ -382,6 +498,39 @@ def insert_tasks(
     cur.execute(statement)
     cur.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT %s", (cur.lastrowid, len(tasks)))
     return [row["id"] for row in cur.fetchall()]
+
+
+def insert_tasks_deduped(
+    cur,
+    table: QuotedTable,
+    tasks: Sequence[dict[str, Any]],
+    returning: bool,
+    max_statement: int,
+    dedupe_index: str,
+) -> tuple[list[int], set[int]]:
+    """insert_tasks on a table with dedupe: (ids in order, the positions
+    whose id is an existing task's). One statement while no key clashes;
+    when one does (the failed statement is rolled back alone), the tasks
+    without a key go in one statement and those with one row by row."""
+    try:
+        return insert_tasks(cur, table, tasks, returning, max_statement), set()
+    except DRIVER_ERRORS as error:
+        if duplicate_key(error) != dedupe_index:
+            raise
+    ids: list[int] = [0] * len(tasks)
+    duplicates: set[int] = set()
+    plain = [index for index, task in enumerate(tasks) if task.get("dedupe_key") is None]
+    if plain:
+        for index, task_id in zip(
+            plain, insert_tasks(cur, table, [tasks[i] for i in plain], returning, max_statement), strict=True
+        ):
+            ids[index] = task_id
+    for index, task in enumerate(tasks):
+        if task.get("dedupe_key") is not None:
+            ids[index], duplicate = insert_task_deduped(cur, table, task, dedupe_index)
+            if duplicate:
+                duplicates.add(index)
+    return ids, duplicates
 
 
 def list_tasks(
@@ -409,15 +558,74 @@ def get_task(cur, table: QuotedTable, task_id: int) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
-def retry_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
+RETRY_SET = (
+    "SET status = 0, retry_count = 0, error_msg = NULL, schedule_time = NOW(3), "
+    "start_time = NULL, end_time = NULL"
+)
+
+
+def retry_task(
+    cur, table: QuotedTable, task_id: int, dedupe_index: str | None = None
+) -> tuple[bool, dict[str, Any] | None]:
     """Failed or cancelled back to pending, due now, with a fresh retry budget.
-    (changed, row after); row None when there is no such task."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET status = 0, retry_count = 0, error_msg = NULL, "
-        "schedule_time = NOW(3), start_time = NULL, end_time = NULL WHERE id = %s AND status IN (3, 4)",
-        (task_id,),
-    )
+    (changed, row after); row None when there is no such task. Raises
+    TaskStateError when its dedupe_key is held by another active task."""
+    try:
+        cur.execute(f"UPDATE {checked(table)} {RETRY_SET} WHERE id = %s AND status IN (3, 4)", (task_id,))
+    except DRIVER_ERRORS as error:
+        if dedupe_index is None or duplicate_key(error) != dedupe_index:
+            raise
+        row = get_task(cur, table, task_id) or {}
+        raise TaskStateError(
+            f"id: task {task_id} has dedupe_key {row.get('dedupe_key')!r}, which a pending or running "
+            "task holds; it can be retried once that one has finished"
+        ) from None
     return cur.rowcount == 1, get_task(cur, table, task_id)
+
+
+def count_tasks(cur, table: QuotedTable, status: int, task_type: str | None) -> int:
+    """How many tasks are in `status` (of `task_type`, if given)."""
+    extra, args = ("AND task_type = %s", (status, task_type)) if task_type else ("", (status,))
+    cur.execute(f"SELECT COUNT(*) AS n FROM {checked(table)} WHERE status = %s {extra}", args)
+    return int(cur.fetchone()["n"])
+
+
+def task_ids_in_status(
+    cur, table: QuotedTable, status: int, task_type: str | None, after_id: int, limit: int
+) -> list[int]:
+    """The next `limit` ids above `after_id` in `status`: keyset pages for bulk actions."""
+    extra, args = ("AND task_type = %s", [task_type]) if task_type else ("", [])
+    cur.execute(
+        f"SELECT id FROM {checked(table)} WHERE status = %s AND id > %s {extra} ORDER BY id LIMIT %s",
+        (status, after_id, *args, limit),
+    )
+    return [row["id"] for row in cur.fetchall()]
+
+
+def retry_tasks(
+    cur, table: QuotedTable, ids: Sequence[int], status: int, dedupe_index: str | None = None
+) -> tuple[int, int]:
+    """Tasks of `ids` still in `status` (failed or cancelled) back to pending,
+    as retry_task: (retried, skipped because another active task holds
+    their dedupe_key). One statement unless a key clashes; then row by row."""
+    try:
+        cur.execute(
+            f"UPDATE {checked(table)} {RETRY_SET} WHERE id IN %s AND status = %s", (tuple(ids), status)
+        )
+        return cur.rowcount, 0
+    except DRIVER_ERRORS as error:
+        if dedupe_index is None or duplicate_key(error) != dedupe_index:
+            raise
+    retried = skipped = 0
+    for task_id in ids:
+        try:
+            cur.execute(f"UPDATE {table} {RETRY_SET} WHERE id = %s AND status = %s", (task_id, status))
+            retried += cur.rowcount
+        except DRIVER_ERRORS as error:
+            if duplicate_key(error) != dedupe_index:
+                raise
+            skipped += 1
+    return retried, skipped
 
 
 def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
@@ -427,6 +635,23 @@ def cancel_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, 
         f"UPDATE {checked(table)} SET status = 4, end_time = NOW(3) WHERE id = %s AND status = 0", (task_id,)
     )
     return cur.rowcount == 1, get_task(cur, table, task_id)
+
+
+# --- schedules ---
+#
+# The schedules feature (DESIGN, Recurring tasks) owns the `schedules` table;
+# the command line only reads it, and only where it exists.
+
+
+def list_schedules(cur) -> list[dict[str, Any]] | None:
+    """Every schedule row by name; None when this database has no schedules table."""
+    cur.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'schedules'"
+    )
+    if cur.fetchone() is None:
+        return None
+    cur.execute("SELECT * FROM schedules ORDER BY name")
+    return list(cur.fetchall())
 
 
 # --- status ---

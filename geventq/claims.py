@@ -35,9 +35,10 @@ class Claimer:
     def method(self) -> str:
         return "SKIP LOCKED" if self.skip_locked else "conditional UPDATE"
 
-    def claim(self, table: QuotedTable, limit: int) -> list[dict[str, Any]]:
-        """Up to `limit` due tasks, marked running under our server_id and
-        committed; raises DatabaseError when the database fails."""
+    def claim(self, table: QuotedTable, limit: int, order: str = store.CLAIM_ORDER) -> list[dict[str, Any]]:
+        """Up to `limit` due tasks in `order` (store.claim_order), marked
+        running under our server_id and committed; raises DatabaseError when
+        the database fails."""
         if self.skip_locked:
             return self.claim_db.call(
                 store.claim_due_tasks_skip_locked,
@@ -45,16 +46,21 @@ class Claimer:
                 self.server_id,
                 self.task_types,
                 limit,
+                order,
                 transaction=True,
             )
-        return self.db.call(self._claim_conditional, table, limit)
+        return self.db.call(self._claim_conditional, table, limit, order)
+
+    def table_features(self, table_name: str) -> store.TaskTableFeatures:
+        """The task table's optional columns: read once when a queue starts."""
+        return self.db.call(store.task_table_features, table_name)
 
     def seconds_until_next_due(self, table: QuotedTable) -> float | None:
         """How long until the earliest pending task we could run falls due; None: none pending."""
         return self.db.call(store.seconds_until_next_due, table, self.task_types)
 
-    def _claim_conditional(self, cur, table: QuotedTable, limit: int) -> list[dict[str, Any]]:
-        candidates = store.find_due_tasks(cur, table, self.task_types, limit)
+    def _claim_conditional(self, cur, table: QuotedTable, limit: int, order: str) -> list[dict[str, Any]]:
+        candidates = store.find_due_tasks(cur, table, self.task_types, limit, order)
         now = store.database_now(cur) if candidates else None
         taken = [
             row for row in candidates if store.claim_one_if_pending(cur, table, self.server_id, row["id"])

@@ -14,6 +14,7 @@ import gevent
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import HandlerError
+from geventq.producer import Producer
 
 Handler = Callable[["JobContext"], Any]
 
@@ -98,6 +99,7 @@ class JobContext:
     """What a handler gets for one attempt of one task."""
 
     __slots__ = (
+        "_producer",
         "config",
         "created_at",
         "db",
@@ -133,6 +135,7 @@ class JobContext:
         config: Config | None = None,
         db: Database | None = None,
         created_at: Any = None,
+        producer: Producer | None = None,
     ):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
@@ -150,11 +153,23 @@ class JobContext:
         self.config = config
         self.db = db
         self.created_at = created_at
+        self._producer = producer
 
     @property
     def attempt(self) -> int:
         """1 for the first run, 2 for the first retry, ..."""
         return self.retry_count + 1
+
+    def enqueue(self, queue: str, task_type: str, params: Any = None, **options: Any) -> int:
+        """Add a follow-up task to `queue` (any queue, by name), as
+        geventq.Client.enqueue does (same options: at, delay, max_retries,
+        priority, dedupe_key, concurrency_key), on the handlers' connection
+        pool; the servers running that queue are woken. Its id. Committed at
+        once: a retry of this attempt enqueues again unless a dedupe_key says
+        otherwise."""
+        if self._producer is None:
+            raise RuntimeError("ctx.enqueue: this JobContext was made without a producer")
+        return self._producer.enqueue(queue, task_type, params, **options)
 
     def run_in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run CPU-bound `fn` on gevent's native threadpool and wait for it, so

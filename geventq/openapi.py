@@ -197,7 +197,14 @@ SCHEMAS: dict[str, Any] = {
     "TaskCreated": {
         "type": "object",
         "required": ["id"],
-        "properties": {"id": {"type": "integer", "minimum": 1}},
+        "properties": {
+            "id": {"type": "integer", "minimum": 1},
+            "duplicate": {
+                "type": "boolean",
+                "description": "true (HTTP 200): nothing was created; id is the pending or running "
+                "task that holds the dedupe_key",
+            },
+        },
     },
     "TasksCreated": {
         "type": "object",
@@ -205,6 +212,12 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
             "count": {"type": "integer", "minimum": 1},
+            "duplicates": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "description": "positions in ids of tasks not created because a pending or running "
+                "task holds their dedupe_key (its id is given)",
+            },
         },
     },
     "TaskLog": {
@@ -312,6 +325,8 @@ def responses(endpoint: Endpoint) -> dict[str, Any]:
             },
         }
     answers = {str(endpoint.status): success}
+    for status, why in endpoint.also:
+        answers[str(status)] = {**success, "description": why}
     errors = dict(endpoint.errors)
     if endpoint.query.fields or endpoint.body is not None:
         errors.setdefault(400, ERRORS[400])

@@ -13,6 +13,7 @@ from gevent.event import Event
 from gevent.pool import Group, Pool
 from loguru import logger
 
+from geventq import store
 from geventq.attempts import Attempt, ClaimedAttempts, Listeners, OutcomeKind
 from geventq.claims import Claimer
 from geventq.db import QuotedTable, quote_table
@@ -85,6 +86,9 @@ class QueueRunner:
         self._stopping = False
         self._scanner: gevent.Greenlet | None = None
         self._claim_errors = Throttle(10)
+        # The claim's order, from the table's optional columns (priority):
+        # read before the first claim, then kept, so claims cost no extra query.
+        self._claim_order: str | None = None
         # True from sending a claim until its rows are started or given up:
         # reconciliation must not take a slow claim's rows for lost ones.
         self.claim_in_flight = False
@@ -175,11 +179,13 @@ class QueueRunner:
 
     def _claim_batch(self, limit: int) -> int | None:
         """Claim up to `limit` due tasks and start them; None on a database error."""
+        if self._claim_order is None and not self._learn_claim_order():
+            return None
         epoch = self._lease.epoch
         self.claim_in_flight = True
         try:
             try:
-                rows = self._claimer.claim(self.table, limit)
+                rows = self._claimer.claim(self.table, limit, self._claim_order or store.CLAIM_ORDER)
             except DatabaseError as error:
                 self._log_claim_error(error)
                 return None
@@ -197,6 +203,29 @@ class QueueRunner:
             return self._start_claimed(rows)
         finally:
             self.claim_in_flight = False
+
+    def _learn_claim_order(self) -> bool:
+        """Read the table's optional columns once; False on a database error."""
+        try:
+            features = self._claimer.table_features(self.table_name)
+        except DatabaseError as error:
+            self._log_claim_error(error)
+            return False
+        self._claim_order = store.claim_order(features)
+        if features.priority:
+            logger.info(
+                "queue {}: claims by priority (table {} has a priority column)",
+                self.queue_name,
+                self.table_name,
+            )
+            if features.priority_index is None:
+                logger.warning(
+                    "queue {}: table {} has a priority column but no (status, priority, schedule_time) "
+                    "index: every claim sorts the pending tasks; add one (see README, Priorities)",
+                    self.queue_name,
+                    self.table_name,
+                )
+        return True
 
     def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()
