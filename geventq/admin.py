@@ -62,8 +62,17 @@ class ApiError(Exception):
 class Created:
     """A route's answer that is a 201."""
 
+    status = 201
+
     def __init__(self, data: Any):
         self.data = data
+
+
+class Ok(Created):
+    """A route's answer that is a 200 where the endpoint usually answers 201
+    (task/create of a dedupe_key an active task holds)."""
+
+    status = 200
 
 
 class Call:
@@ -332,7 +341,7 @@ def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
         also=((200, "not created: a pending or running task holds the dedupe_key (duplicate: true)"),),
     )
 )
-def task_create(admin: Admin, call: Call) -> Created | dict[str, Any]:
+def task_create(admin: Admin, call: Call) -> Created:
     target = admin.task_target(call, [call.body])
     admin.database_time([call.body])
     if "dedupe_key" in call.body:
@@ -340,7 +349,7 @@ def task_create(admin: Admin, call: Call) -> Created | dict[str, Any]:
         task_id, duplicate = admin.db.call(admin_store.insert_task_deduped, target.table, call.body, index)
         if duplicate:
             # Nothing was created: 200 with the id of the task that holds the key.
-            return {"id": task_id, "duplicate": True}
+            return Ok({"id": task_id, "duplicate": True})
     else:
         task_id = admin.db.call(admin_store.insert_task, target.table, call.body)
     admin.tasks_added(call.table_name)
@@ -677,7 +686,9 @@ class EnvelopePlugin:
                 return ujson.dumps(result, ensure_ascii=False, escape_forward_slashes=False)
             if endpoint.raw:
                 return result
-            status, data = (201, result.data) if isinstance(result, Created) else (endpoint.status, result)
+            status, data = (
+                (result.status, result.data) if isinstance(result, Created) else (endpoint.status, result)
+            )
             bottle.response.status = status
             bottle.response.content_type = "application/json"
             return envelope(jsonable(data))

@@ -137,3 +137,14 @@ def test_checker_catches_wrong_retry_counts_and_outcomes(tables):
     task(db, FAILED, 4, error_msg="RuntimeError")  # one past max_retries, no lost attempt named
     task(db, RUNNING, 0)  # left running
     assert broken(db) == {"retry_count": 5, "terminal": 1, "none_running": 1}
+
+
+def test_checker_catches_two_tasks_with_one_dedupe_key_running_at_once(tables):
+    db = tables
+    db.execute("ALTER TABLE t ADD COLUMN dedupe_key VARCHAR(191) NULL")
+    first, second, later = task(db, DONE, 0), task(db, DONE, 0), task(db, DONE, 0)
+    db.execute("UPDATE t SET dedupe_key = 'k' WHERE id IN (%s, %s, %s)", (first, second, later))
+    run(db, first, 0, 0, 5)
+    run(db, second, 0, 3, 4)  # started while the first still ran: a broken dedupe
+    run(db, later, 0, 6, 7)  # after both ended: fine
+    assert broken(db) == {"dedupe_once": 1}
