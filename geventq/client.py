@@ -134,8 +134,28 @@ class Client:
         batches of 1,000; `progress(retried, skipped, total)` after each."""
         return self._producer.retry_all(queue, status, task_type, progress=progress)
 
+    def list_tasks(
+        self,
+        queue: str,
+        status: Status | int | None = None,
+        task_type: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """A page of the queue's tasks, newest first, as admin task/list
+        answers it: {"items": [...], "next_offset": N or None}."""
+        return self._producer.list_tasks(queue, status, task_type, limit, offset)
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue_configs row with `counts` of its tasks by status."""
+        return self._db.call(admin_store.queue_overview)
+
+    def schedules(self) -> list[dict[str, Any]] | None:
+        """The schedules table's rows; None where this database has none."""
+        return self._db.call(admin_store.list_schedules)
+
     def close(self) -> None:
-        """Stop the wake thread and close the pooled connections."""
+        """Send the wakes still wanted, stop the wake thread, close the pooled connections."""
         if self._waker is not None:
             self._waker.stop()
         self._db.close()
@@ -186,7 +206,7 @@ class Waker:
             with self._changed:
                 while not self._wanted and not self._stopping:
                     self._changed.wait()
-                if self._stopping:
+                if not self._wanted:  # stopping, nothing left to send
                     return
                 wanted, self._wanted = self._wanted, {}
             try:

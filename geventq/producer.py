@@ -319,6 +319,24 @@ class Producer:
         row = self._call(target, admin_store.get_task, target.table, _task_id(task_id))
         return None if row is None else task_json(row)
 
+    def list_tasks(
+        self, queue: str, status: int | None, task_type: str | None, limit: int, offset: int
+    ) -> dict[str, Any]:
+        """A page of tasks, newest first: {"items", "next_offset"} as admin task/list."""
+        if status is not None and status not in store.STATUS_NAMES:
+            raise _invalid("", "status", "a task status (0-4)", status)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise _invalid("", "limit", "an integer from 1 to 1,000", limit)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise _invalid("", "offset", "an integer from 0", offset)
+        target = self.target(queue)
+        wanted = None if status is None else int(status)
+        rows = self._call(target, admin_store.list_tasks, target.table, wanted, task_type, limit, offset)
+        return {
+            "items": [task_json(row) for row in rows[:limit]],
+            "next_offset": offset + limit if len(rows) > limit else None,
+        }
+
     def cancel(self, queue: str, task_id: int) -> dict[str, Any]:
         """A pending task to cancelled; the task after. TaskNotFound, or
         TaskStateError when it is not pending."""

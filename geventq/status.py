@@ -1,6 +1,7 @@
-"""`python -m geventq status`: the queues and servers, read straight from the
+"""`geventq status`: the queues and servers, read straight from the
 database with the admin API's own statements, so it works when no admin is
-reachable (or none runs). Plain text, aligned columns."""
+reachable (or none runs). Plain text, aligned columns; or JSON (--json).
+`table` and the cell helpers also draw the other commands' tables."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import ujson
+
 from geventq import admin_store, store
 from geventq.attempts import Status
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import DatabaseError, NoSuchTable
 from geventq.peers import parse_queue_list
+from geventq.rows import jsonable
 
 QUEUE_COLUMNS = (
     "QUEUE",
@@ -38,8 +42,9 @@ SERVER_NUMBERS = frozenset({"PID", "HEARTBEAT", "RUNNING"})
 COUNTS = tuple(status.label for status in Status)  # a queue's `counts`, in the columns' order
 
 
-def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the status; 0, or 1 with a message naming host:port when the database fails."""
+def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_json: bool = False) -> int:
+    """Print the status (a table, or JSON); 0, or 1 with a message naming
+    host:port when the database fails."""
     db = Database(config.database, size=1, name="status")
     try:
         now, queues, servers = db.call(read_status, config.executor.heartbeat_timeout)
@@ -51,7 +56,16 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
         return 1
     finally:
         db.close()
-    out.write(render(config, db.address, now, queues, servers))
+    if as_json:
+        for server in servers:
+            server["alive"] = bool(server["alive"])
+            server["queues"] = parse_queue_list(server.get("queues"))
+        document = {"database": config.database.database, "address": db.address, "now": now}
+        document |= {"queues": queues, "servers": servers}
+        out.write(ujson.dumps(jsonable(document), ensure_ascii=False, escape_forward_slashes=False, indent=2))
+        out.write("\n")
+    else:
+        out.write(render(config, db.address, now, queues, servers))
     return 0
 
 

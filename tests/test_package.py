@@ -144,9 +144,22 @@ def test_installed_command_runs_a_user_project(installed, mariadb, tmp_path):
         wait_for(online, timeout=30, message="the installed executor online")
         assert database.scalar("SELECT COUNT(*) FROM queue_configs") == 3
 
-        # Then a task of the project's handler runs
-        (task_id,) = database.insert_tasks("email_tasks", "x", params={"n": 1})
-        wait_for(lambda: database.task("email_tasks", task_id)["status"] == 2, message="task x done")
+        # Then a task of the project's handler, enqueued with the installed
+        # command, runs; and one enqueued with geventq.Client in a plain script
+        enqueued = installed.run("tasks", "enqueue", "email_queue", "x", '{"n": 1}', "--json", cwd=project)
+        assert enqueued.returncode == 0, enqueued.stderr
+        task_id = json.loads(enqueued.stdout)["id"]
+        script = installed.python(
+            "import geventq\n"
+            "with geventq.Client('config.json') as client:\n"
+            "    print(client.enqueue('email_queue', 'x', {'n': 2}))\n",
+            cwd=project,
+        )
+        assert script.returncode == 0, script.stderr
+        ids = (task_id, int(script.stdout))
+        wait_for(
+            lambda: all(database.task("email_tasks", i)["status"] == 2 for i in ids), message="tasks x done"
+        )
         assert (project / "logs").is_dir()
 
         # and the dashboard is served
