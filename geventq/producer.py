@@ -56,12 +56,9 @@ class TaskId(int):
     a pending or running task of the queue holds the same dedupe_key: the id
     is that task's."""
 
-    duplicate: bool
-
-    def __new__(cls, value: int, duplicate: bool = False) -> TaskId:
-        task_id = super().__new__(cls, value)
-        task_id.duplicate = duplicate
-        return task_id
+    # A class default, set on the instance only for a duplicate: TaskId(n) is
+    # then int's own constructor, which matters for 100,000 ids.
+    duplicate: bool = False
 
     def __repr__(self) -> str:
         return f"TaskId({int(self)}{', duplicate=True' if self.duplicate else ''})"
@@ -131,9 +128,28 @@ def task_row(
     return row
 
 
+_PLAIN_TASK = frozenset({"task_type", "params"})
+
+
 def task_row_from(index: int, task: Any) -> dict[str, Any]:
     """One item of enqueue_many: a mapping with task_type and, optionally,
     enqueue's keyword arguments."""
+    if type(task) is dict and task.keys() <= _PLAIN_TASK:
+        # The common item (a type and params), checked without building a
+        # field prefix or a keyword call: enqueue_many runs this per task.
+        task_type, params = task.get("task_type"), task.get("params")
+        if type(task_type) is str and 0 < len(task_type) <= 50:
+            if type(params) is dict:  # the commonest params: dumped here, checked as _params_text does
+                try:
+                    text = ujson.dumps(params, ensure_ascii=False, allow_nan=False)
+                except (TypeError, OverflowError, ValueError):
+                    text = None  # _params_text below says why, with the field's name
+                if text is not None and text.isascii():
+                    return {"task_type": task_type, "task_params": text}
+            try:
+                return {"task_type": task_type, "task_params": _params_text(params, "")}
+            except InvalidTask as error:
+                raise InvalidTask(f"tasks[{index}].{error}") from None
     where = f"tasks[{index}]."
     if not isinstance(task, Mapping):
         raise InvalidTask(
@@ -203,8 +219,9 @@ def check_columns(target: Target, rows: Sequence[dict[str, Any]]) -> None:
         "dedupe_key": features.dedupe,
         "concurrency_key": features.concurrency_key,
     }
+    given = set().union(*rows)
     for field in COLUMN_FIELDS:
-        if not present[field] and any(field in row for row in rows):
+        if not present[field] and field in given:
             raise InvalidTask(f"{field}: {missing_column(target, field)}")
 
 
@@ -267,35 +284,42 @@ class Producer:
             task_id, duplicate = self._call(target, admin_store.insert_task, target.table, row), False
         if not duplicate:
             self._added(target)
-        return TaskId(task_id, duplicate)
+        result = TaskId(task_id)
+        if duplicate:
+            result.duplicate = True
+        return result
 
     def enqueue_many(self, queue: str, tasks: Iterable[Mapping[str, Any]]) -> list[TaskId]:
         """All the tasks or none: one transaction, one statement per 10,000."""
-        rows = [task_row_from(index, task) for index, task in enumerate(tasks)]
+        rows = [task_row_from(index, task) for index, task in enumerate(tasks)]  # checks every task first
         if not rows:
             return []
         target = self._ready(queue, rows)
         settings = self.settings()
-        returning = settings["returning"]
-        # Without RETURNING the ids are read back in a snapshot (admin_store.insert_tasks).
+        step, returning = settings["consecutive_id_step"], settings["returning"]
+        # Neither consecutive ids nor RETURNING: ids are read back in a snapshot (admin_store.insert_tasks).
         ids, duplicates = self._call(
             target,
             self._insert_batches,
             target,
             rows,
-            returning,
-            int(settings["max_allowed_packet"]) - 1024,
-            transaction=returning,
-            snapshot=not returning,
+            (returning, int(settings["max_allowed_packet"]) - 1024, step),
+            transaction=True,
+            snapshot=not (step or returning),
         )
         if len(duplicates) < len(rows):
             self._added(target)
-        return [TaskId(task_id, index in duplicates) for index, task_id in enumerate(ids)]
+        task_ids = list(map(TaskId, ids))
+        for index in duplicates:
+            task_ids[index].duplicate = True
+        return task_ids
 
     @staticmethod
     def _insert_batches(
-        cur, target: Target, rows: list[dict[str, Any]], returning: bool, max_statement: int
+        cur, target: Target, rows: list[dict[str, Any]], how: tuple[bool, int, int]
     ) -> tuple[list[int], set[int]]:
+        """`how`: (RETURNING, max statement size, consecutive id step), as admin_store.insert_tasks."""
+        returning, max_statement, id_step = how
         ids: list[int] = []
         duplicates: set[int] = set()
         dedupe_index = target.features.dedupe_index if target.features.dedupe else None
@@ -303,11 +327,13 @@ class Producer:
             batch = rows[start : start + MAX_BATCH]
             if dedupe_index is not None and any("dedupe_key" in row for row in batch):
                 batch_ids, clashes = admin_store.insert_tasks_deduped(
-                    cur, target.table, batch, returning, max_statement, dedupe_index
+                    cur, target.table, batch, returning, max_statement, dedupe_index, id_step
                 )
                 duplicates.update(start + index for index in clashes)
             else:
-                batch_ids = admin_store.insert_tasks(cur, target.table, batch, returning, max_statement)
+                batch_ids = admin_store.insert_tasks(
+                    cur, target.table, batch, returning, max_statement, id_step
+                )
             ids += batch_ids
         return ids, duplicates
 
@@ -443,7 +469,8 @@ class Producer:
         """The queue's target once every field the rows set has a column, and
         aware `at` values converted to the database's time zone."""
         target = self.with_columns(self.target(queue), rows)
-        if any(getattr(row.get("schedule_time"), "tzinfo", None) is not None for row in rows):
+        timed = len(rows) == 1 or "schedule_time" in set().union(*rows)
+        if timed and any(getattr(row.get("schedule_time"), "tzinfo", None) is not None for row in rows):
             offset = int(self.settings()["utc_offset"])
             for index, row in enumerate(rows):
                 try:

@@ -18,6 +18,8 @@ W3_SQL_SLACK_MS = 50.0
 W4_RATIO = 0.90
 W5_GROWTH_MB = 20.0
 STATEMENTS_PER_TASK = 0.25
+W7_ENQUEUE_MANY_RATIO = 0.80
+W7_PICKUP_P99_MS = 50.0
 
 
 @dataclass
@@ -83,6 +85,7 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w4_rows(results, ceiling)
     rows += _w5_rows(results, ceiling)
     rows += _w6_rows(results, ceiling)
+    rows += _w7_rows(results)
     return rows
 
 
@@ -226,6 +229,48 @@ def _w3_rows(results: dict) -> list[Row]:
         met = None if p99 is None else p99 <= limit and not entry.get("never_picked_up")
         rows.append(Row(label, "p50/p95/p99 ms", value, target=f"p99 ≤ {limit:g} ms", verdict=_verdict(met)))
     return rows
+
+
+def _w7_rows(results: dict) -> list[Row]:
+    skipped = _skipped(results, "W7", "W7 Client")
+    if skipped:
+        return skipped
+    many = get(results, "W7", "enqueue_many") or {}
+    ratio = many.get("ratio")
+    single = get(results, "W7", "enqueue") or {}
+    pickup = get(results, "W7", "pickup") or {}
+    p99 = pickup.get("p99_ms")
+    value = "/".join(_num(pickup.get(k), ".1f") for k in ("p50_ms", "p95_ms", "p99_ms"))
+    if pickup.get("never_picked_up"):
+        value += f" ({pickup['never_picked_up']} never ran)"
+    tasks = _num(get(results, "W7", "tasks"))
+    return [
+        Row(
+            "W7 raw INSERT ceiling", f"tasks/s, {tasks} tasks", _num(many.get("ceiling_tasks_per_s")), "1.00"
+        ),
+        Row(
+            "W7 Client.enqueue_many",
+            f"tasks/s, {tasks} tasks",
+            _num(many.get("client_tasks_per_s")),
+            _num(ratio, ".2f"),
+            f"≥ {W7_ENQUEUE_MANY_RATIO:.2f} × raw INSERT",
+            _verdict(None if ratio is None else ratio >= W7_ENQUEUE_MANY_RATIO),
+        ),
+        Row(
+            "W7 Client.enqueue",
+            "p50/p99 ms per call",
+            f"{_num(single.get('p50_ms'), '.2f')}/{_num(single.get('p99_ms'), '.2f')}",
+        ),
+        Row(
+            "W7 Client pickup, scan 5 s",
+            "p50/p95/p99 ms",
+            value,
+            target=f"p99 ≤ {W7_PICKUP_P99_MS:g} ms",
+            verdict=_verdict(
+                None if p99 is None else p99 <= W7_PICKUP_P99_MS and not pickup.get("never_picked_up")
+            ),
+        ),
+    ]
 
 
 def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:

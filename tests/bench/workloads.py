@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.bench import profile
 from tests.bench.benchdb import BenchDB, ident
+from tests.bench.client_bench import w7
 from tests.bench.procs import (
     REPO,
     Executor,
@@ -53,7 +54,9 @@ class Sizes:
     w5_tasks: int = 100_000
     sleep: float = 0.2
     settle_s: float = 3.0  # pause before each workload
-    repeats: int = 3  # runs of W1, W2, W4, W6 and of the ceiling loop; the median is reported
+    repeats: int = 3  # runs of W1, W2, W4, W6, W7's inserts and of the ceiling loop; the median is reported
+    w7_tasks: int = 100_000  # Client.enqueue_many against a raw multi-row INSERT
+    w7_single: int = 1_000  # single Client.enqueue calls timed
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -65,6 +68,8 @@ class Sizes:
             w5_tasks=10_000,
             settle_s=0.5,
             repeats=1,
+            w7_tasks=10_000,
+            w7_single=200,
         )
 
 
@@ -803,4 +808,5 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W4": w4,
     "W5": w5,
     "W6": w6,
+    "W7": w7,
 }

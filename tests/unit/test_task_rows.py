@@ -86,6 +86,13 @@ def test_the_claim_order_follows_the_columns():
         store._order("id DESC")
 
 
+def test_consecutive_ids_only_where_innodb_promises_them():
+    assert admin_store.consecutive_id_step({"autoinc_lock_mode": 1, "autoinc_increment": 1}) == 1
+    assert admin_store.consecutive_id_step({"autoinc_lock_mode": 0, "autoinc_increment": 3}) == 3
+    assert admin_store.consecutive_id_step({"autoinc_lock_mode": 2, "autoinc_increment": 1}) == 0
+    assert admin_store.consecutive_id_step({"autoinc_lock_mode": None}) == 0
+
+
 def test_duplicate_key_names_the_index():
     mariadb = pymysql.err.IntegrityError(1062, "Duplicate entry 'k' for key 'uk_dedupe_active'")
     mysql = pymysql.err.IntegrityError(1062, "Duplicate entry 'k' for key 'once_tasks.uk_dedupe_active'")
@@ -94,6 +101,7 @@ def test_duplicate_key_names_the_index():
 
 
 def test_task_id_is_an_int_that_says_whether_it_was_a_duplicate():
-    task_id = TaskId(42, duplicate=True)
+    task_id = TaskId(42)
+    task_id.duplicate = True
     assert task_id == 42 and str(task_id) == "42" and f"{task_id}" == "42" and task_id.duplicate
     assert not TaskId(7).duplicate
