@@ -432,18 +432,21 @@ def _insert_shape(tasks: Sequence[dict[str, Any]]) -> tuple[str, str, list[str]]
         if key in present and any(task.get(key) is not None for task in tasks)
     }
     columns, values, keys = ["task_type", "task_params"], ["%s", "%s"], ["task_type", "task_params"]
-    if "schedule_time" in sets or "delay" in sets:
-        columns.append("schedule_time")
-        # `delay` is microseconds from now by the database clock, `schedule_time` a database time
-        if "schedule_time" in sets and "delay" in sets:
-            values.append("COALESCE(%s, NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND)")
-            keys += ["schedule_time", "delay"]
-        elif "schedule_time" in sets:
-            values.append("COALESCE(%s, NOW(3))")
-            keys.append("schedule_time")
-        else:
-            values.append("NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND")
-            keys.append("delay")
+    # schedule_time always: it is due now by the database clock when no task
+    # says otherwise (a user-made table may give the column no default).
+    # `delay` is microseconds from now, `schedule_time` a database time.
+    columns.append("schedule_time")
+    if "schedule_time" in sets and "delay" in sets:
+        values.append("COALESCE(%s, NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND)")
+        keys += ["schedule_time", "delay"]
+    elif "schedule_time" in sets:
+        values.append("COALESCE(%s, NOW(3))")
+        keys.append("schedule_time")
+    elif "delay" in sets:
+        values.append("NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND")
+        keys.append("delay")
+    else:
+        values.append("NOW(3)")
     for key in OPTIONAL_VALUES:
         if key in sets:
             columns.append(key)

@@ -65,8 +65,8 @@ def test_batch_items_are_named_by_position():
 def test_a_batch_names_only_the_columns_it_sets():
     plain = [task_row("a"), task_row("b")]
     assert admin_store._insert_shape(plain) == (
-        "task_type, task_params",
-        "(%s, %s)",
+        "task_type, task_params, schedule_time",
+        "(%s, %s, NOW(3))",
         ["task_type", "task_params"],
     )
     mixed = [task_row("a", delay=2), task_row("b", priority=1)]
