@@ -1,7 +1,7 @@
 # The README's two commands are `make run` and `make test`.
 PYTHON ?= python3
 
-.PHONY: run test bench chaos lint status
+.PHONY: run test bench chaos lint status wheel
 
 run:  ## install what the executor needs and run it on config.json
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -33,3 +33,6 @@ lint:  ## ruff (lint and format check) and mypy: what .ci/run checks before the 
 
 status:
 	$(PYTHON) -m geventq status
+
+wheel:  ## build the installable wheel into dist/ (see README, Installing it as a package)
+	$(PYTHON) -m pip wheel --no-deps -q -w dist .

@@ -14,8 +14,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,19 @@ from geventq.errors import (
     DuplicateKey,
     InvalidIdentifier,
     InvalidSchedule,
+    InvalidTask,
     NoSuchColumn,
     NoSuchTable,
     RetryableConflict,
+    TaskStateError,
 )
 from geventq.firing import ParkSchedule, cadence_of, enqueue_fire, target_table
 from geventq.logs import JobLogs
 from geventq.misfire import initial_fire
 from geventq.peers import Peers, PeerUnreachable, parse_queue_list
+from geventq.producer import Producer, Target
 from geventq.queues import RunningQueues
+from geventq.rows import jsonable, task_json
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 BATCH_BODY_LIMIT = 16 * spec.MIB
@@ -75,6 +78,13 @@ class Accepted(Created):
     status = 202
 
 
+class Ok(Created):
+    """A route's answer that is a 200 where the endpoint usually answers 201
+    (task/create of a dedupe_key an active task holds)."""
+
+    status = 200
+
+
 class Call:
     """One validated request, as a route sees it."""
 
@@ -104,10 +114,11 @@ class Admin:
         queues: RunningQueues,
         job_logs: JobLogs,
         peers: Peers,
+        tasks_added: Callable[[str], None],
         queues_changed: Callable[[], None],
         check_cancels: Callable[[], None],
-        tasks_added: Callable[[str], None],
         schedules_changed: Callable[[], None],
+        producer: Producer | None = None,
     ):
         self.db = db
         self.server_id = server_id
@@ -116,9 +127,12 @@ class Admin:
         self.queues = queues
         self.job_logs = job_logs
         self.peers = peers
+        # Due work was just committed to a table: scan now, here and on the servers running it.
+        self.tasks_added = tasks_added
+        # The task tables' optional columns (priority, dedupe_key), read once per table.
+        self.producer = producer or Producer(db)
         self.queues_changed = queues_changed  # applies a queue change here at once, not at the next sync
         self.check_cancels = check_cancels  # this server's cancel watch looks now, not at its next poll
-        self.tasks_added = tasks_added  # wakes the scanners of a table, here and on peers
         self.schedules_changed = schedules_changed  # the schedule firer looks again now
         self.endpoints: list[Endpoint] = []  # every route's, for the OpenAPI document
         self._settings: dict[str, Any] | None = None
@@ -161,6 +175,14 @@ class Admin:
             self.check_cancels()
         else:
             self.peers.check_cancels(owner)
+
+    def task_target(self, call: Call, tasks: list[dict[str, Any]]) -> Target:
+        """The request's table with its optional columns, once every field the
+        tasks set (priority, dedupe_key) has its column; 400 otherwise."""
+        assert call.table is not None, "task routes declare a table"
+        queue_name = self.catalog.queue_of_table.get(call.table_name, call.table_name)
+        target = self.producer.table_target(queue_name, call.table_name, call.table)
+        return self.producer.with_columns(target, tasks)
 
     def document(self) -> dict[str, Any]:
         if self._document is None:
@@ -338,11 +360,26 @@ def server_list(admin: Admin, call: Call) -> list[dict[str, Any]]:
         body=spec.TASK_CREATE,
         status=201,
         errors=(NOT_FOUND_TABLE,),
+        also=(
+            (
+                200,
+                "not created: a pending or running task holds the dedupe_key (duplicate: true)",
+                ref("TaskCreated"),
+            ),
+        ),
     )
 )
 def task_create(admin: Admin, call: Call) -> Created:
+    target = admin.task_target(call, [call.body])
     admin.database_time([call.body])
-    task_id = admin.db.call(admin_store.insert_task, call.table, call.body)
+    if "dedupe_key" in call.body:
+        index = target.features.dedupe_index
+        task_id, duplicate = admin.db.call(admin_store.insert_task_deduped, target.table, call.body, index)
+        if duplicate:
+            # Nothing was created: 200 with the id of the task that holds the key.
+            return Ok({"id": task_id, "duplicate": True})
+    else:
+        task_id = admin.db.call(admin_store.insert_task, target.table, call.body)
     admin.tasks_added(call.table_name)
     return Created({"id": task_id})
 
@@ -362,18 +399,28 @@ def task_create(admin: Admin, call: Call) -> Created:
     )
 )
 def task_batch_create(admin: Admin, call: Call) -> Created:
+    target = admin.task_target(call, call.body)
     admin.database_time(call.body)
     settings = admin.settings()
-    ids = admin.db.call(
-        admin_store.insert_tasks,
-        call.table,
-        call.body,
-        settings["returning"],
-        int(settings["max_allowed_packet"]) - 1024,
-        snapshot=not settings["returning"],
-    )
+    limits = (settings["returning"], int(settings["max_allowed_packet"]) - 1024)
+    duplicates: set[int] = set()
+    if any("dedupe_key" in task for task in call.body):
+        ids, duplicates = admin.db.call(
+            admin_store.insert_tasks_deduped,
+            target.table,
+            call.body,
+            *limits,
+            target.features.dedupe_index,
+            transaction=settings["returning"],
+            snapshot=not settings["returning"],
+        )
+    else:
+        ids = admin.db.call(
+            admin_store.insert_tasks, target.table, call.body, *limits, snapshot=not settings["returning"]
+        )
     admin.tasks_added(call.table_name)
-    return Created({"ids": ids, "count": len(ids)})
+    # `duplicates`: positions whose id is that of a pending or running task holding the dedupe_key
+    return Created({"ids": ids, "count": len(ids), "duplicates": sorted(duplicates)})
 
 
 @route(
@@ -427,11 +474,17 @@ def task_get(admin: Admin, call: Call) -> dict[str, Any]:
         ref("Task"),
         tag="tasks",
         query=spec.TASK_QUERY,
-        errors=(NOT_FOUND_TABLE, (409, "the task is not failed or cancelled")),
+        errors=(
+            NOT_FOUND_TABLE,
+            (409, "the task is not failed or cancelled, or an active task holds its dedupe_key"),
+        ),
     )
 )
 def task_retry(admin: Admin, call: Call) -> dict[str, Any]:
-    changed, row = admin.db.call(admin_store.retry_task, call.table, call.query["id"], transaction=True)
+    dedupe_index = admin.task_target(call, []).features.dedupe_index
+    changed, row = admin.db.call(
+        admin_store.retry_task, call.table, call.query["id"], dedupe_index, transaction=True
+    )
     row = found(row, call)
     if not changed:
         raise ApiError(
@@ -872,35 +925,6 @@ def status_name(row: dict[str, Any]) -> str:
     return STATUS_NAMES.get(row["status"], f"in status {row['status']}")
 
 
-def task_json(row: dict[str, Any]) -> dict[str, Any]:
-    params = row.get("task_params")
-    if isinstance(params, str):
-        try:
-            row["task_params"] = ujson.loads(params)
-        except ValueError:
-            pass  # stored text that is not JSON is shown as it is
-    return row
-
-
-def jsonable(value: Any) -> Any:
-    """Rows as JSON: datetimes as 'YYYY-MM-DD HH:MM:SS.fff', decimals as numbers."""
-    if isinstance(value, dict):
-        return {key: jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8", "replace")
-    return value
-
-
 def envelope(data: Any = None, *, code: int = 0, message: str = "success") -> str:
     return ujson.dumps(
         {"code": code, "message": message, "data": data}, ensure_ascii=False, escape_forward_slashes=False
@@ -1011,8 +1035,10 @@ class EnvelopePlugin:
             return error_response(error.status, "; ".join(error.problems))
         if isinstance(error, ApiError):
             return error_response(error.status, error.message)
-        if isinstance(error, InvalidIdentifier):
+        if isinstance(error, (InvalidIdentifier, InvalidTask)):
             return error_response(400, str(error))
+        if isinstance(error, TaskStateError):
+            return error_response(409, str(error))
         if isinstance(error, admin_store.StatementTooLarge):
             return error_response(413, f"body: {error}")
         if isinstance(error, DatabaseError):

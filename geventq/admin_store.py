@@ -8,14 +8,28 @@ Values always travel as parameters; task tables only as `QuotedTable`.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from geventq.db import DRIVER_ERRORS, QuotedTable, check_table_name, quote_table, table_problem
-from geventq.errors import DuplicateKey, GeventqError, InvalidIdentifier, RetryableConflict
+from geventq.db import (
+    DRIVER_ERRORS,
+    QuotedTable,
+    check_table_name,
+    duplicate_key,
+    quote_table,
+    table_problem,
+)
+from geventq.errors import (
+    DuplicateKey,
+    GeventqError,
+    InvalidIdentifier,
+    RetryableConflict,
+    TaskStateError,
+)
 from geventq.store import PENDING, STATUS_NAMES, checked, list_queue_configs, micros, release_lock
 
 # Queue definitions change under a named lock, so two admins creating or
@@ -38,12 +52,6 @@ QUEUE_COLUMNS = (
     "rate_limit",
     "rate_period",
     "key_max_workers",
-)
-# The optional task-table column a per-key cap counts by, and its index: the
-# claim counts running rows per key on (status, concurrency_key).
-CONCURRENCY_KEY_DDL = (
-    "ALTER TABLE {table} ADD COLUMN concurrency_key VARCHAR(191) NULL, "
-    "ADD KEY idx_status_key (status, concurrency_key)"
 )
 TASK_BASE_COLUMNS = frozenset(
     {
@@ -82,8 +90,35 @@ TASK_TABLE_DDL = """CREATE TABLE IF NOT EXISTS {table} (
   KEY idx_status_schedule (status, schedule_time)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
 
-TASK_INSERT = "INSERT INTO {table} (task_type, task_params, schedule_time, max_retries) VALUES "
-TASK_VALUES = "(%s, %s, COALESCE(%s, NOW(3)), %s)"
+# Optional task-table columns (store.TaskTableFeatures): what queue/create adds
+# for each, before the base index. `dedupe_active` is the key while the task
+# is pending or running and NULL otherwise, so the UNIQUE index lets one
+# active task hold a key and any number of finished ones keep it.
+OPTIONAL_TASK_DDL: dict[str, tuple[str, ...]] = {
+    "priority": (
+        "priority      INT          NOT NULL DEFAULT 0 COMMENT 'smaller runs first'",
+        "KEY idx_status_priority_schedule (status, priority, schedule_time)",
+    ),
+    "dedupe_key": (
+        "dedupe_key    VARCHAR(191) NULL",
+        "dedupe_active VARCHAR(191) AS (IF(status IN (0, 1), dedupe_key, NULL)) STORED",
+        "UNIQUE KEY uk_dedupe_active (dedupe_active)",
+    ),
+    # The per-key cap of key_max_workers counts running rows by this key.
+    "concurrency_key": (
+        "concurrency_key VARCHAR(191) NULL",
+        "KEY idx_status_key (status, concurrency_key)",
+    ),
+}
+
+# A task row as the inserts take it: task_type and task_params (JSON text)
+# always; the others may be None (the column's default, or now). A batch's
+# statement names only the columns some task of it sets.
+TASK_INSERT = "INSERT INTO {table} ({columns}) VALUES "
+OPTIONAL_VALUES = ("max_retries", "priority", "dedupe_key", "concurrency_key")
+# A dedupe conflict is looked up and retried this often before giving up: the
+# task holding the key can finish between the failed insert and the look-up.
+DEDUPE_ATTEMPTS = 5
 
 
 class StatementTooLarge(GeventqError):
@@ -91,12 +126,27 @@ class StatementTooLarge(GeventqError):
 
 
 def server_settings(cur) -> dict[str, Any]:
-    """What the admin needs to know once: version, time zone offset, packet size."""
+    """What the admin needs to know once: version, time zone offset, packet
+    size, and how AUTO_INCREMENT hands out ids (consecutive_id_step)."""
     cur.execute(
         "SELECT VERSION() AS version, @@max_allowed_packet AS max_allowed_packet, "
-        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset"
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), NOW()) AS utc_offset, "
+        "@@innodb_autoinc_lock_mode AS autoinc_lock_mode, @@auto_increment_increment AS autoinc_increment"
     )
-    return cur.fetchone()
+    settings = cur.fetchone()
+    settings["consecutive_id_step"] = consecutive_id_step(settings)
+    return settings
+
+
+def consecutive_id_step(settings: dict[str, Any]) -> int:
+    """The step between the ids of one multi-row INSERT when InnoDB
+    guarantees them consecutive, else 0. In innodb_autoinc_lock_mode 0 and 1
+    an INSERT whose row count is known in advance (a "simple insert", as
+    ours are) gets consecutive values, auto_increment_increment apart; in
+    mode 2 (MySQL 8's default) inserts may interleave."""
+    if settings.get("autoinc_lock_mode") is None or int(settings["autoinc_lock_mode"]) not in (0, 1):
+        return 0
+    return int(settings.get("autoinc_increment") or 1)
 
 
 def supports_insert_returning(version: str) -> bool:
@@ -133,7 +183,12 @@ def create_queue(cur, fields: dict[str, Any]) -> dict[str, Any]:
     columns = [column for column in QUEUE_COLUMNS if column in fields]
     with _queue_admin_lock(cur):
         _check_queue_unique(cur, fields, exclude_id=0)
-        created = _ensure_task_table(cur, fields["table_name"], needs_key=bool(fields.get("key_max_workers")))
+        created = _ensure_task_table(
+            cur,
+            fields["table_name"],
+            fields.get("columns") or (),
+            needs_key=bool(fields.get("key_max_workers")),
+        )
         try:
             cur.execute(
                 f"INSERT INTO queue_configs ({', '.join(columns)}) "
@@ -207,10 +262,11 @@ def _split_table(name: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-def _ensure_task_table(cur, name: str, needs_key: bool = False) -> bool:
-    """Create the task table with the base columns unless it exists; an
-    existing table must have them, and `concurrency_key` too when a per-key
-    cap needs it (a new table gets it). True when this call created it."""
+def _ensure_task_table(cur, name: str, optional: Sequence[str] = (), needs_key: bool = False) -> bool:
+    """Create the task table with the base columns (and the `optional` ones,
+    and concurrency_key when a per-key cap needs it) unless it exists; an
+    existing table must have them. True when this call created it."""
+    wanted = [*optional, *(["concurrency_key"] if needs_key and "concurrency_key" not in optional else [])]
     schema, table = _split_table(name)
     if schema is not None:
         if schema.lower() in SYSTEM_SCHEMAS:
@@ -233,16 +289,33 @@ def _ensure_task_table(cur, name: str, needs_key: bool = False) -> bool:
             raise InvalidIdentifier(
                 f"table_name: existing table {name!r} lacks the base task columns {', '.join(missing)}"
             )
-        if needs_key and "concurrency_key" not in columns:
+        lacking = [column for column in wanted if column not in columns]
+        if lacking:
+            # Adding columns would rebuild a table that may be large and in use:
+            # that is the owner's call, so say how instead of doing it.
+            how = "; ".join(
+                f"ALTER TABLE {quote_table(name, None)} ADD COLUMN {OPTIONAL_TASK_DDL[column][0]}"
+                for column in lacking
+            )
+            field = "columns" if set(lacking) & set(optional) else "key_max_workers"
             raise InvalidIdentifier(
-                f"key_max_workers: table {name!r} has no concurrency_key column to count by; add it with "
-                + CONCURRENCY_KEY_DDL.format(table=quote_table(name, None))
+                f"{field}: existing table {name!r} has no {', '.join(lacking)} column; "
+                f"add it first (README: {how}, and the index)"
             )
         return False
-    cur.execute(TASK_TABLE_DDL.format(table=quote_table(name, None)))
-    if needs_key:
-        cur.execute(CONCURRENCY_KEY_DDL.format(table=quote_table(name, None)))
+    cur.execute(task_table_ddl(quote_table(name, None), wanted))
     return True
+
+
+def task_table_ddl(table: QuotedTable, optional: Sequence[str] = ()) -> str:
+    """CREATE TABLE for a task table: the base columns, and the optional ones
+    named (keys of OPTIONAL_TASK_DDL) before the base index."""
+    ddl = TASK_TABLE_DDL.format(table=table)
+    if not optional:
+        return ddl
+    extra = ",\n".join(f"  {line}" for column in optional for line in OPTIONAL_TASK_DDL[column])
+    head, tail = ddl.rsplit("\n) ENGINE", 1)
+    return f"{head},\n{extra}\n) ENGINE{tail}"
 
 
 def _drop_new_table(cur, name: str) -> None:
@@ -379,42 +452,155 @@ def is_server_alive(cur, server_id: str, heartbeat_timeout: float) -> dict[str, 
 # --- tasks ---
 
 
-def _task_values(task: dict[str, Any]) -> tuple:
-    return (task["task_type"], task["task_params"], task["schedule_time"], task["max_retries"])
+def _insert_shape(tasks: Sequence[dict[str, Any]]) -> tuple[str, str, list[str]]:
+    """(column list, one row's VALUES, the task keys in parameter order) for
+    a batch: columns no task of it sets are left to their defaults, so the
+    common batch (type and params) sends two parameters per task."""
+    present = set().union(*tasks)  # the keys any task has; most batches have only two
+    sets = {
+        key
+        for key in ("schedule_time", "delay", *OPTIONAL_VALUES)
+        if key in present and any(task.get(key) is not None for task in tasks)
+    }
+    columns, values, keys = ["task_type", "task_params"], ["%s", "%s"], ["task_type", "task_params"]
+    # schedule_time always: it is due now by the database clock when no task
+    # says otherwise (a user-made table may give the column no default).
+    # `delay` is microseconds from now, `schedule_time` a database time.
+    columns.append("schedule_time")
+    if "schedule_time" in sets and "delay" in sets:
+        values.append("COALESCE(%s, NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND)")
+        keys += ["schedule_time", "delay"]
+    elif "schedule_time" in sets:
+        values.append("COALESCE(%s, NOW(3))")
+        keys.append("schedule_time")
+    elif "delay" in sets:
+        values.append("NOW(3) + INTERVAL COALESCE(%s, 0) MICROSECOND")
+        keys.append("delay")
+    else:
+        values.append("NOW(3)")
+    for key in OPTIONAL_VALUES:
+        if key in sets:
+            columns.append(key)
+            # DEFAULT(column): the table's own default where a task leaves it out
+            values.append("%s" if key.endswith("_key") else f"COALESCE(%s, DEFAULT({key}))")
+            keys.append(key)
+    return ", ".join(columns), f"({', '.join(values)})", keys
 
 
 def insert_task(cur, table: QuotedTable, task: dict[str, Any]) -> int:
     """One task; schedule_time None means now by the database clock."""
-    cur.execute(TASK_INSERT.format(table=checked(table)) + TASK_VALUES, _task_values(task))
+    columns, values, keys = _insert_shape([task])
+    cur.execute(
+        TASK_INSERT.format(table=checked(table), columns=columns) + values, [task.get(k) for k in keys]
+    )
     return cur.lastrowid
 
 
+def insert_task_deduped(cur, table: QuotedTable, task: dict[str, Any], dedupe_index: str) -> tuple[int, bool]:
+    """One task with a dedupe_key, on a table whose UNIQUE `dedupe_index`
+    enforces it: (its id, False), or (the id of the pending or running task
+    that holds the key, True). The database decides, never a look-up first."""
+    for _ in range(DEDUPE_ATTEMPTS):
+        try:
+            return insert_task(cur, table, task), False
+        except DRIVER_ERRORS as error:
+            if duplicate_key(error) != dedupe_index:
+                raise
+        # A locking read sees the latest committed row even in a snapshot transaction.
+        cur.execute(
+            f"SELECT id FROM {table} WHERE dedupe_active = %s LOCK IN SHARE MODE", (task["dedupe_key"],)
+        )
+        row = cur.fetchone()
+        if row is not None:
+            return row["id"], True
+        # The holder finished between the insert and the look-up: insert again.
+    raise RetryableConflict(
+        f"dedupe_key: {task['dedupe_key']!r} changed hands {DEDUPE_ATTEMPTS} times; try again"
+    )
+
+
 def insert_tasks(
-    cur, table: QuotedTable, tasks: Sequence[dict[str, Any]], returning: bool, max_statement: int
+    cur,
+    table: QuotedTable,
+    tasks: Sequence[dict[str, Any]],
+    returning: bool,
+    max_statement: int,
+    id_step: int = 0,
 ) -> list[int]:
     """Insert every task in one multi-row statement, all or nothing, and
     return their ids in order.
 
-    The ids: with RETURNING (MariaDB 10.5+) the statement says them. Without
+    The ids: with `id_step` (consecutive_id_step: InnoDB guarantees them
+    consecutive) they follow from the first, LAST_INSERT_ID(), with nothing
+    read back: reading 10,000 ids costs more than the insert. Otherwise with
+    RETURNING (MariaDB 10.5+) the statement says them. Without
     it, consecutive ids are guaranteed only in innodb_autoinc_lock_mode 0 or
     1, so instead the caller runs this in a snapshot transaction
     (`db.call(..., snapshot=True)`): rows others committed before it began
     have smaller ids, rows they commit later are invisible, so the ids from
     the first one up are ours."""
-    rows = ", ".join([TASK_VALUES] * len(tasks))
-    args = [value for task in tasks for value in _task_values(task)]
-    statement = cur.mogrify(TASK_INSERT.format(table=checked(table)) + rows, args)
-    if len(statement.encode("utf-8", "surrogatepass")) > max_statement:
+    columns, values, keys = _insert_shape(tasks)
+    rows = ", ".join([values] * len(tasks))
+    try:
+        pick = operator.itemgetter(*keys)  # a batch where every task has every key (the Client's)
+        args = [value for task in tasks for value in pick(task)]
+    except KeyError:
+        args = [task.get(key) for task in tasks for key in keys]
+    statement = cur.mogrify(TASK_INSERT.format(table=checked(table), columns=columns) + rows, args)
+    if (
+        len(statement) > max_statement // 4
+        and len(statement.encode("utf-8", "surrogatepass")) > max_statement
+    ):
         raise StatementTooLarge(
             f"the batch needs a statement of {len(statement):,} bytes, more "
             f"than the database's max_allowed_packet ({max_statement:,})"
         )
+    if id_step:
+        cur.execute(statement)
+        first = cur.lastrowid
+        return list(range(first, first + id_step * len(tasks), id_step))
     if returning:
         cur.execute(statement + " RETURNING id")
         return [row["id"] for row in cur.fetchall()]
     cur.execute(statement)
     cur.execute(f"SELECT id FROM {table} WHERE id >= %s ORDER BY id LIMIT %s", (cur.lastrowid, len(tasks)))
     return [row["id"] for row in cur.fetchall()]
+
+
+def insert_tasks_deduped(
+    cur,
+    table: QuotedTable,
+    tasks: Sequence[dict[str, Any]],
+    returning: bool,
+    max_statement: int,
+    dedupe_index: str,
+    id_step: int = 0,
+) -> tuple[list[int], set[int]]:
+    """insert_tasks on a table with dedupe: (ids in order, the positions
+    whose id is an existing task's). One statement while no key clashes;
+    when one does (the failed statement is rolled back alone), the tasks
+    without a key go in one statement and those with one row by row."""
+    try:
+        return insert_tasks(cur, table, tasks, returning, max_statement, id_step), set()
+    except DRIVER_ERRORS as error:
+        if duplicate_key(error) != dedupe_index:
+            raise
+    ids: list[int] = [0] * len(tasks)
+    duplicates: set[int] = set()
+    plain = [index for index, task in enumerate(tasks) if task.get("dedupe_key") is None]
+    if plain:
+        for index, task_id in zip(
+            plain,
+            insert_tasks(cur, table, [tasks[i] for i in plain], returning, max_statement, id_step),
+            strict=True,
+        ):
+            ids[index] = task_id
+    for index, task in enumerate(tasks):
+        if task.get("dedupe_key") is not None:
+            ids[index], duplicate = insert_task_deduped(cur, table, task, dedupe_index)
+            if duplicate:
+                duplicates.add(index)
+    return ids, duplicates
 
 
 def list_tasks(
@@ -442,15 +628,74 @@ def get_task(cur, table: QuotedTable, task_id: int) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
-def retry_task(cur, table: QuotedTable, task_id: int) -> tuple[bool, dict[str, Any] | None]:
+RETRY_SET = (
+    "SET status = 0, retry_count = 0, error_msg = NULL, schedule_time = NOW(3), "
+    "start_time = NULL, end_time = NULL"
+)
+
+
+def retry_task(
+    cur, table: QuotedTable, task_id: int, dedupe_index: str | None = None
+) -> tuple[bool, dict[str, Any] | None]:
     """Failed or cancelled back to pending, due now, with a fresh retry budget.
-    (changed, row after); row None when there is no such task."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET status = 0, retry_count = 0, error_msg = NULL, "
-        "schedule_time = NOW(3), start_time = NULL, end_time = NULL WHERE id = %s AND status IN (3, 4)",
-        (task_id,),
-    )
+    (changed, row after); row None when there is no such task. Raises
+    TaskStateError when its dedupe_key is held by another active task."""
+    try:
+        cur.execute(f"UPDATE {checked(table)} {RETRY_SET} WHERE id = %s AND status IN (3, 4)", (task_id,))
+    except DRIVER_ERRORS as error:
+        if dedupe_index is None or duplicate_key(error) != dedupe_index:
+            raise
+        row = get_task(cur, table, task_id) or {}
+        raise TaskStateError(
+            f"id: task {task_id} has dedupe_key {row.get('dedupe_key')!r}, which a pending or running "
+            "task holds; it can be retried once that one has finished"
+        ) from None
     return cur.rowcount == 1, get_task(cur, table, task_id)
+
+
+def count_tasks(cur, table: QuotedTable, status: int, task_type: str | None) -> int:
+    """How many tasks are in `status` (of `task_type`, if given)."""
+    extra, args = ("AND task_type = %s", (status, task_type)) if task_type else ("", (status,))
+    cur.execute(f"SELECT COUNT(*) AS n FROM {checked(table)} WHERE status = %s {extra}", args)
+    return int(cur.fetchone()["n"])
+
+
+def task_ids_in_status(
+    cur, table: QuotedTable, status: int, task_type: str | None, after_id: int, limit: int
+) -> list[int]:
+    """The next `limit` ids above `after_id` in `status`: keyset pages for bulk actions."""
+    extra, args = ("AND task_type = %s", [task_type]) if task_type else ("", [])
+    cur.execute(
+        f"SELECT id FROM {checked(table)} WHERE status = %s AND id > %s {extra} ORDER BY id LIMIT %s",
+        (status, after_id, *args, limit),
+    )
+    return [row["id"] for row in cur.fetchall()]
+
+
+def retry_tasks(
+    cur, table: QuotedTable, ids: Sequence[int], status: int, dedupe_index: str | None = None
+) -> tuple[int, int]:
+    """Tasks of `ids` still in `status` (failed or cancelled) back to pending,
+    as retry_task: (retried, skipped because another active task holds
+    their dedupe_key). One statement unless a key clashes; then row by row."""
+    try:
+        cur.execute(
+            f"UPDATE {checked(table)} {RETRY_SET} WHERE id IN %s AND status = %s", (tuple(ids), status)
+        )
+        return cur.rowcount, 0
+    except DRIVER_ERRORS as error:
+        if dedupe_index is None or duplicate_key(error) != dedupe_index:
+            raise
+    retried = skipped = 0
+    for task_id in ids:
+        try:
+            cur.execute(f"UPDATE {table} {RETRY_SET} WHERE id = %s AND status = %s", (task_id, status))
+            retried += cur.rowcount
+        except DRIVER_ERRORS as error:
+            if duplicate_key(error) != dedupe_index:
+                raise
+            skipped += 1
+    return retried, skipped
 
 
 def cancel_task(cur, table: QuotedTable, table_name: str, task_id: int) -> tuple[str, dict[str, Any] | None]:
@@ -478,6 +723,23 @@ def cancel_task(cur, table: QuotedTable, table_name: str, task_id: int) -> tuple
         )
         done = "requested"
     return done, get_task(cur, table, task_id)
+
+
+# --- schedules ---
+#
+# The schedules feature (DESIGN, Recurring tasks) owns the `schedules` table;
+# the command line only reads it, and only where it exists.
+
+
+def list_schedules(cur) -> list[dict[str, Any]] | None:
+    """Every schedule row by name; None when this database has no schedules table."""
+    cur.execute(
+        "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'schedules'"
+    )
+    if cur.fetchone() is None:
+        return None
+    cur.execute("SELECT * FROM schedules ORDER BY name")
+    return list(cur.fetchall())
 
 
 # --- status ---

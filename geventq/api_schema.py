@@ -269,6 +269,29 @@ class DateTimeText(Kind):
         return {"type": "string", "pattern": SCHEDULE_PATTERN, "example": "2030-01-31 08:00:00"}
 
 
+@dataclass(frozen=True)
+class ColumnChoice(Kind):
+    """Optional task-table columns by name, each at most once (queue/create's `columns`)."""
+
+    choices: tuple[str, ...] = ()
+
+    def expectation(self) -> str:
+        return "a list of distinct column names from " + ", ".join(self.choices)
+
+    def check(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise self._mismatch(type_name(value))
+        unknown = [item for item in value if item not in self.choices]
+        if unknown:
+            raise Problem(f"unknown column {clip(unknown[0])!r} (choose from {', '.join(self.choices)})")
+        if len(set(value)) != len(value):
+            raise Problem("names a column twice")
+        return tuple(value)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "array", "uniqueItems": True, "items": {"type": "string", "enum": list(self.choices)}}
+
+
 def to_database_time(value: datetime | None, utc_offset_seconds: int) -> datetime | None:
     """An aware datetime in the database's time zone (naive ones already are)."""
     if value is None or value.tzinfo is None:
@@ -509,7 +532,19 @@ QUEUE_FIELDS = Spec(
         ),
     )
 )
-QUEUE_CREATE = QUEUE_FIELDS
+QUEUE_CREATE = Spec(
+    (
+        *QUEUE_FIELDS.fields,
+        Field(
+            "columns",
+            ColumnChoice(("priority", "dedupe_key", "concurrency_key")),
+            "optional task-table columns to create the table with: priority (smaller runs first), "
+            "dedupe_key (one pending or running task per key), concurrency_key (for key_max_workers; "
+            "added anyway when key_max_workers is set); an existing table must have them already",
+            default=[],
+        ),
+    )
+)
 QUEUE_UPDATE = QUEUE_FIELDS.partial()
 
 TASK_CREATE = Spec(
@@ -518,6 +553,25 @@ TASK_CREATE = Spec(
         JsonParams("task_params", "handed to the handler as ctx.params", default={}),
         ScheduleTime("schedule_time", "when it becomes due; default now", default=None, nullable=True),
         Integer("max_retries", "retries after the first attempt", default=3, minimum=0, maximum=100),
+        Integer(
+            "priority",
+            "smaller runs first; needs the table's priority column",
+            minimum=-(2**31),
+            maximum=2**31 - 1,
+        ),
+        String(
+            "dedupe_key",
+            "while a task with this key is pending or running, answer its id (200, duplicate) instead "
+            "of adding one; needs the table's dedupe_key column",
+            min_length=1,
+            max_length=191,
+        ),
+        String(
+            "concurrency_key",
+            "the key the queue's key_max_workers counts by; needs the table's concurrency_key column",
+            min_length=1,
+            max_length=191,
+        ),
     )
 )
 TASK_BATCH = ListOf(TASK_CREATE)

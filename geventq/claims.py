@@ -58,13 +58,22 @@ class Claimer:
         queue_name: str,
         queue_limits: QueueLimits = limits.NO_LIMITS,
         *,
+        order: str = store.CLAIM_ORDER,
         has_key_column: bool = False,
     ) -> ClaimResult:
-        """Up to `limit` due tasks, marked running under our server_id and
-        committed; raises DatabaseError when the database fails."""
+        """Up to `limit` due tasks in `order` (store.claim_order), marked
+        running under our server_id and committed; raises DatabaseError when
+        the database fails."""
         if queue_limits.any:
             return self.claim_db.call(
-                self._claim_limited, table, limit, queue_name, queue_limits, has_key_column, transaction=True
+                self._claim_limited,
+                table,
+                limit,
+                queue_name,
+                queue_limits,
+                order,
+                has_key_column,
+                transaction=True,
             )
         if self.skip_locked:
             rows = self.claim_db.call(
@@ -74,14 +83,15 @@ class Claimer:
                 self.task_types,
                 limit,
                 queue_name,
+                order,
                 transaction=True,
             )
             return ClaimResult(rows)
-        return ClaimResult(self.db.call(self._claim_conditional, table, limit, queue_name))
+        return ClaimResult(self.db.call(self._claim_conditional, table, limit, queue_name, order))
 
-    def table_columns(self, table_name: str) -> set[str]:
-        """A task table's columns: which optional ones (concurrency_key) it has."""
-        return self.db.call(store.task_table_columns, table_name)
+    def table_features(self, table_name: str) -> store.TaskTableFeatures:
+        """The task table's optional columns: read once when a queue starts."""
+        return self.db.call(store.task_table_features, table_name)
 
     def seconds_until_next_due(self, table: QuotedTable, queue_name: str) -> float | None:
         """How long until the earliest pending task we could run falls due (or
@@ -89,9 +99,9 @@ class Claimer:
         return self.db.call(store.seconds_until_next_due, table, self.task_types, queue_name)
 
     def _claim_conditional(
-        self, cur, table: QuotedTable, limit: int, queue_name: str
+        self, cur, table: QuotedTable, limit: int, queue_name: str, order: str
     ) -> list[dict[str, Any]]:
-        candidates = store.find_due_tasks(cur, table, self.task_types, limit, queue_name)
+        candidates = store.find_due_tasks(cur, table, self.task_types, limit, queue_name, order)
         if not candidates:
             return []
         now = store.database_now(cur)
@@ -107,7 +117,14 @@ class Claimer:
     # --- under the queue's limits ------------------------------------------------
 
     def _claim_limited(
-        self, cur, table: QuotedTable, wanted: int, queue_name: str, queue_limits: QueueLimits, has_key: bool
+        self,
+        cur,
+        table: QuotedTable,
+        wanted: int,
+        queue_name: str,
+        queue_limits: QueueLimits,
+        order: str,
+        has_key: bool,
     ) -> ClaimResult:
         """One transaction under the queue's row lock: count, then claim what fits."""
         state = store.lock_queue_state(cur, queue_name)
@@ -130,7 +147,7 @@ class Claimer:
                 retry_in = limits.seconds_until_rate_room(first_end, utc_now, queue_limits)
         rows: list[dict[str, Any]] = []
         if room:
-            rows, stepped_over = self._lock_fitting(cur, table, room, queue_limits, has_key)
+            rows, stepped_over = self._lock_fitting(cur, table, room, queue_limits, order, has_key)
             if stepped_over:
                 held["key"] = stepped_over
                 retry_in = retry_in if retry_in is not None else LIMITED_RECHECK
@@ -149,23 +166,30 @@ class Claimer:
         return ClaimResult(rows, {name: count for name, count in held.items() if count}, retry_in)
 
     def _lock_fitting(
-        self, cur, table: QuotedTable, room: int, queue_limits: QueueLimits, has_key: bool
+        self, cur, table: QuotedTable, room: int, queue_limits: QueueLimits, order: str, has_key: bool
     ) -> tuple[list[dict[str, Any]], int]:
         """Lock due tasks in claim order, up to `room`; with a per-key cap,
         over-fetch and step over tasks whose key is full, so one busy key
         never blocks the others behind it. Returns (rows, stepped over)."""
         if not (queue_limits.key_max_workers and has_key):
             return store.lock_due_candidates(
-                cur, table, self.task_types, room, skip_locked=self.skip_locked
+                cur, table, self.task_types, room, order=order, skip_locked=self.skip_locked
             ), 0
         running = store.running_by_key(cur, table)
         taken: list[dict[str, Any]] = []
         stepped_over = scanned = 0
-        after = None
+        after: dict[str, Any] | None = None
         batch = max(4 * room, 50)
         while len(taken) < room and scanned < limits.KEY_SCAN_LIMIT:
             candidates = store.lock_due_candidates(
-                cur, table, self.task_types, batch, with_key=True, after=after, skip_locked=self.skip_locked
+                cur,
+                table,
+                self.task_types,
+                batch,
+                order=order,
+                with_key=True,
+                after=after,
+                skip_locked=self.skip_locked,
             )
             if not candidates:
                 break
@@ -175,8 +199,7 @@ class Claimer:
             )
             taken.extend(fits)
             stepped_over += skipped
-            last = candidates[-1]
-            after = (last["schedule_time"], last["id"])
+            after = candidates[-1]
             if len(candidates) < batch:
                 break
         return taken, stepped_over

@@ -211,14 +211,18 @@ def load(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    search: bool = True,
 ) -> Config:
     """Read, merge and validate the configuration; raise ConfigError listing every problem.
 
     `overrides` maps dotted keys to values (from the CLI); a None value means
     "not given", so the CLI can pass its options through unfiltered.
+    Without `path`, the file is $GEVENTQ_CONFIG or ./config.json if it exists;
+    `search=False` reads no file then (geventq.Client given its database keys).
     """
     environ = os.environ if environ is None else environ
-    file = _locate(path, environ)
+    file = _locate(path, environ) if path is not None or search else None
     base_dir = os.path.dirname(file) if file else os.getcwd()
     merged, problems = _merge(file, environ, overrides or {})
     values, invalid = _validate(merged)

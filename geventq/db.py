@@ -1,28 +1,37 @@
-"""Database plumbing: a gevent connection pool, transactions, retries with
+"""Database plumbing: a connection pool, transactions, retries with
 backoff, translation of driver errors, and the one check every table name
 passes before it is quoted into SQL.
 
-Nothing outside this module and store.py imports pymysql.
+Nothing outside this module, store.py and admin_store.py imports pymysql.
 
 Why a small pool of our own instead of DBUtils: DBUtils guards its pool with
 threading.Condition, which monkey-patching turns into a greenlet lock that
-works but hides the hub from the pool; a gevent LIFO queue plus a semaphore is
+works but hides the hub from the pool; a LIFO queue plus a semaphore is
 twenty lines, keeps warm connections at the front, and lets us ping only
 connections that sat idle long enough to have been dropped.
+
+The pool comes in two flavours that differ only in what they wait with
+(`Waiting`): gevent's queue, semaphore and sleep for the executor's greenlets
+(GREENLETS), the standard library's for geventq.Client in a program that is
+not monkey-patched (THREADS): gevent's primitives belong to one thread's hub
+and cannot be shared by plain threads.
 """
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import gevent
+import gevent.lock
+import gevent.queue
 import pymysql
-from gevent.lock import BoundedSemaphore
-from gevent.queue import Empty, LifoQueue
 from loguru import logger
 from pymysql.constants import CLIENT
 
@@ -81,6 +90,19 @@ RESERVED_TABLES = {"queue_configs", "servers"}
 PING_AFTER_IDLE = 10.0
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """What a pool waits with: its idle queue (LIFO), its slot semaphore, its sleep."""
+
+    queue: Callable[[], Any]
+    semaphore: Callable[[int], Any]
+    sleep: Callable[[float], None]
+
+
+GREENLETS = Waiting(gevent.queue.LifoQueue, gevent.lock.BoundedSemaphore, gevent.sleep)
+THREADS = Waiting(queue.LifoQueue, threading.BoundedSemaphore, time.sleep)
+
+
 class QuotedTable(str):
     """A table identifier that passed `quote_table`, backticks included."""
 
@@ -135,7 +157,9 @@ Connection = pymysql.connections.Connection
 
 
 class Database:
-    """A pool of PyMySQL connections shared by the greenlets of one hub."""
+    """A pool of PyMySQL connections shared by the greenlets of one hub
+    (`waiting=GREENLETS`, the default) or by the threads of a program that is
+    not monkey-patched (`waiting=THREADS`)."""
 
     def __init__(
         self,
@@ -146,6 +170,7 @@ class Database:
         name: str = "db",
         autocommit: bool = True,
         idle_timeout: int | None = None,
+        waiting: Waiting = GREENLETS,
     ):
         self.config = config
         self.name = name
@@ -160,8 +185,9 @@ class Database:
         self.autocommit = autocommit
         self.database = config.database if database == "" else database
         self.size = size or config.pool_size
-        self._idle: LifoQueue = LifoQueue()
-        self._slots = BoundedSemaphore(self.size)
+        self._idle = waiting.queue()
+        self._slots = waiting.semaphore(self.size)
+        self._sleep = waiting.sleep
         self._closed = False
 
     @property
@@ -287,7 +313,7 @@ class Database:
                 # again is safe; they do happen between inserts and claims.
                 if attempt == CONFLICT_RETRIES:
                     raise
-                gevent.sleep(0.005 * (attempt + 1))
+                self._sleep(0.005 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def retrying(
@@ -314,7 +340,7 @@ class Database:
                     raise
                 if isinstance(error, DatabaseUnavailable) and outages.ready():
                     logger.warning("{}: database {} unavailable ({}); retrying", what, self.address, error)
-                gevent.sleep(backoff if isinstance(error, DatabaseUnavailable) else 0.01 * tries)
+                self._sleep(backoff if isinstance(error, DatabaseUnavailable) else 0.01 * tries)
                 backoff = min(backoff * 2, 2.0)
 
     def close(self) -> None:
@@ -328,14 +354,14 @@ class Database:
             try:
                 _close_quietly(self._idle.get_nowait()[0])
                 closed += 1
-            except Empty:
+            except queue.Empty:  # gevent's queue raises it too
                 return closed
 
     def _take_idle(self) -> pymysql.connections.Connection | None:
         while True:
             try:
                 conn, idle_since = self._idle.get_nowait()
-            except Empty:
+            except queue.Empty:  # gevent's queue raises it too
                 return None
             if time.monotonic() - idle_since < self._ping_after:
                 return conn
@@ -378,6 +404,19 @@ def _close_quietly(conn: pymysql.connections.Connection) -> None:
         conn.close()
     except DRIVER_ERRORS:
         pass
+
+
+_DUPLICATE_KEY_NAME = re.compile(r"for key '(?:[^']*\.)?([^'.]+)'$")
+
+
+def duplicate_key(error: Exception) -> str | None:
+    """The name of the unique key a driver error broke, if it is a duplicate
+    key error ("Duplicate entry 'x' for key 'uk_name'", MySQL 8 adds the table)."""
+    code = error.args[0] if error.args and isinstance(error.args[0], int) else None
+    if code != DUPLICATE_KEY or len(error.args) < 2:
+        return None
+    match = _DUPLICATE_KEY_NAME.search(str(error.args[1]))
+    return match.group(1) if match else ""
 
 
 def table_problem(error: Exception) -> TableProblem | None:

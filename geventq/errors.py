@@ -61,6 +61,25 @@ class InvalidSchedule(GeventqError):
         self.message = message
 
 
+class UnknownQueue(GeventqError, LookupError):
+    """No queue of that name in queue_configs (enqueueing addresses queues by name)."""
+
+
+class InvalidTask(GeventqError, ValueError):
+    """A task given to enqueue is malformed; the message starts with the field
+    (`params: ...`, `tasks[3].priority: ...`)."""
+
+
+class TaskNotFound(GeventqError, LookupError):
+    """The queue's table has no task with that id."""
+
+
+class TaskStateError(GeventqError):
+    """The task is not in a status that allows the action (cancel a task that
+    is not pending, retry one that is not failed or cancelled, or retry one
+    whose dedupe_key another pending or running task holds)."""
+
+
 class HandlerError(GeventqError):
     """A handler module failed to import, or a task type was registered twice."""
 

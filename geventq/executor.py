@@ -32,6 +32,7 @@ from geventq.lease import Heartbeat, Lease, LeaseWatch
 from geventq.metrics import Metrics
 from geventq.outcomes import OutcomeRecorder
 from geventq.peers import Peers
+from geventq.producer import Producer, Target
 from geventq.queues import QueueRunner, RunningQueues
 from geventq.running import AttemptRunner
 from geventq.servers import Maintenance, Reconcile, Registration, Rescue
@@ -114,6 +115,18 @@ class Executor:
         self.queues = RunningQueues()
         self.recorder = OutcomeRecorder(db, server_id, self.claimed, cfg.queue.completion_flush_interval)
         self.claimer = Claimer(db, self.claim_db, server_id, tuple(handlers), skip_locked)
+        peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
+
+        def tasks_added(table_name: str) -> None:
+            """Due work was just committed: scan now, here and on the servers running it."""
+            runner = self.queues.for_table(table_name)
+            if runner is not None:
+                runner.wake()
+            peers.wake(table_name)
+
+        def producer_added(target: Target) -> None:
+            tasks_added(target.table_name)
+
         attempts = AttemptRunner(
             handlers=handlers,
             job_logs=self.job_logs,
@@ -123,6 +136,7 @@ class Executor:
             server_id=server_id,
             config=cfg,
             handler_db=self.handler_db,
+            producer=Producer(self.handler_db, on_added=producer_added),
         )
 
         def make_runner(row: dict[str, Any]) -> QueueRunner:
@@ -155,15 +169,6 @@ class Executor:
         )
         self.listeners.add(metrics)
         self.cancel_watch = CancelWatch(db, server_id, self.claimed)
-        peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
-
-        def tasks_added(table_name: str) -> None:
-            """Due work was just committed: scan now, here and on the servers running it."""
-            runner = self.queues.for_table(table_name)
-            if runner is not None:
-                runner.wake()
-            peers.wake(table_name)
-
         self.firer: ScheduleFirer | None = None
         if cfg.queue.enable:
             self.firer = ScheduleFirer(
@@ -184,9 +189,9 @@ class Executor:
             queues=self.queues,
             job_logs=self.job_logs,
             peers=peers,
+            tasks_added=tasks_added,
             queues_changed=self.sync.wake,
             check_cancels=self.cancel_watch.wake,
-            tasks_added=tasks_added,
             schedules_changed=self.firer.wake if self.firer is not None else lambda: None,
         )
         self._http.application = admin.create_app(routes, cfg.admin.token, metrics.routes())

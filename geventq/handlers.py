@@ -16,6 +16,7 @@ from gevent import monkey
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import HandlerError
+from geventq.producer import Producer
 
 Handler = Callable[["JobContext"], Any]
 
@@ -117,6 +118,7 @@ class JobContext:
     __slots__ = (
         "_cancel_check",
         "_last_yield",
+        "_producer",
         "config",
         "created_at",
         "db",
@@ -157,6 +159,7 @@ class JobContext:
         started_at: Any = None,
         cancel_check: Callable[[], bool] | None = None,
         schedule: dict[str, Any] | None = None,
+        producer: Producer | None = None,
     ):
         # Plain assignments: this runs once per task on the hot path.
         self.task_id = task_id
@@ -180,6 +183,7 @@ class JobContext:
         # {"name", "fire_at"} for a task a schedule created (also in params
         # as "_schedule", where the task carries it), None for any other
         self.schedule = schedule
+        self._producer = producer
 
     @property
     def attempt(self) -> int:
@@ -200,6 +204,17 @@ class JobContext:
                 self._last_yield = now
                 gevent.sleep(0)
         return self._cancel_check()
+
+    def enqueue(self, queue: str, task_type: str, params: Any = None, **options: Any) -> int:
+        """Add a follow-up task to `queue` (any queue, by name), as
+        geventq.Client.enqueue does (same options: at, delay, max_retries,
+        priority, dedupe_key, concurrency_key), on the handlers' connection
+        pool; the servers running that queue are woken. Its id. Committed at
+        once: a retry of this attempt enqueues again unless a dedupe_key says
+        otherwise."""
+        if self._producer is None:
+            raise RuntimeError("ctx.enqueue: this JobContext was made without a producer")
+        return self._producer.enqueue(queue, task_type, params, **options)
 
     def run_in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run CPU-bound `fn` on gevent's native threadpool and wait for it, so

@@ -312,7 +312,14 @@ SCHEMAS: dict[str, Any] = {
     "TaskCreated": {
         "type": "object",
         "required": ["id"],
-        "properties": {"id": {"type": "integer", "minimum": 1}},
+        "properties": {
+            "id": {"type": "integer", "minimum": 1},
+            "duplicate": {
+                "type": "boolean",
+                "description": "true (HTTP 200): nothing was created; id is the pending or running "
+                "task that holds the dedupe_key",
+            },
+        },
     },
     "TasksCreated": {
         "type": "object",
@@ -320,6 +327,12 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
             "count": {"type": "integer", "minimum": 1},
+            "duplicates": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0},
+                "description": "positions in ids of tasks not created because a pending or running "
+                "task holds their dedupe_key (its id is given)",
+            },
         },
     },
     "TaskLog": {

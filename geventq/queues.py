@@ -13,6 +13,7 @@ from gevent.event import Event
 from gevent.pool import Group, Pool
 from loguru import logger
 
+from geventq import store
 from geventq.attempts import Attempt, ClaimedAttempts, Listeners, OutcomeKind
 from geventq.claims import Claimer, ClaimResult
 from geventq.db import QuotedTable, quote_table
@@ -87,12 +88,15 @@ class QueueRunner:
         self._stopping = False
         self._scanner: gevent.Greenlet | None = None
         self._claim_errors = Throttle(10)
+        # The table's optional columns (priority: the claim's order;
+        # concurrency_key: per-key caps): read before the first claim, then
+        # kept, so claims cost no extra query.
+        self._features: store.TaskTableFeatures | None = None
         # True from sending a claim until its rows are started or given up:
         # reconciliation must not take a slow claim's rows for lost ones.
         self.claim_in_flight = False
         # Due tasks the last claim left pending because of a limit, by reason.
         self.held_back: dict[str, int] = {}
-        self._has_key_column: bool | None = None  # read when a key limit first needs it
 
     # --- control, from sync and executor ---------------------------------------
 
@@ -122,7 +126,8 @@ class QueueRunner:
             logger.info(
                 "queue {}: limits {} -> {}", self.queue_name, self.limits.describe(), limits.describe()
             )
-            self.limits, self._has_key_column = limits, None
+            self.limits = limits
+            self._warn_if_key_cap_cannot_apply()
             self.wake()
 
     def wake(self) -> None:
@@ -194,12 +199,21 @@ class QueueRunner:
 
     def _claim_batch(self, limit: int) -> ClaimResult | None:
         """Claim up to `limit` due tasks and start them; None on a database error."""
+        if self._features is None and not self._learn_features():
+            return None
+        features = self._features
+        assert features is not None, "learnt just above"
         epoch = self._lease.epoch
         self.claim_in_flight = True
         try:
             try:
                 result = self._claimer.claim(
-                    self.table, limit, self.queue_name, self.limits, has_key_column=self._key_column()
+                    self.table,
+                    limit,
+                    self.queue_name,
+                    self.limits,
+                    order=store.claim_order(features),
+                    has_key_column=features.concurrency_key,
                 )
             except DatabaseError as error:
                 self._log_claim_error(error)
@@ -221,20 +235,37 @@ class QueueRunner:
         finally:
             self.claim_in_flight = False
 
-    def _key_column(self) -> bool:
-        """Whether the table has concurrency_key, read once a key limit needs it."""
-        if not self.limits.key_max_workers:
+    def _learn_features(self) -> bool:
+        """Read the table's optional columns once; False on a database error."""
+        try:
+            features = self._features = self._claimer.table_features(self.table_name)
+        except DatabaseError as error:
+            self._log_claim_error(error)
             return False
-        if self._has_key_column is None:
-            self._has_key_column = "concurrency_key" in self._claimer.table_columns(self.table_name)
-            if not self._has_key_column:
+        if features.priority:
+            logger.info(
+                "queue {}: claims by priority (table {} has a priority column)",
+                self.queue_name,
+                self.table_name,
+            )
+            if features.priority_index is None:
                 logger.warning(
-                    "queue {}: key_max_workers is set but {} has no concurrency_key column; "
-                    "the per-key cap is not applied",
+                    "queue {}: table {} has a priority column but no (status, priority, schedule_time) "
+                    "index: every claim sorts the pending tasks; add one (see README, Priorities)",
                     self.queue_name,
                     self.table_name,
                 )
-        return self._has_key_column
+        self._warn_if_key_cap_cannot_apply()
+        return True
+
+    def _warn_if_key_cap_cannot_apply(self) -> None:
+        if self.limits.key_max_workers and self._features and not self._features.concurrency_key:
+            logger.warning(
+                "queue {}: key_max_workers is set but {} has no concurrency_key column; "
+                "the per-key cap is not applied",
+                self.queue_name,
+                self.table_name,
+            )
 
     def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()

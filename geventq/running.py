@@ -19,6 +19,7 @@ from geventq.errors import LeaseLost, PermanentFailure, RateLimited, TaskCancell
 from geventq.handlers import SCHEDULE_KEY, JobContext
 from geventq.logs import JobLogs
 from geventq.outcomes import OutcomeRecorder
+from geventq.producer import Producer
 
 
 def backoff_seconds(retry_count: int, base: float, cap: float) -> float:
@@ -38,6 +39,7 @@ class AttemptRunner:
         server_id: str,
         config: Config,
         handler_db: Database,
+        producer: Producer,
     ):
         self.handlers = handlers
         self.job_logs = job_logs
@@ -47,6 +49,7 @@ class AttemptRunner:
         self.server_id = server_id
         self.config = config  # handed to handlers as ctx.config
         self.handler_db = handler_db  # handed to handlers as ctx.db
+        self.producer = producer  # ctx.enqueue, on handler_db
         self.backoff_base = config.queue.retry_backoff_base
         self.backoff_max = config.queue.retry_backoff_max
 
@@ -140,6 +143,7 @@ class AttemptRunner:
                 config=self.config,
                 db=self.handler_db,
                 schedule=schedule if isinstance(schedule, dict) else None,
+                producer=self.producer,
             )
         )
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from loguru import logger
@@ -11,7 +13,18 @@ from geventq import store
 from geventq.config import Config
 from geventq.db import Database
 
-INIT_SQL = Path(__file__).resolve().parent.parent / "init.sql"
+
+def find_init_sql() -> Traversable:
+    """init.sql: inside the installed package (the wheel maps the repository's
+    init.sql to geventq/init.sql), or at the root of a clone. There is one
+    init.sql in the repository; the wheel's is a copy made at build time."""
+    packaged = resources.files("geventq") / "init.sql"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "init.sql"
+
+
+INIT_SQL = find_init_sql()
 
 
 # geventq's own tables, created on an existing installation too when a newer
@@ -55,7 +68,7 @@ def statement_groups(statements: list[str]) -> list[tuple[str, list[str]]]:
     return groups
 
 
-def apply_script(cur, script_path: Path) -> None:
+def apply_script(cur, script_path: Traversable) -> None:
     """Run init.sql, a progress line per step."""
     groups = statement_groups(split_statements(script_path.read_text(encoding="utf-8")))
     for number, (label, statements) in enumerate(groups, 1):
@@ -70,7 +83,7 @@ def apply_script(cur, script_path: Path) -> None:
         store.run_script(cur, statements)
 
 
-def ensure_schema(config: Config, script_path: Path = INIT_SQL) -> bool:
+def ensure_schema(config: Config, script_path: Traversable = INIT_SQL) -> bool:
     """Create the configured database and apply init.sql when queue_configs
     is missing; on an existing database create geventq's own tables and
     columns that newer releases introduced. True if init.sql ran whole."""
@@ -107,7 +120,7 @@ def own_table_statements(script: str) -> dict[str, str]:
     return creates
 
 
-def _create_missing_own_tables(cur, script_path: Path, database: str) -> None:
+def _create_missing_own_tables(cur, script_path: Traversable, database: str) -> None:
     for table, statement in own_table_statements(script_path.read_text(encoding="utf-8")).items():
         if not store.table_exists(cur, database, table):
             logger.info("creating table {} (new in this release)", table)

@@ -1,12 +1,15 @@
-"""`python -m geventq status`: the queues, schedules and servers, read straight from the
+"""`geventq status`: the queues, schedules and servers, read straight from the
 database with the admin API's own statements, so it works when no admin is
-reachable (or none runs). Plain text, aligned columns."""
+reachable (or none runs). Plain text, aligned columns; or JSON (--json).
+`table` and the cell helpers also draw the other commands' tables."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
+
+import ujson
 
 from geventq import admin_store, schedule_store, store
 from geventq.attempts import Status
@@ -15,6 +18,7 @@ from geventq.config import Config
 from geventq.db import DRIVER_ERRORS, Database, table_problem
 from geventq.errors import DatabaseError, InvalidSchedule, NoSuchTable
 from geventq.peers import parse_queue_list
+from geventq.rows import jsonable
 
 QUEUE_COLUMNS = (
     "QUEUE",
@@ -50,8 +54,9 @@ SERVER_NUMBERS = frozenset({"PID", "HEARTBEAT", "RUNNING"})
 COUNTS = tuple(status.label for status in Status)  # a queue's `counts`, in the columns' order
 
 
-def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the status; 0, or 1 with a message naming host:port when the database fails."""
+def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr, as_json: bool = False) -> int:
+    """Print the status (a table, or JSON); 0, or 1 with a message naming
+    host:port when the database fails."""
     db = Database(config.database, size=1, name="status")
     try:
         now, queues, schedules, servers = db.call(read_status, config.executor.heartbeat_timeout)
@@ -63,7 +68,16 @@ def run(config: Config, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> i
         return 1
     finally:
         db.close()
-    out.write(render(config, db.address, now, queues, servers, schedules))
+    if as_json:
+        for server in servers:
+            server["alive"] = bool(server["alive"])
+            server["queues"] = parse_queue_list(server.get("queues"))
+        document = {"database": config.database.database, "address": db.address, "now": now}
+        document |= {"queues": queues, "servers": servers, "schedules": schedules}
+        out.write(ujson.dumps(jsonable(document), ensure_ascii=False, escape_forward_slashes=False, indent=2))
+        out.write("\n")
+    else:
+        out.write(render(config, db.address, now, queues, servers, schedules))
     return 0
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from geventq.attempts import Status
-from geventq.db import QuotedTable, check_table_name, quote_database
+from geventq.db import QuotedTable, quote_database
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 STATUS_NAMES = {status: status.label for status in Status}
@@ -73,17 +74,77 @@ def run_script(cur, statements: Iterable[str]) -> None:
         cur.execute(statement)
 
 
-def task_table_columns(cur, table_name: str) -> set[str]:
-    """The columns of a task table (`table` or `database.table`), lower case."""
-    parts = check_table_name(table_name)
-    schema, table = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+@dataclass(frozen=True)
+class TaskTableFeatures:
+    """The optional columns a task table has, read once per table.
+
+    - `priority` INT: smaller runs first. The claim orders by it when the
+      column exists; `priority_index` names the (status, priority,
+      schedule_time) index that lets that order walk an index, if there is one.
+    - `dedupe_key` VARCHAR(191) NULL, enforced by the database through the
+      STORED generated column `dedupe_active` (the key while the task is
+      pending or running, NULL otherwise) and a UNIQUE index on it,
+      `dedupe_index`. A table with dedupe_key but without that index cannot
+      dedupe safely, so it is treated as not having the feature.
+    - `concurrency_key` VARCHAR(191) NULL (cluster-wide limits): inserted when given.
+    """
+
+    priority: bool = False
+    priority_index: str | None = None
+    dedupe_key: bool = False
+    dedupe_index: str | None = None
+    concurrency_key: bool = False
+
+    @property
+    def dedupe(self) -> bool:
+        return self.dedupe_key and self.dedupe_index is not None
+
+
+NO_FEATURES = TaskTableFeatures()
+
+
+def task_table_features(cur, table_name: str) -> TaskTableFeatures:
+    """What optional columns and indexes the task table `table` or
+    `database.table` has (two reads of information_schema)."""
+    schema, _, table = table_name.rpartition(".")
+    where = "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s"
+    cur.execute(f"SELECT column_name AS c FROM information_schema.columns {where}", (schema or None, table))
+    columns = {row["c"].lower() for row in cur.fetchall()}
     cur.execute(
-        "SELECT table_name AS t, column_name AS c FROM information_schema.columns "
-        "WHERE table_schema = COALESCE(%s, DATABASE()) AND table_name = %s",
-        (schema, table),
+        "SELECT index_name AS i, seq_in_index AS n, column_name AS c, non_unique AS nu "
+        f"FROM information_schema.statistics {where} ORDER BY index_name, seq_in_index",
+        (schema or None, table),
     )
-    # information_schema compares without case; table names on disk do not.
-    return {row["c"].lower() for row in cur.fetchall() if row["t"] == table}
+    indexes: dict[str, list[str]] = {}
+    unique: set[str] = set()
+    for row in cur.fetchall():
+        indexes.setdefault(row["i"], []).append(row["c"].lower())
+        if not int(row["nu"]):
+            unique.add(row["i"])
+    priority_index = next(
+        (name for name, cols in indexes.items() if cols[:3] == ["status", "priority", "schedule_time"]), None
+    )
+    dedupe_index = next(
+        (name for name, cols in indexes.items() if cols == ["dedupe_active"] and name in unique), None
+    )
+    return TaskTableFeatures(
+        priority="priority" in columns,
+        priority_index=priority_index if "priority" in columns else None,
+        dedupe_key="dedupe_key" in columns,
+        dedupe_index=dedupe_index if "dedupe_key" in columns else None,
+        concurrency_key="concurrency_key" in columns,
+    )
+
+
+# The two orders a claim takes tasks in; a queue's runner picks one when it
+# starts, from its table's columns (TaskTableFeatures). Each matches an index
+# whose leading column is status, so the scan walks the index in order.
+CLAIM_ORDER = "schedule_time, id"
+PRIORITY_CLAIM_ORDER = "priority, schedule_time, id"
+
+
+def claim_order(features: TaskTableFeatures) -> str:
+    return PRIORITY_CLAIM_ORDER if features.priority else CLAIM_ORDER
 
 
 def table_columns(cur, table: str) -> set[str]:
@@ -181,17 +242,26 @@ DUE = "status = 0 AND schedule_time <= NOW(3) AND task_type IN %(types)s "
 
 
 def claim_due_tasks_skip_locked(
-    cur, table: QuotedTable, server_id: str, task_types: Sequence[str], limit: int, queue_name: str
+    cur,
+    table: QuotedTable,
+    server_id: str,
+    task_types: Sequence[str],
+    limit: int,
+    queue_name: str,
+    order: str = CLAIM_ORDER,
 ) -> list[dict]:
     """Lock up to `limit` due tasks and mark them ours, in the caller's
     transaction. The WHERE and ORDER BY match the (status, schedule_time)
     index (InnoDB appends id), so the scan walks the index in order and locks
     only what it returns; SKIP LOCKED steps over rows other servers hold.
     start_time is the claim's own NOW(3), so it equals the attempt's
-    claimed_at (ctx.started_at)."""
+    claimed_at (ctx.started_at). With PRIORITY_CLAIM_ORDER the (status,
+    priority, schedule_time) index serves the order the same way
+    (schedule_time <= NOW(3) is then a filter on the index entries rather
+    than the range)."""
     cur.execute(
         f"SELECT {CLAIM_COLUMNS}, NOW(3) AS claimed_at FROM {checked(table)} WHERE {DUE}{NOT_PAUSED}"
-        "ORDER BY schedule_time, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+        f"ORDER BY {_order(order)} LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
         {"types": tuple(task_types), "limit": limit, "queue": queue_name},
     )
     rows = list(cur.fetchall())
@@ -210,15 +280,22 @@ def mark_claimed(cur, table: QuotedTable, server_id: str, ids: Sequence[int], cl
 
 
 def find_due_tasks(
-    cur, table: QuotedTable, task_types: Sequence[str], limit: int, queue_name: str
+    cur, table: QuotedTable, task_types: Sequence[str], limit: int, queue_name: str, order: str = CLAIM_ORDER
 ) -> list[dict]:
     """Candidates for the conditional-UPDATE claim (servers without SKIP LOCKED)."""
     cur.execute(
         f"SELECT {CLAIM_COLUMNS} FROM {checked(table)} WHERE {DUE}{NOT_PAUSED}"
-        "ORDER BY schedule_time, id LIMIT %(limit)s",
+        f"ORDER BY {_order(order)} LIMIT %(limit)s",
         {"types": tuple(task_types), "limit": limit, "queue": queue_name},
     )
     return list(cur.fetchall())
+
+
+def _order(order: str) -> str:
+    # Only the two constants above ever reach the statement.
+    if order not in (CLAIM_ORDER, PRIORITY_CLAIM_ORDER):
+        raise ValueError(f"not a claim order: {order!r}")
+    return order
 
 
 def seconds_until_next_due(
@@ -302,16 +379,20 @@ def lock_due_candidates(
     task_types: Sequence[str],
     limit: int,
     *,
+    order: str = CLAIM_ORDER,
     with_key: bool = False,
-    after: tuple[Any, int] | None = None,
+    after: dict[str, Any] | None = None,
     skip_locked: bool = True,
 ) -> list[dict]:
-    """Due tasks in claim order, locked (SKIP LOCKED), optionally after a
-    (schedule_time, id) position: a capped key's tasks are stepped over and
-    the next batch read from where the last one ended. Each row carries the
-    statement's clock (claimed_at, and claimed_utc for the rate window): read
-    after the limits were counted, so a start never predates its count."""
-    key = ", concurrency_key" if with_key else ""
+    """Due tasks in claim order, locked (SKIP LOCKED), optionally after the
+    position of a row of the previous batch (`after`): a capped key's tasks
+    are stepped over and the next batch read from where the last one ended.
+    Each row carries the statement's clock (claimed_at, and claimed_utc for
+    the rate window): read after the limits were counted, so a start never
+    predates its count."""
+    extra = (", concurrency_key" if with_key else "") + (
+        ", priority" if order == PRIORITY_CLAIM_ORDER else ""
+    )
     # Without SKIP LOCKED (older servers) plain FOR UPDATE: the queue's lock
     # already keeps its other claims out, so only short locks are waited on.
     lock = "FOR UPDATE SKIP LOCKED" if skip_locked else "FOR UPDATE"
@@ -319,11 +400,13 @@ def lock_due_candidates(
     position = ""
     if after is not None:
         position = "AND (schedule_time > %(at)s OR (schedule_time = %(at)s AND id > %(id)s)) "
-        args.update(at=after[0], id=after[1])
+        if order == PRIORITY_CLAIM_ORDER:
+            position = f"AND (priority > %(pri)s OR (priority = %(pri)s {position[4:-1]})) "
+        args.update(at=after["schedule_time"], id=after["id"], pri=after.get("priority"))
     cur.execute(
-        f"SELECT {CLAIM_COLUMNS}{key}, NOW(3) AS claimed_at, UTC_TIMESTAMP(3) AS claimed_utc "
+        f"SELECT {CLAIM_COLUMNS}{extra}, NOW(3) AS claimed_at, UTC_TIMESTAMP(3) AS claimed_utc "
         f"FROM {checked(table)} WHERE {DUE}{position}"
-        f"ORDER BY schedule_time, id LIMIT %(limit)s {lock}",
+        f"ORDER BY {_order(order)} LIMIT %(limit)s {lock}",
         args,
     )
     return list(cur.fetchall())

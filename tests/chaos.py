@@ -25,6 +25,12 @@ applies faults, one every few seconds, picked by the seed:
 - dbcrash (with --own-mariadb only): SIGKILL the database server itself and
   restart it on the same datadir 0.5 to 5 s later.
 
+The open2 queue's table has the optional columns priority and dedupe_key,
+and its tasks go in through geventq.Client (enqueue_many, straight to the
+database, waking the servers over HTTP): each with a priority, one in five
+with a dedupe_key from a small pool, so keys clash while their holder is
+pending or running (the checker's dedupe_once).
+
 `--cpu-hog N` runs N busy loops (`python -c 'while 1: pass'`, at the same
 priority as everything else) for the whole soak, so every timing assumption
 is tried on a machine with no idle core. `--own-mariadb` puts the task tables
@@ -66,7 +72,8 @@ from pathlib import Path
 
 import pymysql
 
-from geventq import Status
+from geventq import Client, Status, admin_store
+from geventq.errors import DatabaseUnavailable
 from tests.faultproxy import FaultProxy
 from tests.invariants import check, log_fault, prepare
 from tests.ownmariadb import OwnMariaDB
@@ -109,7 +116,10 @@ FAULT_WEIGHTS = {
 DBCRASH_WEIGHT = 2
 # The soak's own statements while its database is being crashed: tried again this much later.
 RETRY_WHILE_DATABASE_DOWN = 0.5
-DATABASE_DOWN = (pymysql.err.OperationalError, pymysql.err.InterfaceError)
+DATABASE_DOWN = (pymysql.err.OperationalError, pymysql.err.InterfaceError, DatabaseUnavailable)
+# The table whose tasks go in through geventq.Client, with priority and dedupe_key.
+CLIENT_TABLE, CLIENT_QUEUE = "chaos_open2", "open2"
+DEDUPE_SHARE, DEDUPE_KEYS = 0.2, 50
 PROGRESS_EVERY = 5.0
 # The drain after the faults: it fails only when no task has ended for this
 # long (a stall), or past a hard cap. A fixed deadline would assert a moment:
@@ -137,7 +147,7 @@ def task_mix(rng: random.Random) -> tuple[dict, int]:
     return {"kind": "timeout", "seconds": 30}, 1
 
 
-def insert_tasks(db: TestDatabase, rng: random.Random, count: int) -> int:
+def insert_tasks(db: TestDatabase, rng: random.Random, count: int, client: Client | None = None) -> int:
     per_table: dict[str, list] = {table: [] for table, _ in TABLE_SHARE}
     for _ in range(count):
         roll, table = rng.random(), TABLE_SHARE[-1][0]
@@ -148,6 +158,8 @@ def insert_tasks(db: TestDatabase, rng: random.Random, count: int) -> int:
             roll -= share
         params, max_retries = task_mix(rng)
         per_table[table].append(("chaos", json.dumps(params), max_retries))
+    if client is not None:
+        client.enqueue_many(CLIENT_QUEUE, [client_task(rng, *row) for row in per_table.pop(CLIENT_TABLE)])
     with db.connect() as conn, conn.cursor() as cur:
         for table, rows in per_table.items():
             for start in range(0, len(rows), 2000):
@@ -156,6 +168,27 @@ def insert_tasks(db: TestDatabase, rng: random.Random, count: int) -> int:
                     rows[start : start + 2000],
                 )
     return count
+
+
+def client_task(rng: random.Random, task_type: str, params: str, max_retries: int) -> dict:
+    task = {
+        "task_type": task_type,
+        "params": params,
+        "max_retries": max_retries,
+        "priority": rng.randint(0, 9),
+    }
+    if rng.random() < DEDUPE_SHARE:
+        task["dedupe_key"] = f"k{rng.randrange(DEDUPE_KEYS)}"
+    return task
+
+
+def add_optional_columns(db: TestDatabase, table: str) -> None:
+    """priority and dedupe_key, as queue/create makes them (admin_store.OPTIONAL_TASK_DDL)."""
+    lines = [line for column in ("priority", "dedupe_key") for line in admin_store.OPTIONAL_TASK_DDL[column]]
+    db.execute(
+        f"ALTER TABLE `{table}` "
+        + ", ".join(("ADD " if "KEY" in line.split()[:2] else "ADD COLUMN ") + line for line in lines)
+    )
 
 
 # --- one server: its proxy and its executor process ------------------------------
@@ -229,6 +262,7 @@ class Chaos:
         self.inserted = 0
         self.started = 0.0
         self.stopping_faults = False
+        self.client: Client | None = None
 
     # -- scheduling --
     def at(self, delay: float, action: Callable[[], None]) -> None:
@@ -294,6 +328,8 @@ class Chaos:
                 f"INSERT INTO schedules ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",
                 tuple(columns.values()),
             )
+        add_optional_columns(self.db, CLIENT_TABLE)
+        self.client = Client(port=self.db.port, database=self.db.name, pool_size=4)
         for server_id in SERVERS:
             self.servers[server_id] = Server(server_id, self.db, self.workdir)
         for server in self.servers.values():
@@ -307,7 +343,7 @@ class Chaos:
         duration = self.minutes * 60
         total = self.tasks
         first = total * 3 // 10
-        self.inserted += insert_tasks(self.db, self.rng, first)
+        self.inserted += insert_tasks(self.db, self.rng, first, self.client)
         self.say(
             f"seed {self.seed}: {first} tasks inserted, {total - first} more over the next "
             f"{duration * 0.85:.0f}s; faults until {duration:.0f}s"
@@ -326,7 +362,7 @@ class Chaos:
             self.at(1.0 + wave * over / waves, lambda count=count: self.insert(count))
 
     def insert(self, count: int) -> None:
-        self.inserted += insert_tasks(self.db, self.rng, count)
+        self.inserted += insert_tasks(self.db, self.rng, count, self.client)
 
     def progress(self) -> None:
         counts = Counter()
@@ -568,6 +604,8 @@ class Chaos:
         return codes
 
     def cleanup(self) -> None:
+        if self.client is not None:
+            self.client.close()
         for server in self.servers.values():
             if server.process is not None:
                 server.process.stop()

@@ -41,6 +41,10 @@ The invariants:
   ended, so any later run of the task is an overlap.
 - in_order: runs of one task start in retry_count order: a stale attempt
   never starts after a newer one.
+- dedupe_once: in a table with a dedupe_key column, runs of two different
+  tasks with the same key never overlap: while one task holds the key
+  (pending or running) no other is created with it, so the next one's runs
+  begin after the first one's last run ended.
 
 And for recurring tasks (the `schedules` and `schedule_fires` tables):
 
@@ -182,7 +186,13 @@ def check(conn, tables: list[str], records=None) -> Report:
         tasks = []
         for table in tables:
             cur.execute(
-                f"SELECT id, task_type, task_params, status, retry_count, max_retries, error_msg "
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() "
+                "AND table_name = %s AND column_name = 'dedupe_key'",
+                (table,),
+            )
+            dedupe = "dedupe_key" if cur.fetchone() else "NULL AS dedupe_key"
+            cur.execute(
+                f"SELECT id, task_type, task_params, status, retry_count, max_retries, error_msg, {dedupe} "
                 f"FROM `{table}`"
             )
             tasks.extend({**row, "table": table} for row in cur.fetchall())
@@ -190,6 +200,7 @@ def check(conn, tables: list[str], records=None) -> Report:
     checker = _Checker(died_at)
     for task in tasks:
         checker.check_task(task, runs_by_task.get((task["table"], task["id"]), []))
+    checker.check_dedupe(tasks, runs_by_task)
     by_status: dict[str, Counter] = {}
     for task in tasks:
         by_status.setdefault(task["table"], Counter())[STATUS.get(task["status"], task["status"])] += 1
@@ -206,7 +217,15 @@ def check(conn, tables: list[str], records=None) -> Report:
 
 
 class _Checker:
-    NAMES = ("terminal", "none_running", "retry_count", "attempt_once", "no_overlap", "in_order")
+    NAMES = (
+        "terminal",
+        "none_running",
+        "retry_count",
+        "attempt_once",
+        "no_overlap",
+        "in_order",
+        "dedupe_once",
+    )
 
     def __init__(self, died_at: dict[int, datetime]):
         self.died_at = died_at
@@ -253,6 +272,34 @@ class _Checker:
                 self.flag("no_overlap", task, "two runs at once", [longest, later])
             if later["retry_count"] < earlier["retry_count"]:
                 self.flag("in_order", task, "an older attempt started after a newer one", [earlier, later])
+
+    def check_dedupe(self, tasks: list[dict], runs_by_task: dict[tuple[str, int], list[dict]]) -> None:
+        """Runs of different tasks sharing a dedupe_key never overlap."""
+        holders: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for task in tasks:
+            if task.get("dedupe_key") is not None:
+                holders[(task["table"], task["dedupe_key"])].append(task)
+        for same_key in holders.values():
+            if len(same_key) < 2:
+                continue
+            runs = sorted(
+                (
+                    (run, task)
+                    for task in same_key
+                    for run in runs_by_task.get((task["table"], task["id"]), [])
+                    if run.get("began", 1)
+                ),
+                key=lambda pair: pair[0]["started_at"],
+            )
+            latest = None  # (end, run, task) of the run that ends last so far
+            for run, task in runs:
+                if latest is not None and latest[2]["id"] != task["id"] and latest[0] > run["started_at"]:
+                    key = task["dedupe_key"]
+                    why = f"tasks {latest[2]['id']} and {task['id']} share dedupe_key {key!r} and ran at once"
+                    self.flag("dedupe_once", task, why, [latest[1], run])
+                end = self.end_of(run)
+                if latest is None or end > latest[0]:
+                    latest = (end, run, task)
 
     def check_attempts(self, task: dict, runs: list[dict]) -> None:
         by_attempt: dict[int, list[dict]] = defaultdict(list)

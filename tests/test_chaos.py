@@ -182,3 +182,14 @@ def test_checker_catches_a_second_task_for_a_fire_and_a_gap(tables):
     # a fire written before its time
     fire(db, sid, "2030-01-01 10:10:00", -2)
     assert broken(db) == {"one_task_per_fire": 2, "no_fire_gap": 2}
+
+
+def test_checker_catches_two_tasks_with_one_dedupe_key_running_at_once(tables):
+    db = tables
+    db.execute("ALTER TABLE t ADD COLUMN dedupe_key VARCHAR(191) NULL")
+    first, second, later = task(db, DONE, 0), task(db, DONE, 0), task(db, DONE, 0)
+    db.execute("UPDATE t SET dedupe_key = 'k' WHERE id IN (%s, %s, %s)", (first, second, later))
+    run(db, first, 0, 0, 5)
+    run(db, second, 0, 3, 4)  # started while the first still ran: a broken dedupe
+    run(db, later, 0, 6, 7)  # after both ended: fine
+    assert broken(db) == {"dedupe_once": 1}

@@ -19,6 +19,8 @@ W4_RATIO = 0.90
 W5_GROWTH_MB = 20.0
 STATEMENTS_PER_TASK = 0.25
 W9_CREATED_MS = 1000.0  # issue 10: a task exists within 1 s of its fire time
+W10_ENQUEUE_MANY_RATIO = 0.80
+W10_PICKUP_P99_MS = 50.0
 
 
 @dataclass
@@ -85,6 +87,7 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w5_rows(results, ceiling)
     rows += _w6_rows(results, ceiling)
     rows += _w9_rows(results)
+    rows += _w10_rows(results)
     return rows
 
 
@@ -228,6 +231,48 @@ def _w3_rows(results: dict) -> list[Row]:
         met = None if p99 is None else p99 <= limit and not entry.get("never_picked_up")
         rows.append(Row(label, "p50/p95/p99 ms", value, target=f"p99 ≤ {limit:g} ms", verdict=_verdict(met)))
     return rows
+
+
+def _w10_rows(results: dict) -> list[Row]:
+    skipped = _skipped(results, "W10", "W10 Client")
+    if skipped:
+        return skipped
+    many = get(results, "W10", "enqueue_many") or {}
+    ratio = many.get("ratio")
+    single = get(results, "W10", "enqueue") or {}
+    pickup = get(results, "W10", "pickup") or {}
+    p99 = pickup.get("p99_ms")
+    value = "/".join(_num(pickup.get(k), ".1f") for k in ("p50_ms", "p95_ms", "p99_ms"))
+    if pickup.get("never_picked_up"):
+        value += f" ({pickup['never_picked_up']} never ran)"
+    tasks = _num(get(results, "W10", "tasks"))
+    return [
+        Row(
+            "W10 raw INSERT ceiling", f"tasks/s, {tasks} tasks", _num(many.get("ceiling_tasks_per_s")), "1.00"
+        ),
+        Row(
+            "W10 Client.enqueue_many",
+            f"tasks/s, {tasks} tasks",
+            _num(many.get("client_tasks_per_s")),
+            _num(ratio, ".2f"),
+            f"≥ {W10_ENQUEUE_MANY_RATIO:.2f} × raw INSERT",
+            _verdict(None if ratio is None else ratio >= W10_ENQUEUE_MANY_RATIO),
+        ),
+        Row(
+            "W10 Client.enqueue",
+            "p50/p99 ms per call",
+            f"{_num(single.get('p50_ms'), '.2f')}/{_num(single.get('p99_ms'), '.2f')}",
+        ),
+        Row(
+            "W10 Client pickup, scan 5 s",
+            "p50/p95/p99 ms",
+            value,
+            target=f"p99 ≤ {W10_PICKUP_P99_MS:g} ms",
+            verdict=_verdict(
+                None if p99 is None else p99 <= W10_PICKUP_P99_MS and not pickup.get("never_picked_up")
+            ),
+        ),
+    ]
 
 
 def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:

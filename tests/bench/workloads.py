@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.bench import profile
 from tests.bench.benchdb import BenchDB, ident
+from tests.bench.client_bench import w10
 from tests.bench.procs import (
     REPO,
     Executor,
@@ -54,7 +55,9 @@ class Sizes:
     w9_seconds: float = 30.0
     sleep: float = 0.2
     settle_s: float = 3.0  # pause before each workload
-    repeats: int = 3  # runs of W1, W2, W4, W6 and of the ceiling loop; the median is reported
+    repeats: int = 3  # runs of W1, W2, W4, W6, W10's inserts and of the ceiling loop; the median is reported
+    w10_tasks: int = 100_000  # Client.enqueue_many against a raw multi-row INSERT
+    w10_single: int = 1_000  # single Client.enqueue calls timed
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -67,6 +70,8 @@ class Sizes:
             w9_seconds=6.0,
             settle_s=0.5,
             repeats=1,
+            w10_tasks=10_000,
+            w10_single=200,
         )
 
 
@@ -862,4 +867,5 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W5": w5,
     "W6": w6,
     "W9": w9,
+    "W10": w10,
 }

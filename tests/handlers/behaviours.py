@@ -131,3 +131,14 @@ def scheduled(ctx):
     if seconds:
         gevent.sleep(seconds)
     _finished(ctx, execution)
+
+
+@task_handler("follow_up")
+def follow_up(ctx):
+    """Enqueues params.count tasks of params.type into params.queue with ctx.enqueue."""
+    options = {key: ctx.params[key] for key in ("priority", "dedupe_key", "delay") if key in ctx.params}
+    for _ in range(int(ctx.params.get("count", 1))):
+        task_id = ctx.enqueue(
+            ctx.params["queue"], ctx.params.get("type", "record"), {"from": ctx.task_id}, **options
+        )
+        ctx.log.info("enqueued follow-up {} (duplicate: {})", task_id, task_id.duplicate)
