@@ -120,6 +120,21 @@ class Outcome(NamedTuple):
 DONE = Outcome(OutcomeKind.DONE)
 
 
+class CancelFlag:
+    """Raised once when the attempt's cancel is requested and never lowered:
+    a run_in_thread loop that checks ctx.cancel_requested() after its greenlet
+    was stopped (and the outcome written) must still see it. A plain bool
+    attribute, so a native thread can read it without touching the hub."""
+
+    __slots__ = ("requested",)
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
 class ClaimedAttempts:
     """The attempts this server claimed whose outcome is not written yet."""
 
@@ -127,7 +142,7 @@ class ClaimedAttempts:
         self._held: dict[tuple[str, int], Attempt] = {}
         # The greenlets whose handler is running now, by attempt key: what a
         # cancel request stops.
-        self._handlers: dict[tuple[str, int], Greenlet] = {}
+        self._handlers: dict[tuple[str, int], tuple[Greenlet, CancelFlag]] = {}
         self._cancel_requested: set[tuple[str, int]] = set()
         self._ended: set[tuple[str, int]] = set()  # handler returned, outcome not written yet
 
@@ -156,8 +171,12 @@ class ClaimedAttempts:
 
     # --- running handlers, and cancelling them ---------------------------------
 
-    def handler_started(self, attempt: Attempt, greenlet: Greenlet) -> None:
-        self._handlers[attempt.key] = greenlet
+    def handler_started(self, attempt: Attempt, greenlet: Greenlet) -> CancelFlag:
+        """The handler runs on `greenlet`; the flag it gets is what
+        ctx.cancel_requested() reads."""
+        flag = CancelFlag()
+        self._handlers[attempt.key] = (greenlet, flag)
+        return flag
 
     def handler_ended(self, attempt: Attempt) -> None:
         """From here on the attempt's outcome stands: a cancel no longer stops it."""
@@ -176,17 +195,16 @@ class ClaimedAttempts:
         attempt = self._held.get(key)
         if attempt is None or attempt.retry_count != retry_count:
             return "not_held"
-        greenlet = self._handlers.get(key)
-        if greenlet is None:
+        running = self._handlers.get(key)
+        if running is None:
             return "finished" if key in self._ended else "not_started"
         if key in self._cancel_requested:
             return "already_stopping"
+        greenlet, flag = running
         self._cancel_requested.add(key)
+        flag.requested = True
         greenlet.kill(exception, block=False)
         return "stopping"
-
-    def cancel_requested(self, attempt: Attempt) -> bool:
-        return attempt.key in self._cancel_requested
 
     def unfinished(self) -> list[Attempt]:
         """What shutdown hands back: claimed here, no outcome written."""

@@ -62,10 +62,10 @@ def queues(client: Client, args: argparse.Namespace, out: TextIO) -> int:
 def schedules(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     rows = client.schedules()
     if rows is None:
-        # The hook for the schedules feature: its table is all this command needs.
+        # A database no executor has started on yet: the CLI never creates tables.
         print(
             "geventq schedules: this database has no schedules table yet "
-            "(schedules arrive with the release that adds recurring tasks)",
+            "(an executor creates it at start-up: run `geventq run` once against this database)",
             file=err,
         )
         return DATABASE_FAILED

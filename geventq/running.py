@@ -12,7 +12,7 @@ import gevent
 import ujson
 from loguru import logger
 
-from geventq.attempts import DONE, Attempt, ClaimedAttempts, Listeners, Outcome
+from geventq.attempts import DONE, Attempt, CancelFlag, ClaimedAttempts, Listeners, Outcome
 from geventq.config import Config
 from geventq.db import Database
 from geventq.errors import LeaseLost, PermanentFailure, RateLimited, TaskCancelled
@@ -58,14 +58,14 @@ class AttemptRunner:
         shutdown stops the handler with an exception that goes on up: then
         nothing is recorded here."""
         log_id, job_logs = attempt.log_id, self.job_logs
-        self.claimed.handler_started(attempt, gevent.getcurrent())
+        cancel_flag = self.claimed.handler_started(attempt, gevent.getcurrent())
         try:
             job_logs.begin(
                 log_id,
                 f"start {attempt.task_type} attempt {attempt.retry_count + 1}"
                 f"/{attempt.max_retries + 1} on {self.server_id} (queue {attempt.queue_name})",
             )
-            outcome = self._execute(attempt, task_timeout)
+            outcome = self._execute(attempt, task_timeout, cancel_flag)
             self.claimed.handler_ended(attempt)  # no switch since the handler returned: it stands
         except TaskCancelled:
             self.claimed.handler_ended(attempt)
@@ -90,13 +90,13 @@ class AttemptRunner:
         self.listeners.finished(attempt, outcome, attempt.seconds_running())
         return outcome
 
-    def _execute(self, attempt: Attempt, task_timeout: float) -> Outcome:
+    def _execute(self, attempt: Attempt, task_timeout: float, cancel_flag: CancelFlag) -> Outcome:
         """Run the handler; the outcome to record (always writes the last job log line)."""
         timeout = gevent.Timeout(task_timeout) if task_timeout > 0 else None
         try:
             if timeout is not None:
                 timeout.start()
-            self._call_handler(attempt)
+            self._call_handler(attempt, cancel_flag)
         except gevent.Timeout as fired:
             if fired is not timeout:
                 raise
@@ -113,7 +113,7 @@ class AttemptRunner:
         self.job_logs.line(attempt.log_id, "INFO", f"done in {attempt.seconds_running():.3f}s")
         return DONE
 
-    def _call_handler(self, attempt: Attempt) -> None:
+    def _call_handler(self, attempt: Attempt, cancel_flag: CancelFlag) -> None:
         handler = self.handlers.get(attempt.task_type)
         if handler is None:
             raise PermanentFailure(f"no handler for task type {attempt.task_type!r} on {self.server_id}")
@@ -137,7 +137,7 @@ class AttemptRunner:
                 created_at=attempt.created_at,
                 server_id=self.server_id,
                 started_at=attempt.claimed_at,
-                cancel_check=lambda: self.claimed.cancel_requested(attempt),
+                cancel_check=cancel_flag,
                 log_id=attempt.log_id,
                 log=logger.bind(log_id=attempt.log_id),
                 config=self.config,

@@ -68,7 +68,7 @@ def test_enqueue_list_get_cancel_retry(config, db):
         and "no task with id 99" in cancel.stderr
     )
     again = geventq(config, "tasks", "cancel", "q", "1")
-    assert again.returncode == 4 and "is cancelled; only pending tasks can be cancelled" in again.stderr
+    assert again.returncode == 4 and "is cancelled; there is nothing to cancel" in again.stderr
     # and retried by id
     retry = geventq(config, "tasks", "retry", "q", "1")
     assert retry.returncode == 0 and db.task("q_tasks", 1)["status"] == PENDING
@@ -139,18 +139,14 @@ def test_queues_status_and_schedules(config, db):
         timeout=60,
     )
     assert before.returncode == 0 and json.loads(before.stdout)
-    # schedules: a clear message until the table exists, then its rows
-    missing = geventq(config, "schedules")
-    assert missing.returncode == 1 and "no schedules table" in missing.stderr
-    db.execute(
-        "CREATE TABLE schedules (id INT PRIMARY KEY AUTO_INCREMENT, name VARCHAR(100), "
-        "queue_name VARCHAR(100), task_type VARCHAR(50), cron VARCHAR(100) NULL, "
-        "interval_seconds INT NULL, timezone VARCHAR(64), "
-        "status TINYINT, next_fire_at DATETIME(3) NULL, last_fire_at DATETIME(3) NULL)"
-    )
+    # schedules: the rows of the schedules table, one added by plain SQL among them
     db.execute(
         "INSERT INTO schedules (name, queue_name, task_type, cron, timezone, status) "
         "VALUES ('nightly', 'q', 'report', '0 3 * * *', 'Europe/Paris', 1)"
     )
     listed = geventq(config, "schedules")
     assert listed.returncode == 0 and "nightly" in listed.stdout and "0 3 * * *" in listed.stdout
+    # ... and a clear message, exit 1, on a database no executor has set up yet
+    db.execute("DROP TABLE schedule_fires, schedules")
+    missing = geventq(config, "schedules")
+    assert missing.returncode == 1 and "no schedules table" in missing.stderr

@@ -84,7 +84,7 @@ def test_cancel_and_retry(client, db):
     task_id = client.enqueue("q", "record")
     # When it is cancelled, then retried
     assert client.cancel("q", task_id)["status"] == CANCELLED
-    with pytest.raises(TaskStateError, match=r"^id: task \d+ is cancelled; only pending"):
+    with pytest.raises(TaskStateError, match=r"^id: task \d+ is cancelled; there is nothing to cancel"):
         client.cancel("q", task_id)
     retried = client.retry("q", task_id)
     # Then it is pending again, due now, with a fresh retry budget

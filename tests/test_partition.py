@@ -197,10 +197,15 @@ class _Claimer:
     def __init__(self, claim):
         self._claim = claim
 
-    def claim(self, table, limit, queue_name, limits, *, has_key_column=False):
+    def claim(self, table, limit, queue_name, limits, *, order=None, has_key_column=False):
         from geventq.claims import ClaimResult
 
         return ClaimResult(self._claim(table, limit))
+
+    def table_features(self, table_name):
+        from geventq.store import TaskTableFeatures
+
+        return TaskTableFeatures()
 
     def seconds_until_next_due(self, table, queue_name):
         from geventq.errors import DatabaseUnavailable

@@ -37,7 +37,9 @@ def explain_claim(db, table: str, order: str) -> dict:
             return []
 
     cursor = Recording()
-    store.claim_due_tasks_skip_locked(cursor, quote_table(table, None), "s", ("record",), 50, order)
+    store.claim_due_tasks_skip_locked(
+        cursor, quote_table(table, None), "s", ("record",), 50, queue_name="prio", order=order
+    )
     sql, args = cursor.statements[0]
     return db.query("EXPLAIN " + sql, args)[0]
 

@@ -142,3 +142,22 @@ def follow_up(ctx):
             ctx.params["queue"], ctx.params.get("type", "record"), {"from": ctx.task_id}, **options
         )
         ctx.log.info("enqueued follow-up {} (duplicate: {})", task_id, task_id.duplicate)
+
+
+@task_handler("spin_until_cancelled")
+def spin_until_cancelled(ctx):
+    """CPU work on a native thread that checks ctx.cancel_requested() between
+    slices of work, and appends "stopped <task_id>" to params.file when it
+    sees the cancel (the thread cannot be interrupted from outside)."""
+
+    def spin() -> None:
+        deadline = time.monotonic() + float(ctx.params.get("seconds", 60))
+        while time.monotonic() < deadline:
+            sum(range(10_000))
+            if ctx.cancel_requested():
+                with open(ctx.params["file"], "a") as out:
+                    out.write(f"stopped {ctx.task_id}\n")
+                return
+
+    _started(ctx)
+    ctx.run_in_thread(spin)
