@@ -20,10 +20,20 @@ applies faults, one every few seconds, picked by the seed:
 - resize: a queue's max_workers to 1..60 for 3 to 8 s;
 - disable: a queue off for 1 to 5 s, then on again;
 - cancel: cancel up to 20 pending tasks, as the admin API would;
+- cancel_running: cancel up to 5 running tasks of one table through a live
+  server's admin API (`POST /admin/task/cancel`), whichever server runs them;
+- limits: lower the limited queue's global_max_workers (1 to 5) and
+  rate_limit (5 to 30 per 2 s) for 2 to 6 s, then restore them;
 - schedule_run: run a schedule now through a live server's admin API
   (`POST /admin/schedule/run`), while the servers fire it;
 - dbcrash (with --own-mariadb only): SIGKILL the database server itself and
   restart it on the same datadir 0.5 to 5 s later.
+
+The `limited` queue (5 % of the tasks, open to all three servers with 10
+workers each) has cluster-wide limits: global_max_workers 6, key_max_workers 2
+over 8 concurrency keys, rate_limit 60 per 2 s; the checker's global_cap,
+key_cap and rate_limit hold its runs to them, and cancel_final holds every run
+a cancel stopped to a task that ended cancelled and never ran again.
 
 The open2 queue's table has the optional columns priority and dedupe_key,
 and its tasks go in through geventq.Client (enqueue_many, straight to the
@@ -86,7 +96,13 @@ QUEUES = {
     "open2": ("chaos_open2", "", 40, 5),
     "pinned": ("chaos_pinned", "s1", 20, 5),
     "sched": ("chaos_sched", "", 20, 5),  # only the schedules below put tasks here
+    "limited": ("chaos_limited", "", 10, 5),  # with LIMITS below, across the cluster
 }
+# The limited queue's cluster-wide limits (the invariants global_cap, key_cap
+# and rate_limit check the runs against them): 30 servers' worth of slots
+# capped at 6, at most 2 per concurrency_key, 60 claims in any 2 s.
+LIMITS = {"global_max_workers": 6, "key_max_workers": 2, "rate_limit": 60, "rate_period": 2}
+LIMITED_TABLE, LIMITED_KEYS = "chaos_limited", 8
 # name -> the schedules row's columns
 SCHEDULES = {
     "chaos_tick": {"interval_seconds": 1, "task_params": '{"kind": "fast"}'},
@@ -97,7 +113,7 @@ SCHEDULES = {
         "task_params": '{"kind": "slow", "seconds": 3}',
     },
 }
-TABLE_SHARE = (("chaos_open1", 0.4), ("chaos_open2", 0.4), ("chaos_pinned", 0.2))
+TABLE_SHARE = (("chaos_open1", 0.38), ("chaos_open2", 0.38), ("chaos_pinned", 0.19), ("chaos_limited", 0.05))
 HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
 SHUTDOWN_TIMEOUT = 3
 FAULT_WEIGHTS = {
@@ -110,6 +126,8 @@ FAULT_WEIGHTS = {
     "resize": 2,
     "disable": 2,
     "cancel": 1,
+    "cancel_running": 2,
+    "limits": 1,
     "schedule_run": 1,
 }
 # Only when the soak has a database server of its own to crash.
@@ -157,15 +175,21 @@ def insert_tasks(db: TestDatabase, rng: random.Random, count: int, client: Clien
                 break
             roll -= share
         params, max_retries = task_mix(rng)
-        per_table[table].append(("chaos", json.dumps(params), max_retries))
+        row = ("chaos", json.dumps(params), max_retries)
+        if table == LIMITED_TABLE:
+            row += (f"key{rng.randrange(LIMITED_KEYS)}",)
+        per_table[table].append(row)
     if client is not None:
         client.enqueue_many(CLIENT_QUEUE, [client_task(rng, *row) for row in per_table.pop(CLIENT_TABLE)])
     with db.connect() as conn, conn.cursor() as cur:
         for table, rows in per_table.items():
+            columns = "task_type, task_params, max_retries" + (
+                ", concurrency_key" if table == LIMITED_TABLE else ""
+            )
+            values = ", ".join(["%s"] * len(columns.split(",")))
             for start in range(0, len(rows), 2000):
                 cur.executemany(
-                    f"INSERT INTO `{table}` (task_type, task_params, max_retries) VALUES (%s, %s, %s)",
-                    rows[start : start + 2000],
+                    f"INSERT INTO `{table}` ({columns}) VALUES ({values})", rows[start : start + 2000]
                 )
     return count
 
@@ -320,7 +344,13 @@ class Chaos:
             cur.execute("DELETE FROM queue_configs")  # the sample queues: nothing to do here
         for name, (table, server_id, workers, timeout) in QUEUES.items():
             self.db.add_queue(
-                name, table, server_id=server_id, max_workers=workers, scan_interval=1, task_timeout=timeout
+                name,
+                table,
+                server_id=server_id,
+                max_workers=workers,
+                scan_interval=1,
+                task_timeout=timeout,
+                **(LIMITS if table == LIMITED_TABLE else {}),
             )
         for name, columns in SCHEDULES.items():
             columns = {"name": name, "queue_name": "sched", "task_type": "chaos", "max_retries": 5, **columns}
@@ -517,6 +547,41 @@ class Chaos:
         )
         self.fault("cancel", detail=f"{cancelled} in {table}")
 
+    def fault_cancel_running(self) -> None:
+        """Cancel up to 5 running tasks through a live server's admin API,
+        whichever server runs them (one cut off from the database among them:
+        then the request waits in task_cancels for it, or for its rescue)."""
+        healthy = self.healthy()
+        if not healthy:
+            return
+        server = self.rng.choice(healthy)
+        table = self.rng.choice([table for table, *_ in QUEUES.values()])
+        running = self.db.query(f"SELECT id FROM `{table}` WHERE status = {Status.RUNNING:d} LIMIT 5")
+        answers = Counter()
+        for row in running:
+            status, _ = http(
+                "POST",
+                f"{server.process.admin_url}/admin/task/cancel?table={table}&id={row['id']}",
+                timeout=5,
+            )
+            answers[status] += 1
+        detail = f"{table} via {server.server_id}: " + ", ".join(
+            f"{n}x{s}" for s, n in sorted(answers.items())
+        )
+        self.fault("cancel_running", server, detail)
+        self.say(f"cancel {len(running)} running tasks of {table} through {server.server_id} ({detail})")
+
+    def fault_limits(self) -> None:
+        """Lower the limited queue's limits for a while, then restore them:
+        running tasks are never stopped by it, and the checks hold the runs to
+        the restored (highest) values."""
+        cap, rate, seconds = self.rng.randint(1, 5), self.rng.randint(5, 30), self.rng.uniform(2.0, 6.0)
+        self.set_queue("limited", global_max_workers=cap, rate_limit=rate)
+        self.fault("limits", detail=f"global_max_workers={cap} rate_limit={rate} for {seconds:.1f}s")
+        self.say(f"limits of queue limited down to {cap} workers, {rate} per 2 s for {seconds:.1f}s")
+        restore = {key: LIMITS[key] for key in ("global_max_workers", "rate_limit")}
+        self.at(seconds, lambda: self.set_queue("limited", **restore))
+
     def fault_schedule_run(self) -> None:
         healthy = self.healthy()
         if not healthy:
@@ -558,8 +623,9 @@ class Chaos:
         for server in self.servers.values():
             # Before its signal handler is in, a SIGTERM would kill a starting executor outright.
             server.process.wait_online(30)
-        for name, (_, server_id, workers, _) in QUEUES.items():
-            self.set_queue(name, server_id=server_id, max_workers=workers, status=1)
+        for name, (table, server_id, workers, _) in QUEUES.items():
+            limits = LIMITS if table == LIMITED_TABLE else {}
+            self.set_queue(name, server_id=server_id, max_workers=workers, status=1, **limits)
         self.at(PROGRESS_EVERY, self.progress)
         drained = self.drain()
         self.events.clear()

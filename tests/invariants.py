@@ -59,6 +59,23 @@ And for recurring tasks (the `schedules` and `schedule_fires` tables):
   gap; and no fire was written before its time. Manual runs (recorded at the
   moment they were asked for, never a whole second) are left out.
 
+And for limits and cancellation (queue_configs' global_max_workers,
+key_max_workers with the table's concurrency_key, rate_limit/rate_period;
+task_cancels and the runs that ended `cancelled`):
+
+- global_cap: the runs of a queue's table, each from its claim (claimed_at,
+  the claim's own database clock) to its end, never overlap more than
+  global_max_workers deep. A run lies inside its row's running time (the row
+  is claimed before the handler starts, and the run ends before its outcome
+  is written or its process is seen dead, which is before any rescue), so
+  this is implied by the promise itself: running rows never exceed the cap.
+- key_cap: the same per concurrency_key, against key_max_workers.
+- rate_limit: no window of rate_period seconds holds more than rate_limit
+  claims (counted by claimed_at; every attempt counts, retries included).
+- cancel_final: a run that ended `cancelled` (its handler stopped by a
+  cancel request) belongs to a task that ended cancelled (4), and no run of
+  that task began after it.
+
 `python -m tests.invariants --database NAME [--tables a,b]` checks a
 database; it exits 1 and prints the offending rows when any invariant breaks.
 """
@@ -167,6 +184,31 @@ class Report:
 STATUS = {status: status.label for status in Status}
 
 
+def max_overlap(intervals) -> int:
+    """Largest number of (start, end) intervals open at one instant (one that
+    ends at the instant another starts does not overlap it)."""
+    events = sorted(
+        [(start, 1) for start, end in intervals] + [(end, -1) for start, end in intervals],
+        key=lambda event: (event[0], event[1]),
+    )
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def most_in_any_window(times, seconds: float) -> int:
+    """The most of `times` inside one window [t, t + seconds) (a start at the
+    window's end is the next window's)."""
+    times, most, first = sorted(times), 0, 0
+    for last, moment in enumerate(times):
+        while moment - times[first] >= timedelta(seconds=seconds):
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
 def check(conn, tables: list[str], records=None) -> Report:
     """Read everything once, check every invariant, count by fault. The runs
     and faults are read from `records` when given (a soak whose task tables
@@ -175,7 +217,7 @@ def check(conn, tables: list[str], records=None) -> Report:
         cur.execute("SELECT kind, pid, at FROM chaos_faults")
         faults = list(cur.fetchall())
         cur.execute(
-            "SELECT table_name, task_id, retry_count, server_id, pid, started_at, finished_at, "
+            "SELECT table_name, task_id, retry_count, server_id, pid, claimed_at, started_at, finished_at, "
             "ended, began FROM executions ORDER BY started_at, id"
         )
         runs_by_task: dict[tuple[str, int], list[dict]] = defaultdict(list)
@@ -205,7 +247,11 @@ def check(conn, tables: list[str], records=None) -> Report:
     for task in tasks:
         by_status.setdefault(task["table"], Counter())[STATUS.get(task["status"], task["status"])] += 1
     return Report(
-        results=[*checker.results.values(), *check_schedules(conn)],
+        results=[
+            *checker.results.values(),
+            *check_limits(conn, tasks, runs_by_task, checker.end_of),
+            *check_schedules(conn),
+        ],
         tasks_by_status=by_status,
         runs_by_end=Counter(run["ended"] or "(no finish: process died)" for run in all_runs),
         faults=Counter(row["kind"] for row in faults),
@@ -373,6 +419,84 @@ class _Checker:
         self.repeated_ok_runs += sum(
             1 for run in runs if run["ended"] == "ok" and run["retry_count"] < consumed
         )
+
+
+# --- limits and cancellation -----------------------------------------------------------
+
+LIMIT_COLUMNS = "table_name, global_max_workers, key_max_workers, rate_limit, rate_period"
+
+
+def check_limits(conn, tasks: list[dict], runs_by_task: dict, end_of) -> list[Result]:
+    results = {name: Result(name) for name in ("global_cap", "key_cap", "rate_limit", "cancel_final")}
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(
+            f"SELECT {LIMIT_COLUMNS} FROM queue_configs "
+            "WHERE global_max_workers > 0 OR key_max_workers > 0 OR rate_limit > 0"
+        )
+        limited = list(cur.fetchall())
+        keys = {}
+        for queue in limited:
+            if queue["key_max_workers"] > 0:
+                keys.update(_concurrency_keys(cur, queue["table_name"]))
+    for queue in limited:
+        table = queue["table_name"]
+        runs = [
+            run
+            for (run_table, _), task_runs in runs_by_task.items()
+            if run_table == table
+            for run in task_runs
+            if run["claimed_at"] is not None
+        ]
+        _check_caps(results, queue, runs, keys, end_of)
+        rate, period = queue["rate_limit"], queue["rate_period"]
+        if rate > 0:
+            most = most_in_any_window([run["claimed_at"] for run in runs], period)
+            if most > rate:
+                results["rate_limit"].violations.append(
+                    f"{table}: {most} claims in one window of {period} s, the limit is {rate}"
+                )
+    _check_cancel_final(results["cancel_final"], tasks, runs_by_task)
+    return list(results.values())
+
+
+def _concurrency_keys(cur, table: str) -> dict[tuple[str, int], str | None]:
+    cur.execute(f"SELECT id, concurrency_key FROM {_quoted(table)}")
+    return {(table, row["id"]): row["concurrency_key"] for row in cur.fetchall()}
+
+
+def _check_caps(results: dict[str, Result], queue: dict, runs: list[dict], keys: dict, end_of) -> None:
+    table, cap, key_cap = queue["table_name"], queue["global_max_workers"], queue["key_max_workers"]
+    spans = [(run["claimed_at"], end_of(run)) for run in runs]
+    if cap > 0 and (peak := max_overlap(spans)) > cap:
+        results["global_cap"].violations.append(f"{table}: {peak} runs at once, global_max_workers is {cap}")
+    if key_cap > 0:
+        by_key: dict[str, list] = defaultdict(list)
+        for run, span in zip(runs, spans, strict=True):
+            key = keys.get((table, run["task_id"]))
+            if key is not None:
+                by_key[key].append(span)
+        for key, key_spans in by_key.items():
+            if (peak := max_overlap(key_spans)) > key_cap:
+                results["key_cap"].violations.append(
+                    f"{table}: {peak} runs of key {key!r} at once, key_max_workers is {key_cap}"
+                )
+
+
+def _check_cancel_final(result: Result, tasks: list[dict], runs_by_task: dict) -> None:
+    status_of = {(task["table"], task["id"]): task["status"] for task in tasks}
+    for key, runs in runs_by_task.items():
+        stopped = [run for run in runs if run["ended"] == "cancelled"]
+        if not stopped:
+            continue
+        if status_of.get(key) != Status.CANCELLED:
+            result.violations.append(
+                f"{key}: a run stopped by a cancel, but the task ended {status_of.get(key)}"
+            )
+        later = [run for run in runs if run["started_at"] > stopped[0]["started_at"] and run.get("began", 1)]
+        if later:
+            result.violations.append(
+                f"{key}: ran again after a cancel stopped it: {[_brief(r) for r in later]}"
+            )
 
 
 # --- recurring tasks ------------------------------------------------------------------

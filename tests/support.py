@@ -52,19 +52,6 @@ def wait_for(
         time.sleep(interval)
 
 
-def max_overlap(intervals) -> int:
-    """Largest number of (start, end) intervals open at one instant."""
-    events = sorted(
-        [(start, 1) for start, end in intervals] + [(end, -1) for start, end in intervals],
-        key=lambda event: (event[0], event[1]),
-    )
-    running = peak = 0
-    for _, step in events:
-        running += step
-        peak = max(peak, running)
-    return peak
-
-
 def running_queue_on(db: TestDatabase, server_ids, queue_name: str) -> bool:
     """Every one of the servers reports the queue among those it runs."""
     rows = db.query("SELECT server_id, queues FROM servers")

@@ -8,7 +8,8 @@ import signal
 from datetime import timedelta
 
 from geventq import Status
-from tests.support import max_overlap, running_queue_on, wait_for
+from tests.invariants import max_overlap, most_in_any_window
+from tests.support import running_queue_on, wait_for
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 SERVERS = ("s1", "s2", "s3")
@@ -26,17 +27,6 @@ def start_servers(db, executors, queue: str, servers=SERVERS, **sections) -> dic
     started = {server: executors.start(server, **sections) for server in servers}
     wait_for(lambda: running_queue_on(db, servers, queue), message=f"{queue} running on {servers}")
     return started
-
-
-def most_in_any_window(times, seconds: float) -> int:
-    """The most of `times` inside one window [t, t + seconds) (a start at the
-    window's end is the next window's)."""
-    times, most, first = sorted(times), 0, 0
-    for last, moment in enumerate(times):
-        while moment - times[first] >= timedelta(seconds=seconds):
-            first += 1
-        most = max(most, last - first + 1)
-    return most
 
 
 def test_the_global_cap_holds_across_three_servers_and_is_what_limits(db, executors):

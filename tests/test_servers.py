@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from geventq import Status
-from tests.support import max_overlap, running_queue_on, wait_for
+from tests.invariants import max_overlap
+from tests.support import running_queue_on, wait_for
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
