@@ -59,13 +59,14 @@ def task(db, status, retry_count, max_retries=3, kind="fast", error_msg=None, **
 def run(db, task_id, retry_count, start, end, ended="ok", pid=100, server="s1"):
     finished = None if end is None else T0 + timedelta(seconds=end)
     db.execute(
-        "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, started_at, "
-        "finished_at, ended) VALUES ('t', %s, %s, %s, %s, %s, %s, %s)",
+        "INSERT INTO executions (table_name, task_id, retry_count, server_id, pid, claimed_at, started_at, "
+        "finished_at, ended) VALUES ('t', %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             task_id,
             retry_count,
             server,
             pid,
+            T0 + timedelta(seconds=start),
             T0 + timedelta(seconds=start),
             finished,
             ended if end is not None else None,
@@ -193,3 +194,40 @@ def test_checker_catches_two_tasks_with_one_dedupe_key_running_at_once(tables):
     run(db, second, 0, 3, 4)  # started while the first still ran: a broken dedupe
     run(db, later, 0, 6, 7)  # after both ended: fine
     assert broken(db) == {"dedupe_once": 1}
+
+
+def test_checker_catches_broken_limits_and_a_cancelled_task_that_ran_on(tables):
+    # Given queue t with at most 2 running, 1 per key, 3 claims in any 10 s
+    db = tables
+    db.execute("ALTER TABLE t ADD COLUMN concurrency_key VARCHAR(191) NULL")
+    db.execute(
+        "INSERT INTO queue_configs (queue_name, table_name, max_workers, global_max_workers, "
+        "key_max_workers, rate_limit, rate_period) VALUES ('t', 't', 10, 2, 1, 3, 10)"
+    )
+    ids = [task(db, DONE, 0) for _ in range(4)]
+    db.execute("UPDATE t SET concurrency_key = IF(id = %s, 'b', 'a')", (ids[3],))
+    # three at once (cap 2), two of key a at once (cap 1), four claims within 10 s (rate 3)
+    run(db, ids[0], 0, 0, 5)
+    run(db, ids[1], 0, 1, 5)
+    run(db, ids[3], 0, 2, 5)
+    run(db, ids[2], 0, 8, 9)  # alone: fine by the caps, the fourth claim in 10 s
+    # a run stopped by a cancel, whose task ran again and ended done
+    cancelled = task(db, DONE, 1)
+    run(db, cancelled, 0, 20, 21, "cancelled")
+    run(db, cancelled, 1, 22, 23)
+    assert broken(db) == {"global_cap": 1, "key_cap": 1, "rate_limit": 1, "cancel_final": 2}
+
+
+def test_checker_passes_limits_kept_and_a_cancel_that_stuck(tables):
+    db = tables
+    db.execute(
+        "INSERT INTO queue_configs (queue_name, table_name, max_workers, global_max_workers, "
+        "rate_limit, rate_period) VALUES ('t', 't', 10, 2, 3, 10)"
+    )
+    first, second, third = (task(db, DONE, 0) for _ in range(3))
+    run(db, first, 0, 0, 5)
+    run(db, second, 0, 1, 5)
+    run(db, third, 0, 5, 6)  # starts as the others end: two at most, three claims in 10 s
+    stopped = task(db, CANCELLED, 0)
+    run(db, stopped, 0, 11, 12, "cancelled")
+    assert broken(db) == {}

@@ -355,3 +355,40 @@ def open_dashboard(driver, base_url: str):
 
 def row_cell(row, field: str):
     return row.find_element("css selector", f'td[data-field="{field}"]')
+
+
+def test_dashboard_shows_limits_and_what_they_hold_back_and_stops_a_running_task(db, executors, browser):
+    # Given a queue capped at one running task across the cluster, with two
+    # hanging tasks: one runs, the other is held back by the cap
+    db.add_queue("api", "api_tasks", max_workers=5, global_max_workers=1, rate_limit=30, rate_period=60)
+    process = executors.start()
+    db.insert_tasks("api_tasks", "hang", 2)
+    wait_for(
+        lambda: db.status_counts("api_tasks") == {Status.RUNNING: 1, Status.PENDING: 1}, message="one runs"
+    )
+    running = db.scalar(f"SELECT id FROM api_tasks WHERE status = {Status.RUNNING:d}")
+
+    # When the dashboard is opened
+    driver = open_dashboard(browser, process.admin_url)
+
+    # Then the queue's row shows its limits and the task the cap held back
+    def limits_cell():
+        return row_cell(find(driver, 'tr[data-queue="api"]'), "limits").text
+
+    wait_for(lambda: "held 1 global" in stable(limits_cell), message="the held-back task")
+    assert stable(limits_cell).startswith("≤ 1 · 30/60s")
+
+    # When the running task is opened and stopped from the page
+    stable(lambda: row_cell(find(driver, 'tr[data-queue="api"]'), "queue_name").click())
+    stable(lambda: find(driver, f'#tasks-table tbody tr[data-task-id="{running}"]').click())
+    wait_text(driver, "#detail-status", "running")
+    assert text_of(driver, "#btn-cancel") == "Stop running task"
+    stable(lambda: find(driver, "#btn-cancel").click())
+
+    # Then the page says the cancel was requested, the task ends cancelled, and
+    # the held-back one starts in its slot
+    wait_text(driver, "#cancel-note", "Cancel requested: server-001")
+    wait_for(lambda: db.task("api_tasks", running)["status"] == Status.CANCELLED, message="stopped")
+    wait_for(lambda: db.status_counts("api_tasks").get(Status.RUNNING) == 1, message="the other one runs")
+    assert db.task("api_tasks", running)["status"] == Status.CANCELLED
+    assert severe_console_entries(driver) == []

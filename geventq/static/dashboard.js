@@ -480,6 +480,8 @@
     row.toggle = el('button', { type: 'button', role: 'switch', className: 'switch', dataset: { action: 'toggle-status' } },
       el('span', { className: 'switch-knob', 'aria-hidden': 'true' }), el('span', { className: 'switch-label' }));
     row.toggle.addEventListener('click', () => toggleQueue(row));
+    row.limits = el('span', { className: 'limits' });
+    row.held = el('span', { className: 'held' });
     row.counts = {};
     const countCells = STATUS_NAMES.map((s) => {
       const td = el('td', { className: `num count count-${s}`, dataset: { field: s } });
@@ -495,6 +497,7 @@
       el('td', { dataset: { field: 'max_workers' } }, row.workers.wrap),
       row.scan,
       el('td', { dataset: { field: 'status' } }, row.toggle),
+      el('td', { dataset: { field: 'limits' } }, row.limits, row.held),
       ...countCells,
       row.oldest,
       row.done5,
@@ -511,6 +514,26 @@
       if (q) selectQueue(q.queue_name);
     });
     return row;
+  }
+
+  // "≤ 6 · 60/2s · 2/key": the queue's limits across the cluster, or a dash.
+  function describeLimits(q) {
+    const parts = [];
+    if (Number(q.global_max_workers) > 0) parts.push(`≤ ${q.global_max_workers}`);
+    if (Number(q.rate_limit) > 0) parts.push(`${q.rate_limit}/${q.rate_period}s`);
+    if (Number(q.key_max_workers) > 0) parts.push(`${q.key_max_workers}/key`);
+    return parts.length ? parts.join(' · ') : '–';
+  }
+
+  // "held 12 global, 3 key" from the latest claim; "paused until …" after a RateLimited.
+  function describeHeld(held) {
+    if (!held) return '';
+    const parts = ['global', 'rate', 'key', 'paused']
+      .filter((reason) => Number(held[reason]) > 0)
+      .map((reason) => `${fmtInt(Number(held[reason]))} ${reason}`);
+    let text = parts.length ? `held ${parts.join(', ')}` : '';
+    if (held.paused_until) text += `${text ? '; ' : ''}paused until ${fmtTimeShort(held.paused_until)}`;
+    return text;
   }
 
   function updateQueueRow(row, q) {
@@ -537,6 +560,10 @@
     row.toggle.classList.toggle('on', enabled);
     row.toggle.title = enabled ? 'Enabled: click to disable' : 'Disabled: click to enable';
     setText(row.toggle.lastChild, enabled ? 'On' : 'Off');
+    setText(row.limits, describeLimits(q));
+    const held = describeHeld(q.held_back);
+    setText(row.held, held);
+    row.held.hidden = !held;
     const counts = q.counts || {};
     for (const s of STATUS_NAMES) {
       const n = Number(counts[s] || 0);
@@ -1232,7 +1259,9 @@
     setText($('#task-params'), typeof params === 'string' ? params : JSON.stringify(params, null, 2));
     const s = Number(task.status);
     $('#btn-retry').hidden = !(s === 3 || s === 4);
-    $('#btn-cancel').hidden = s !== 0;
+    // Pending: cancelled at once. Running: a cancel request its server acts on.
+    $('#btn-cancel').hidden = !(s === 0 || s === 1);
+    setText($('#btn-cancel'), s === 1 ? 'Stop running task' : 'Cancel task');
   }
 
   async function taskAction(kind) {
@@ -1241,7 +1270,13 @@
     const btn = kind === 'retry' ? $('#btn-retry') : $('#btn-cancel');
     btn.disabled = true;
     try {
-      const task = await api('POST', `admin/task/${kind}`, { table: d.table, id: d.id });
+      const answer = await api('POST', `admin/task/${kind}`, { table: d.table, id: d.id });
+      // A running task's cancel answers 202 {cancel_requested, server_id, task}.
+      const requested = answer && answer.cancel_requested === true;
+      const task = requested ? answer.task : answer;
+      const note = $('#cancel-note');
+      note.hidden = !requested;
+      if (requested) setText(note, `Cancel requested: ${answer.server_id} stops it within about a second.`);
       if (state.detail === d && task && typeof task === 'object' && task.id !== undefined) {
         d.task = task;
         renderDetail(task);

@@ -67,6 +67,9 @@ class Server:
     password: str = ""
 
 
+LIMIT_COLUMNS = {"global_max_workers", "rate_limit", "rate_period", "key_max_workers"}
+
+
 class BenchDB:
     """One persistent autocommit connection, every statement counted."""
 
@@ -170,13 +173,25 @@ class BenchDB:
         self.execute(f"CREATE TABLE {ident(name)} LIKE email_tasks")
 
     def add_queue(
-        self, queue: str, table: str, *, max_workers: int, scan_interval: int, server_id: str = ""
+        self,
+        queue: str,
+        table: str,
+        *,
+        max_workers: int,
+        scan_interval: int,
+        server_id: str = "",
+        limits: dict[str, int] | None = None,
     ) -> None:
+        """`limits`: queue_configs limit columns (global_max_workers, rate_limit, ...) and their values."""
         self.task_table(table)
+        limits = limits or {}
+        if set(limits) - LIMIT_COLUMNS:
+            raise ValueError(f"not limit columns: {sorted(set(limits) - LIMIT_COLUMNS)}")
+        columns = "".join(f", {column}" for column in limits)
         self.execute(
-            "INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, "
-            "scan_interval, status) VALUES (%s, %s, %s, %s, %s, 1)",
-            (queue, table, server_id, max_workers, scan_interval),
+            "INSERT INTO queue_configs (queue_name, table_name, server_id, max_workers, scan_interval, "
+            f"status{columns}) VALUES (%s, %s, %s, %s, %s, 1{', %s' * len(limits)})",
+            (queue, table, server_id, max_workers, scan_interval, *limits.values()),
         )
 
     # --- inserting ---------------------------------------------------------------

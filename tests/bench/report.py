@@ -21,6 +21,8 @@ STATEMENTS_PER_TASK = 0.25
 W9_CREATED_MS = 1000.0  # issue 10: a task exists within 1 s of its fire time
 W10_ENQUEUE_MANY_RATIO = 0.80
 W10_PICKUP_P99_MS = 50.0
+W11_RATIO = 0.80  # issue 11: a limit that never binds keeps >= 0.8 of W1
+W11_CANCEL_P99_MS = 1000.0  # DESIGN: a running task stops within about a second
 
 
 @dataclass
@@ -88,6 +90,7 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w6_rows(results, ceiling)
     rows += _w9_rows(results)
     rows += _w10_rows(results)
+    rows += _w11_rows(results, ceiling)
     return rows
 
 
@@ -273,6 +276,37 @@ def _w10_rows(results: dict) -> list[Row]:
             ),
         ),
     ]
+
+
+def _w11_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W11", "W11 limits")
+    if skipped:
+        return skipped
+    rows = []
+    for part, label in (("global", "global_max_workers 50"), ("rate", "rate_limit 10M/min")):
+        rate, ratio = get(results, "W11", part, "tasks_per_s"), get(results, "W11", part, "ratio_to_w1")
+        rows.append(Row(f"W11 W1 + {label}", "tasks/s", _num(rate), _ratio(rate, ceiling)))
+        rows.append(
+            Row(
+                f"W11 W1 + {label}",
+                "ratio to W1",
+                _num(ratio, ".2f"),
+                target=f"≥ {W11_RATIO}",
+                verdict=_verdict(None if ratio is None else ratio >= W11_RATIO),
+            )
+        )
+    cancel = get(results, "W11", "cancel") or {}
+    p99 = cancel.get("p99_ms")
+    rows.append(
+        Row(
+            "W11 cancel a running task",
+            "request → ended, p50/p99/max ms",
+            "/".join(_num(cancel.get(k), ".1f") for k in ("p50_ms", "p99_ms", "max_ms")),
+            target=f"p99 ≤ {W11_CANCEL_P99_MS:g} ms",
+            verdict=_verdict(None if p99 is None else p99 <= W11_CANCEL_P99_MS),
+        )
+    )
+    return rows
 
 
 def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:

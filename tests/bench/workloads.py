@@ -58,6 +58,7 @@ class Sizes:
     repeats: int = 3  # runs of W1, W2, W4, W6, W10's inserts and of the ceiling loop; the median is reported
     w10_tasks: int = 100_000  # Client.enqueue_many against a raw multi-row INSERT
     w10_single: int = 1_000  # single Client.enqueue calls timed
+    w11_cancels: int = 40  # running tasks cancelled one by one
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -72,6 +73,7 @@ class Sizes:
             repeats=1,
             w10_tasks=10_000,
             w10_single=200,
+            w11_cancels=10,
         )
 
 
@@ -253,14 +255,15 @@ def drain_run(
     params: dict | None = None,
     prefill: int = 0,
     count_sql: bool = False,
+    limits: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Set the table up once, then drain `tasks` due tasks `repeats` times with
     fresh executors; the figures are those of the median run (a run lasts a
     second or two, so one run is at the mercy of anything else on the machine)."""
     db, table = ctx.db, f"bench_{name.lower()}"
     db.reset_between_workloads()
-    db.add_queue(f"bench_{name.lower()}", table, max_workers=max_workers, scan_interval=1)
-    setup: dict[str, Any] = {"max_workers": max_workers, "executors": servers}
+    db.add_queue(f"bench_{name.lower()}", table, max_workers=max_workers, scan_interval=1, limits=limits)
+    setup: dict[str, Any] = {"max_workers": max_workers, "executors": servers, "limits": limits or {}}
     if prefill:
         setup.update(prefill_finished(ctx, table, prefill))
     runs = []
@@ -858,6 +861,76 @@ def w9(ctx: Context) -> dict[str, Any]:
     return figures
 
 
+def w11(ctx: Context) -> dict[str, Any]:
+    """Limits and cancellation. W1 again on queues whose limits never bind
+    (global_max_workers 50 = the pool; rate_limit 10,000,000 per minute): what
+    the locked claim (queue_state row lock, running count, rate slices) costs
+    against W1's plain claim. Then cancel latency: 40 running tasks cancelled
+    one at a time through the admin API, from the request (database clock) to
+    the task's end_time (cancelled)."""
+    result: dict[str, Any] = {}
+    w1_rate = ctx.results.get("W1", {}).get("tasks_per_s")
+    for part, limits in (
+        ("global", {"global_max_workers": 50}),
+        ("rate", {"rate_limit": 10_000_000, "rate_period": 60}),
+    ):
+        ctx.progress(f"  W11 {part}: W1 with {limits}")
+        run = drain_run(ctx, f"W11{part}", tasks=ctx.sizes.w1_tasks, max_workers=50, limits=limits)
+        if w1_rate and run.get("tasks_per_s"):
+            run["ratio_to_w1"] = run["tasks_per_s"] / w1_rate
+        result[part] = run
+    result["cancel"] = _cancel_latency(ctx, count=ctx.sizes.w11_cancels)
+    return result
+
+
+def _cancel_latency(ctx: Context, count: int) -> dict[str, Any]:
+    db, table = ctx.db, "bench_w11cancel"
+    db.reset_between_workloads()
+    db.add_queue("bench_w11cancel", table, max_workers=count, scan_interval=1)
+    workdir = ctx.workdir("W11/cancel")
+    latencies = []
+    with executors(db, workdir, ["bench-w11"], ctx.profile_dir) as procs:
+        for proc in procs:
+            proc.start()
+        procs[0].wait_online()
+        db.insert_due(table, "bench_sleep", count, {"seconds": 600})
+        deadline = time.monotonic() + 30
+        while db.scalar(f"SELECT COUNT(*) FROM {ident(table)} WHERE status = 1") < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError("W11: the tasks to cancel did not all start")
+            time.sleep(0.05)
+        for row in db.query(f"SELECT id FROM {ident(table)} ORDER BY id"):
+            asked = db.scalar("SELECT NOW(6)")
+            _post(f"{procs[0].admin_url}/admin/task/cancel?table={table}&id={row['id']}")
+            while (
+                ended := db.scalar(
+                    f"SELECT end_time FROM {ident(table)} WHERE id = %s AND status = 4", (row["id"],)
+                )
+            ) is None:
+                time.sleep(0.002)
+            latencies.append((ended - asked).total_seconds() * 1000)
+        result = finish(ctx, workdir, procs)
+    latencies.sort()
+    figures = {
+        "cancels": len(latencies),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": latencies[-1],
+        **result,
+    }
+    ctx.progress(
+        f"  cancel latency over {len(latencies)} running tasks: p50 {figures['p50_ms']:.1f} ms, "
+        f"p99 {figures['p99_ms']:.1f} ms, max {figures['max_ms']:.1f} ms"
+    )
+    return figures
+
+
+def _post(url: str) -> int:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return answer.status
+
+
 WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ceiling": ceiling,
     "W1": w1,
@@ -868,4 +941,5 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W6": w6,
     "W9": w9,
     "W10": w10,
+    "W11": w11,
 }
