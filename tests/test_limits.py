@@ -140,3 +140,32 @@ def test_rate_limited_returns_the_task_unspent_and_pauses_the_queue_everywhere(d
     assert {run["task_id"] for run in later} == {limited, *others}
     assert min(run["claimed_at"] for run in later) >= paused_until
     assert {run["server_id"] for run in later} <= {"s1", "s2"}
+
+
+def test_lowering_a_limit_stops_nothing_running_and_holds_from_the_next_claim(db, executors, tmp_path):
+    # Given three running tasks of a queue capped at 3, and two more held back
+    db.add_queue("q", "q_tasks", max_workers=10, global_max_workers=3)
+    server = start_servers(db, executors, "q", servers=("s1",))["s1"]
+    gate = tmp_path / "gate"
+    ids = db.insert_tasks("q_tasks", "gated", 5, params={"gate": str(gate)})
+    wait_for(lambda: db.status_counts("q_tasks") == {RUNNING: 3, PENDING: 2}, message="three run")
+    first_three = {run["task_id"] for run in runs(db)}
+    # When the cap is lowered to 1 and the server has applied it
+    db.execute("UPDATE queue_configs SET global_max_workers = 1 WHERE queue_name = 'q'")
+    wait_for(
+        lambda: "limits global_max_workers=3 -> global_max_workers=1" in server.output,
+        message="the new limit applied",
+    )
+    # Then the three running ones go on (nothing is stopped) and end by themselves
+    assert db.status_counts("q_tasks") == {RUNNING: 3, PENDING: 2}
+    gate.touch()
+    wait_for(lambda: db.status_counts("q_tasks") == {DONE: 5}, timeout=30, message="all done")
+    recorded = runs(db)
+    assert len(recorded) == 5 and all(run["finished_at"] is not None for run in recorded)
+    assert {row["retry_count"] for row in db.query("SELECT retry_count FROM q_tasks")} == {0}
+    # and the two held back ran one at a time, after the running count fell under the new cap
+    later = [run for run in recorded if run["task_id"] not in first_three]
+    assert sorted(run["task_id"] for run in later) == sorted(set(ids) - first_three)
+    assert max_overlap([(run["claimed_at"], run["finished_at"]) for run in later]) == 1
+    last_of_three = max(run["finished_at"] for run in recorded if run["task_id"] in first_three)
+    assert min(run["claimed_at"] for run in later) >= last_of_three - timedelta(milliseconds=1)

@@ -161,3 +161,14 @@ def spin_until_cancelled(ctx):
 
     _started(ctx)
     ctx.run_in_thread(spin)
+
+
+@task_handler("gated")
+def gated(ctx):
+    """Runs until the file params.gate exists (at most params.seconds, default
+    120), recording start and finish: the test decides when it ends."""
+    execution = _started(ctx)
+    deadline = time.monotonic() + float(ctx.params.get("seconds", 120))
+    while not os.path.exists(ctx.params["gate"]) and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    _finished(ctx, execution)
