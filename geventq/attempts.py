@@ -52,10 +52,21 @@ class Attempt(NamedTuple):
     created_at: datetime | None
     claimed_at: datetime | None  # the database clock, at the claim
     started: float  # this process's monotonic clock, when it was handed to the pool
+    # Claimed under a global or per-key cap: its running row holds a slot
+    # until the outcome is written, so the outcome is written without waiting
+    # to be grouped with others.
+    capped: bool = False
 
     @classmethod
     def from_row(
-        cls, queue_name: str, table_name: str, table: QuotedTable, row: dict[str, Any], started: float
+        cls,
+        queue_name: str,
+        table_name: str,
+        table: QuotedTable,
+        row: dict[str, Any],
+        started: float,
+        *,
+        capped: bool = False,
     ) -> Attempt:
         return cls(
             queue_name,
@@ -70,6 +81,7 @@ class Attempt(NamedTuple):
             row.get("created_at"),
             row.get("claimed_at"),
             started,
+            capped,
         )
 
     @property

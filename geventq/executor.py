@@ -113,7 +113,9 @@ class Executor:
         self.listeners = Listeners()
         self.catalog = QueueCatalog()
         self.queues = RunningQueues()
-        self.recorder = OutcomeRecorder(db, server_id, self.claimed, cfg.queue.completion_flush_interval)
+        self.recorder = OutcomeRecorder(
+            db, server_id, self.claimed, cfg.queue.completion_flush_interval, self.queues.outcomes_written
+        )
         self.claimer = Claimer(db, self.claim_db, server_id, tuple(handlers), skip_locked)
         peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
 

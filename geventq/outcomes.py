@@ -13,6 +13,7 @@ On a crash, outcomes still waiting in this buffer are lost; their tasks stay
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import gevent
 from gevent.event import Event
@@ -26,13 +27,24 @@ from geventq.logs import Throttle
 
 
 class OutcomeRecorder:
-    def __init__(self, db: Database, server_id: str, claimed: ClaimedAttempts, flush_interval: float):
+    def __init__(
+        self,
+        db: Database,
+        server_id: str,
+        claimed: ClaimedAttempts,
+        flush_interval: float,
+        written: Callable[[set[str]], None] = lambda queue_names: None,
+    ):
         self.db = db
         self.server_id = server_id
         self.claimed = claimed  # settled here once an outcome is written (or fenced out)
         self.flush_interval = flush_interval
+        # Told which queues' outcomes were just written: a capped queue's
+        # running rows fell, so it may claim again now (queues.RunningQueues).
+        self._written = written
         self._pending: list[tuple[Attempt, Outcome]] = []
         self._has_pending = Event()
+        self._write_now = False  # a capped attempt's slot waits on this write
         self._flusher: gevent.Greenlet | None = None
         self._stopping = False
         self._errors = Throttle(10)
@@ -42,6 +54,8 @@ class OutcomeRecorder:
 
     def record(self, attempt: Attempt, outcome: Outcome) -> None:
         self._pending.append((attempt, outcome))
+        if attempt.capped:
+            self._write_now = True
         self._has_pending.set()
 
     def stop(self, timeout: float) -> bool:
@@ -62,11 +76,15 @@ class OutcomeRecorder:
         backoff = 0.05
         while not (self._stopping and not self._pending):
             self._has_pending.wait()
-            if not self._stopping:
+            if self._write_now:
+                gevent.sleep(0)  # the other handlers ending in this turn of the hub join the group
+            elif not self._stopping:
                 gevent.sleep(self.flush_interval)
+            self._write_now = False
             batch, self._pending = self._pending, []
             self._has_pending.clear()
             unwritten = self._write(batch)
+            self._tell_written(batch, unwritten)
             if unwritten:
                 # Keep them, oldest first, and try again after a pause.
                 self._pending[:0] = unwritten
@@ -75,6 +93,16 @@ class OutcomeRecorder:
                 backoff = min(backoff * 2, 2.0)
             else:
                 backoff = 0.05
+
+    def _tell_written(self, batch: list[tuple[Attempt, Outcome]], unwritten: list) -> None:
+        if len(unwritten) == len(batch):
+            return
+        left = {attempt.key for attempt, _ in unwritten}
+        names = {attempt.queue_name for attempt, _ in batch if attempt.key not in left}
+        try:
+            self._written(names)
+        except Exception:  # noqa: BLE001 - a wake must never stop outcome writing
+            logger.exception("waking queues after their outcomes were written failed")
 
     def _write(self, batch: list[tuple[Attempt, Outcome]]) -> list[tuple[Attempt, Outcome]]:
         """Write a batch; returns what could not be written for now."""

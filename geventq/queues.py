@@ -269,7 +269,11 @@ class QueueRunner:
 
     def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()
-        attempts = [Attempt.from_row(self.queue_name, self.table_name, self.table, row, now) for row in rows]
+        capped = bool(self.limits.global_max_workers or self.limits.key_max_workers)
+        attempts = [
+            Attempt.from_row(self.queue_name, self.table_name, self.table, row, now, capped=capped)
+            for row in rows
+        ]
         self._claimed.add(attempts)
         for attempt in attempts:
             # monitor.py finds the Attempt of a greenlet that blocks the hub in its args.
@@ -328,6 +332,16 @@ class RunningQueues:
         runner.drain(timeout=None)
         self._draining.discard(runner)
         logger.info("queue {} drained", runner.queue_name)
+
+    def outcomes_written(self, queue_names: set[str]) -> None:
+        """Outcomes of these queues reached the table: a capped queue counts
+        fewer running rows now, so it claims again at once instead of after
+        its recheck interval. Any limited queue, not only one whose last claim
+        was held: a claim in flight right now may be about to be held."""
+        for name in queue_names:
+            runner = self.active.get(name)
+            if runner is not None and runner.limits.any:
+                runner.wake()
 
     def for_table(self, table_name: str) -> QueueRunner | None:
         """The active queue this server runs on that table, if any."""

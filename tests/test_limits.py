@@ -30,10 +30,11 @@ def start_servers(db, executors, queue: str, servers=SERVERS, **sections) -> dic
 
 
 def test_the_global_cap_holds_across_three_servers_and_is_what_limits(db, executors):
-    # Given three servers with 5 slots each on a queue capped at 4 across the cluster
-    db.add_queue("q", "q_tasks", max_workers=5, global_max_workers=4)
+    # Given three servers with 2 slots each on a queue capped at 4 across the
+    # cluster (so reaching the cap takes two servers at least)
+    db.add_queue("q", "q_tasks", max_workers=2, global_max_workers=4)
     start_servers(db, executors, "q")
-    # When 40 tasks of 0.3 s arrive (15 slots would run them three times as wide)
+    # When 40 tasks of 0.3 s arrive (6 slots would run them half as wide again)
     db.insert_tasks("q_tasks", "record", 40, params={"seconds": 0.3})
     wait_for(lambda: db.status_counts("q_tasks") == {DONE: 40}, timeout=60, message="all done")
     # Then at no moment did more than 4 run, and 4 did: the cap, not the load, limited
