@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS servers (
   state          VARCHAR(20)  NOT NULL DEFAULT 'online',
   queues         TEXT         NULL,
   running        INT          NOT NULL DEFAULT 0,
-  version        VARCHAR(20)  NOT NULL DEFAULT ''
+  version        VARCHAR(20)  NOT NULL DEFAULT '',
+  -- host:port of the database node the server uses (database.hosts)
+  db_node        VARCHAR(255) NOT NULL DEFAULT ''
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- One row per queue that has a limit or was paused by a handler's

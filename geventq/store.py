@@ -167,6 +167,7 @@ NEW_COLUMNS: dict[tuple[str, str], str] = {
     ("queue_configs", "rate_limit"): "INT NOT NULL DEFAULT 0",
     ("queue_configs", "rate_period"): "INT NOT NULL DEFAULT 60",
     ("queue_configs", "key_max_workers"): "INT NOT NULL DEFAULT 0",
+    ("servers", "db_node"): "VARCHAR(255) NOT NULL DEFAULT ''",
 }
 
 
@@ -195,24 +196,29 @@ def get_server(cur, server_id: str) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
-def register_server(cur, server_id: str, host: str, pid: int, admin_address: str, version: str) -> None:
+def register_server(
+    cur, server_id: str, host: str, pid: int, admin_address: str, version: str, db_node: str = ""
+) -> None:
     cur.execute(
         "INSERT INTO servers (server_id, host, pid, admin_address, version, started_at, "
-        "last_heartbeat, state, queues, running) "
-        "VALUES (%(sid)s, %(host)s, %(pid)s, %(admin)s, %(version)s, NOW(3), NOW(3), 'online', '[]', 0) "
+        "last_heartbeat, state, queues, running, db_node) "
+        "VALUES (%(sid)s, %(host)s, %(pid)s, %(admin)s, %(version)s, NOW(3), NOW(3), 'online', '[]', 0, "
+        "%(db_node)s) "
         "ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
         "admin_address = VALUES(admin_address), version = VALUES(version), started_at = NOW(3), "
-        "last_heartbeat = NOW(3), state = 'online', queues = '[]', running = 0",
-        {"sid": server_id, "host": host, "pid": pid, "admin": admin_address, "version": version},
+        "last_heartbeat = NOW(3), state = 'online', queues = '[]', running = 0, db_node = VALUES(db_node)",
+        {"sid": server_id, "host": host, "pid": pid, "admin": admin_address, "version": version}
+        | {"db_node": db_node},
     )
 
 
-def beat(cur, server_id: str, state: str, queues_json: str, running: int) -> int:
-    """Renew the heartbeat; 0 rows means the row was deleted under us."""
+def beat(cur, server_id: str, state: str, queues_json: str, running: int, db_node: str = "") -> int:
+    """Renew the heartbeat (and say which database node we use now); 0 rows
+    means the row was deleted under us."""
     cur.execute(
-        "UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s "
+        "UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s, db_node = %s "
         "WHERE server_id = %s",
-        (state, queues_json, running, server_id),
+        (state, queues_json, running, db_node, server_id),
     )
     return cur.rowcount
 
