@@ -81,6 +81,16 @@ CREATE TABLE IF NOT EXISTS task_cancels (
   KEY idx_server (server_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- Named locks between servers (retention, queue changes): a row per name,
+-- taken for a while by one holder in a short transaction that writes the
+-- row, so that two servers on different Galera nodes conflict at COMMIT
+-- (GET_LOCK is local to one node and serializes nothing across a cluster).
+CREATE TABLE IF NOT EXISTS named_locks (
+  name           VARCHAR(64)  NOT NULL PRIMARY KEY,
+  holder         VARCHAR(64)  NOT NULL DEFAULT '',
+  expires_at     DATETIME(3)  NULL
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
 -- Recurring tasks. A schedule fires by cron (5 fields read in `timezone`, or
 -- an alias such as @hourly) or at a fixed rate (interval_seconds); exactly one
 -- of the two is set. next_fire_at and last_fire_at are UTC. Added by SQL

@@ -38,6 +38,7 @@ OWN_TABLES = frozenset(
         "task_cancels",
         "schedules",
         "schedule_fires",
+        "named_locks",
     }
 )
 _CREATE_TABLE = re.compile(r"^CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+`?(\w+)`?", re.I)

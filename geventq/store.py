@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -711,15 +712,47 @@ def delete_stale_cancel_requests(cur, table: QuotedTable, table_name: str) -> in
 # --- named locks ---------------------------------------------------------------
 
 
-def try_lock(cur, name: str) -> bool:
-    """A server-wide named lock held by this connection, without waiting."""
-    cur.execute("SELECT GET_LOCK(%s, 0) AS got", (name,))
-    return cur.fetchone()["got"] == 1
+def try_named_lock(cur, name: str, holder: str, seconds: float) -> bool:
+    """Take the lock `name` for `holder` for `seconds`, unless another holder
+    has it and its time has not run out; on an autocommit cursor.
+
+    Not GET_LOCK: on a Galera cluster it is local to one node. The row is
+    locked (FOR UPDATE) and written in one short transaction of its own, so
+    two takers on one node take turns, and two on different nodes conflict
+    at COMMIT: one gets a deadlock error (RetryableConflict, retried by
+    Database.call) and then finds the lock held. A lease rather than a lock
+    held by an open transaction, because queue changes run DDL, which commits."""
+    cur.execute("INSERT IGNORE INTO named_locks (name) VALUES (%s)", (name,))
+    cur.execute("START TRANSACTION")
+    try:
+        cur.execute(
+            "SELECT holder <> '' AND expires_at > NOW(3) AS held FROM named_locks WHERE name = %s FOR UPDATE",
+            (name,),
+        )
+        taken = not cur.fetchone()["held"]
+        if taken:
+            cur.execute(
+                "UPDATE named_locks SET holder = %s, expires_at = NOW(3) + INTERVAL %s MICROSECOND "
+                "WHERE name = %s",
+                (holder, micros(seconds), name),
+            )
+        cur.execute("COMMIT")
+        return taken
+    except BaseException:
+        # A lock wait timeout leaves the transaction open; a lost connection
+        # cannot roll back, and the pool closes it anyway.
+        with suppress(Exception):
+            cur.connection.rollback()
+        raise
 
 
-def release_lock(cur, name: str) -> None:
-    cur.execute("SELECT RELEASE_LOCK(%s) AS released", (name,))
-    cur.fetchone()
+def release_named_lock(cur, name: str, holder: str) -> bool:
+    """Give the lock up if `holder` still has it (its time may have run out
+    and another taken it since); on an autocommit cursor."""
+    cur.execute(
+        "UPDATE named_locks SET holder = '', expires_at = NULL WHERE name = %s AND holder = %s", (name, holder)
+    )
+    return cur.rowcount == 1
 
 
 # --- retention -------------------------------------------------------------------
