@@ -750,7 +750,8 @@ def release_named_lock(cur, name: str, holder: str) -> bool:
     """Give the lock up if `holder` still has it (its time may have run out
     and another taken it since); on an autocommit cursor."""
     cur.execute(
-        "UPDATE named_locks SET holder = '', expires_at = NULL WHERE name = %s AND holder = %s", (name, holder)
+        "UPDATE named_locks SET holder = '', expires_at = NULL WHERE name = %s AND holder = %s",
+        (name, holder),
     )
     return cur.rowcount == 1
 
