@@ -71,7 +71,10 @@ CONNECTION_ERRORS = {
     2055,
     4031,
 }
-CONFLICT_ERRORS = {1205, 1213}  # lock wait timeout, deadlock: safe to rerun
+# Lock wait timeout, deadlock, an error during COMMIT: rolled back, safe to
+# rerun. On a Galera cluster a certification failure (another node committed
+# a conflicting write first) is reported as a deadlock, often at COMMIT.
+CONFLICT_ERRORS = {1180, 1205, 1213}
 # What a task table can be wrong about: each its own named error.
 TABLE_PROBLEMS = {
     1146: NoSuchTable,

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from geventq.attempts import Status
-from geventq.db import QuotedTable, quote_database
+from geventq.db import QuotedTable, quote_database, translate
+from geventq.errors import RetryableConflict
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 STATUS_NAMES = {status: status.label for status in Status}
@@ -471,12 +472,19 @@ def delete_old_rate_slices(cur, periods: dict[str, float]) -> int:
 
 
 def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int, claimed_at: Any) -> bool:
-    """Take one candidate only if nobody took it since we read it."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET status = 1, server_id = %s, start_time = %s "
-        "WHERE id = %s AND status = 0",
-        (server_id, claimed_at, task_id),
-    )
+    """Take one candidate only if nobody took it since we read it (on a
+    Galera cluster another node may have taken it an instant before: a
+    conflict, not an error)."""
+    try:
+        cur.execute(
+            f"UPDATE {checked(table)} SET status = 1, server_id = %s, start_time = %s "
+            "WHERE id = %s AND status = 0",
+            (server_id, claimed_at, task_id),
+        )
+    except Exception as error:
+        if isinstance(translate(error), RetryableConflict):
+            return False
+        raise
     return cur.rowcount == 1
 
 
