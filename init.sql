@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS servers (
   state          VARCHAR(20)  NOT NULL DEFAULT 'online',
   queues         TEXT         NULL,
   running        INT          NOT NULL DEFAULT 0,
-  version        VARCHAR(20)  NOT NULL DEFAULT ''
+  version        VARCHAR(20)  NOT NULL DEFAULT '',
+  -- host:port of the database node the server uses (database.hosts)
+  db_node        VARCHAR(255) NOT NULL DEFAULT ''
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- One row per queue that has a limit or was paused by a handler's
@@ -77,6 +79,16 @@ CREATE TABLE IF NOT EXISTS task_cancels (
   requested_at   DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
   PRIMARY KEY (table_name, task_id),
   KEY idx_server (server_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Named locks between servers (retention, queue changes): a row per name,
+-- taken for a while by one holder in a short transaction that writes the
+-- row, so that two servers on different Galera nodes conflict at COMMIT
+-- (GET_LOCK is local to one node and serializes nothing across a cluster).
+CREATE TABLE IF NOT EXISTS named_locks (
+  name           VARCHAR(64)  NOT NULL PRIMARY KEY,
+  holder         VARCHAR(64)  NOT NULL DEFAULT '',
+  expires_at     DATETIME(3)  NULL
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Recurring tasks. A schedule fires by cron (5 fields read in `timezone`, or

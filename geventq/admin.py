@@ -227,7 +227,11 @@ def healthz(admin: Admin, call: Call) -> dict[str, Any]:
             admin.db.call(store.database_now)
     except DatabaseError as error:
         raise ApiError(503, f"database unavailable: {error}") from None
-    return {"server_id": admin.server_id, "db_rtt_ms": round((time.monotonic() - started) * 1000, 3)}
+    return {
+        "server_id": admin.server_id,
+        "db_rtt_ms": round((time.monotonic() - started) * 1000, 3),
+        "db_node": admin.db.address,
+    }
 
 
 @route(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import operator
 import re
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -30,7 +32,15 @@ from geventq.errors import (
     RetryableConflict,
     TaskStateError,
 )
-from geventq.store import PENDING, STATUS_NAMES, checked, list_queue_configs, micros, release_lock
+from geventq.store import (
+    PENDING,
+    STATUS_NAMES,
+    checked,
+    list_queue_configs,
+    micros,
+    release_named_lock,
+    try_named_lock,
+)
 
 # Queue definitions change under a named lock, so two admins creating or
 # renaming queues at once cannot both pass the uniqueness check, and a table
@@ -39,6 +49,9 @@ from geventq.store import PENDING, STATUS_NAMES, checked, list_queue_configs, mi
 
 QUEUE_ADMIN_LOCK = "geventq_queue_admin"
 QUEUE_LOCK_WAIT = 10
+# A queue change holds the lock this long at most: a server that died
+# holding it blocks queue changes no longer than that.
+QUEUE_LOCK_HOLD = 30
 QUEUE_COLUMNS = (
     "queue_name",
     "table_name",
@@ -162,13 +175,17 @@ def supports_insert_returning(version: str) -> bool:
 
 @contextmanager
 def _queue_admin_lock(cur) -> Iterator[None]:
-    cur.execute("SELECT GET_LOCK(%s, %s) AS got", (QUEUE_ADMIN_LOCK, QUEUE_LOCK_WAIT))
-    if cur.fetchone()["got"] != 1:
-        raise RetryableConflict("another queue change is in progress; try again")
+    """Queue changes one at a time across the cluster (named_locks, see try_named_lock)."""
+    holder = uuid.uuid4().hex
+    deadline = time.monotonic() + QUEUE_LOCK_WAIT
+    while not try_named_lock(cur, QUEUE_ADMIN_LOCK, holder, QUEUE_LOCK_HOLD):
+        if time.monotonic() > deadline:
+            raise RetryableConflict("another queue change is in progress; try again")
+        time.sleep(0.05)  # gevent's sleep in the executor (monkey-patched)
     try:
         yield
     finally:
-        release_lock(cur, QUEUE_ADMIN_LOCK)
+        release_named_lock(cur, QUEUE_ADMIN_LOCK, holder)
 
 
 def get_queue(cur, queue_id: int) -> dict[str, Any] | None:

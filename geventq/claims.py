@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from geventq import limits, store
 from geventq.db import Database, QuotedTable
+from geventq.errors import RetryableConflict
 from geventq.limits import QueueLimits
 
 LIMITED_RECHECK = 1.0  # seconds: a cap may free on another server without telling us
@@ -63,7 +64,27 @@ class Claimer:
     ) -> ClaimResult:
         """Up to `limit` due tasks in `order` (store.claim_order), marked
         running under our server_id and committed; raises DatabaseError when
-        the database fails."""
+        the database fails. The rows are committed before they are returned,
+        so no handler starts on a claim that did not commit."""
+        try:
+            return self._claim(table, limit, queue_name, queue_limits, order, has_key_column)
+        except RetryableConflict:
+            # Another server took these rows, or the queue's row, first (on a
+            # Galera cluster SKIP LOCKED is local to a node, so two nodes can
+            # lock the same rows and one learns it at COMMIT), again and again
+            # through Database.call's retries: the rows are given up, nothing
+            # started, and the next scan comes soon (as when nothing is due).
+            return ClaimResult([])
+
+    def _claim(
+        self,
+        table: QuotedTable,
+        limit: int,
+        queue_name: str,
+        queue_limits: QueueLimits,
+        order: str,
+        has_key_column: bool,
+    ) -> ClaimResult:
         if queue_limits.any:
             return self.claim_db.call(
                 self._claim_limited,

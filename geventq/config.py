@@ -24,6 +24,7 @@ from typing import Any, get_type_hints
 from geventq.errors import ConfigError
 from geventq.validation import (
     Boolean,
+    HostList,
     Integer,
     Kind,
     Number,
@@ -33,6 +34,7 @@ from geventq.validation import (
     StringList,
     mismatch,
     named,
+    split_host_port,
 )
 
 __all__ = [
@@ -102,6 +104,9 @@ def key(default: Any, kind: Kind, *, path: bool = False, secret: bool = False) -
 class DatabaseConfig:
     host: str = key("127.0.0.1", String(min_length=1))
     port: int = key(3306, Integer(minimum=1, maximum=65535))
+    # Nodes of a multi-primary cluster (Galera), "host:port", the first
+    # preferred; when set, host and port are not used. See nodes().
+    hosts: tuple[str, ...] = key([], HostList())
     username: str = key("root", String())
     password: str = key("", String(), secret=True)
     # it is also an identifier in CREATE DATABASE, so it must be a safe one
@@ -114,6 +119,12 @@ class DatabaseConfig:
     # auto: SKIP LOCKED where the server has it (MariaDB 10.6+, MySQL 8.0.1+),
     # else a conditional UPDATE per candidate; either can be forced.
     claim_mode: str = key("auto", OneOf(("auto", "skip_locked", "conditional_update"), ignore_case=True))
+
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """The database nodes to connect to, in order of preference."""
+        if self.hosts:
+            return tuple(split_host_port(text) for text in self.hosts)
+        return ((self.host, self.port),)
 
 
 @dataclass(frozen=True)

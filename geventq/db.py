@@ -23,7 +23,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -61,6 +61,7 @@ CONNECTION_ERRORS = {
     1159,
     1160,
     1161,
+    1047,  # Galera: "WSREP has not yet prepared node for application use" (not in the primary component)
     1927,
     2003,
     2006,
@@ -70,7 +71,10 @@ CONNECTION_ERRORS = {
     2055,
     4031,
 }
-CONFLICT_ERRORS = {1205, 1213}  # lock wait timeout, deadlock: safe to rerun
+# Lock wait timeout, deadlock, an error during COMMIT: rolled back, safe to
+# rerun. On a Galera cluster a certification failure (another node committed
+# a conflicting write first) is reported as a deadlock, often at COMMIT.
+CONFLICT_ERRORS = {1180, 1205, 1213}
 # What a task table can be wrong about: each its own named error.
 TABLE_PROBLEMS = {
     1146: NoSuchTable,
@@ -101,6 +105,65 @@ class Waiting:
 
 GREENLETS = Waiting(gevent.queue.LifoQueue, gevent.lock.BoundedSemaphore, gevent.sleep)
 THREADS = Waiting(queue.LifoQueue, threading.BoundedSemaphore, time.sleep)
+
+
+class Nodes:
+    """The database nodes a process may use (`database.hosts`, else host and
+    port) and the one it uses now, shared by the process's pools so that they
+    move together.
+
+    A connection that fails to open, or breaks, moves us to the next node,
+    round robin, so a server whose node died carries on on the next one.
+    When there are several nodes (a Galera cluster), each new connection first
+    waits until its node has applied every write the cluster committed
+    (wsrep_sync_wait): after a failover, a fenced outcome then sees the claim
+    this server committed on the node that died."""
+
+    def __init__(self, addresses: Sequence[tuple[str, int]]):
+        if not addresses:
+            raise ValueError("at least one database node")
+        self.addresses = tuple(addresses)
+        self._current = 0
+
+    @property
+    def current(self) -> str:
+        return _label(*self.addresses[self._current])
+
+    @property
+    def cluster(self) -> bool:
+        return len(self.addresses) > 1
+
+    def open(
+        self, connect_to: Callable[[str, int], pymysql.connections.Connection]
+    ) -> pymysql.connections.Connection:
+        """A connection to the node in use or, failing that, the next ones in turn."""
+        start = self._current
+        error: DatabaseUnavailable | None = None
+        for step in range(len(self.addresses)):
+            index = (start + step) % len(self.addresses)
+            try:
+                conn = connect_to(*self.addresses[index])
+            except DatabaseUnavailable as failure:
+                error = failure
+                continue
+            self._move(index, error)
+            return conn
+        assert error is not None
+        raise error
+
+    def broken(self, conn: pymysql.connections.Connection) -> None:
+        """A connection to the node in use broke: the next connection tries the next node first."""
+        if self.cluster and (conn.host, conn.port) == self.addresses[self._current]:
+            self._move((self._current + 1) % len(self.addresses), "a connection broke")
+
+    def _move(self, index: int, reason: Any) -> None:
+        if index != self._current:
+            before, self._current = self.current, index
+            logger.warning("database node {} failed ({}); using {}", before, reason, self.current)
+
+
+def _label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class QuotedTable(str):
@@ -171,8 +234,11 @@ class Database:
         autocommit: bool = True,
         idle_timeout: int | None = None,
         waiting: Waiting = GREENLETS,
+        nodes: Nodes | None = None,
     ):
         self.config = config
+        # Pass one Nodes to every pool of a process: they then fail over together.
+        self.nodes = nodes or Nodes(config.nodes())
         self.name = name
         # The server closes a connection of this pool that says nothing for
         # this many seconds (wait_timeout), open transaction or not: a client
@@ -192,16 +258,25 @@ class Database:
 
     @property
     def address(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
+        """host:port of the database node in use."""
+        return self.nodes.current
 
     def connect(self, read_timeout: float | None = None) -> pymysql.connections.Connection:
-        """A new connection, outside the pool (the caller closes it)."""
+        """A new connection, outside the pool (the caller closes it), to the
+        node in use or the next reachable one."""
+        return self.nodes.open(lambda host, port: self._connect_to(host, port, read_timeout))
+
+    def broken(self, conn: pymysql.connections.Connection) -> None:
+        """Tell the nodes that a connection broke (the next connection may try another node)."""
+        self.nodes.broken(conn)
+
+    def _connect_to(self, host: str, port: int, read_timeout: float | None) -> pymysql.connections.Connection:
         cfg = self.config
         read_timeout = read_timeout or cfg.read_timeout
         try:
             conn = pymysql.connect(
-                host=cfg.host,
-                port=cfg.port,
+                host=host,
+                port=port,
                 user=cfg.username,
                 password=cfg.password,
                 database=self.database,
@@ -221,13 +296,17 @@ class Database:
                 # and inserts racing claims do not deadlock on gap locks.
                 init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
             )
-            if self.idle_timeout is not None:
-                try:
-                    with conn.cursor() as cur:
+            try:
+                with conn.cursor() as cur:
+                    if self.idle_timeout is not None:
                         cur.execute("SET SESSION wait_timeout = %s", (self.idle_timeout,))
-                except BaseException:
-                    _close_quietly(conn)
-                    raise
+                    if self.nodes.cluster:
+                        # Causality once per connection, not per statement (a
+                        # round of group communication each): see Nodes.
+                        cur.execute("SET STATEMENT wsrep_sync_wait = 1 FOR SELECT 1")
+            except BaseException:
+                _close_quietly(conn)
+                raise
             return conn
         except DRIVER_ERRORS as error:
             raise translate(error) from error
@@ -244,6 +323,7 @@ class Database:
             except DRIVER_ERRORS as error:
                 translated = translate(error)
                 if isinstance(translated, DatabaseUnavailable):
+                    self.nodes.broken(conn)
                     _close_quietly(conn)
                 else:
                     self._give_back(conn)

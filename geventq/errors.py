@@ -24,7 +24,8 @@ class DatabaseUnavailable(DatabaseError):
 
 
 class RetryableConflict(DatabaseError):
-    """A deadlock or lock wait timeout: the transaction was rolled back."""
+    """A deadlock, lock wait timeout or (on Galera) certification failure:
+    the transaction was rolled back; someone else's write won."""
 
 
 class DuplicateKey(DatabaseError):

@@ -22,7 +22,7 @@ from geventq.cancels import CancelWatch
 from geventq.catalog import QueueCatalog
 from geventq.claims import Claimer, use_skip_locked
 from geventq.config import Config
-from geventq.db import Database, wait_until_reachable
+from geventq.db import Database, Nodes, wait_until_reachable
 from geventq.errors import GeventqError
 from geventq.firing import ScheduleFirer
 from geventq.handlers import load_handlers
@@ -62,9 +62,12 @@ class Executor:
         monitor.install(cfg.executor)
         handlers = load_handlers(cfg.handlers.paths)
         # Reach the server first, without the database: it may not exist yet.
-        wait_until_reachable(Database(cfg.database, database=None, size=1), STARTUP_DB_DEADLINE)
-        schema.ensure_schema(cfg)
-        self.db = Database(cfg.database, name="core")
+        # One Nodes for every pool: they fail over to the next node together.
+        self.nodes = Nodes(cfg.database.nodes())
+        reach = Database(cfg.database, database=None, size=1, nodes=self.nodes)
+        wait_until_reachable(reach, STARTUP_DB_DEADLINE)
+        schema.ensure_schema(cfg, self.nodes)
+        self.db = Database(cfg.database, name="core", nodes=self.nodes)
         version = self.db.call(store.server_version)
         servers.check_server_id_free(self.db, cfg.executor.server_id, cfg.executor.heartbeat_timeout)
         self.identity = Identity(cfg.executor.server_id, cfg, self._bind_admin())
@@ -105,9 +108,9 @@ class Executor:
 
     def _build(self, handlers: dict[str, Any], skip_locked: bool) -> None:
         """Every part, in dependency order, each given only what it uses."""
-        cfg, db, server_id = self.config, self.db, self.identity.server_id
-        self.claim_db = Database(cfg.database, name="claims", autocommit=False)
-        self.handler_db = Database(cfg.database, name="handlers")
+        cfg, db, server_id, nodes = self.config, self.db, self.identity.server_id, self.nodes
+        self.claim_db = Database(cfg.database, name="claims", autocommit=False, nodes=self.nodes)
+        self.handler_db = Database(cfg.database, name="handlers", nodes=self.nodes)
         self.lease = Lease(cfg.executor.heartbeat_timeout / 2)
         self.claimed = ClaimedAttempts()
         self.listeners = Listeners()
@@ -177,7 +180,9 @@ class Executor:
                 db=db,
                 # A fire holds its schedule's row lock: a connection cut off
                 # mid-fire must not keep it, so the server drops one silent for 10 s.
-                fire_db=Database(cfg.database, name="schedules", size=2, autocommit=False, idle_timeout=10),
+                fire_db=Database(
+                    cfg.database, name="schedules", size=2, autocommit=False, idle_timeout=10, nodes=nodes
+                ),
                 lease=self.lease,
                 skip_locked=skip_locked,
                 tasks_added=tasks_added,
@@ -197,7 +202,7 @@ class Executor:
             schedules_changed=self.firer.wake if self.firer is not None else lambda: None,
         )
         self._http.application = admin.create_app(routes, cfg.admin.token, metrics.routes())
-        self.registration = Registration(server_id, self.identity.admin_address)
+        self.registration = Registration(server_id, self.identity.admin_address, self.nodes)
 
     def _claim_orphans_and_register(self) -> None:
         # Only learn the registered tables: nothing may claim yet.

@@ -37,7 +37,14 @@ from geventq import schedule_store
 from geventq.attempts import Status
 from geventq.cadence import Cadence
 from geventq.db import Database, quote_table
-from geventq.errors import DatabaseError, DuplicateKey, InvalidIdentifier, InvalidSchedule, TableProblem
+from geventq.errors import (
+    DatabaseError,
+    DuplicateKey,
+    InvalidIdentifier,
+    InvalidSchedule,
+    RetryableConflict,
+    TableProblem,
+)
 from geventq.handlers import SCHEDULE_KEY
 from geventq.lease import Lease
 from geventq.logs import Throttle
@@ -224,9 +231,11 @@ class ScheduleFirer:
         except ParkSchedule as park:
             self._park(park)
             return Step("", "")
-        except DuplicateKey as error:
+        except (DuplicateKey, RetryableConflict) as error:
             # Someone recorded this fire between our read of the ledger and
-            # our insert (compare-and-set mode): the fire happened; look again.
+            # our insert (compare-and-set mode), or committed it first on
+            # another Galera node (a certification failure, after
+            # Database.call's retries): the fire happened; look again.
             logger.debug("schedules: a fire was recorded elsewhere first ({})", error)
             return Step("", "")
 

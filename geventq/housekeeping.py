@@ -6,6 +6,7 @@ old job logs. None of it is on the task's path; all of it runs from the maintena
 from __future__ import annotations
 
 import time
+import uuid
 
 import gevent
 from loguru import logger
@@ -19,6 +20,10 @@ RETENTION_EVERY = 60.0
 RETENTION_BATCH = 1000
 LOG_PRUNE_EVERY = 3600.0
 FIRES_PRUNE_EVERY = 3600.0
+RETENTION_LOCK = "geventq_retention"
+# Should a server die mid-pass, another may start a pass after this long
+# (deleting finished tasks twice over is harmless, just wasted work).
+RETENTION_LOCK_HOLD = 600.0
 
 
 class Housekeeping:
@@ -103,21 +108,21 @@ class Housekeeping:
         if not keep_days:
             return
         tables = self.catalog.tables
-        with self.db.connection() as conn, conn.cursor() as cur:
-            if not store.try_lock(cur, "geventq_retention"):
-                return
-            try:
-                for table_name, days in keep_days.items():
-                    table = tables.get(table_name)
-                    if table is not None:
-                        self._delete_expired(cur, table_name, table, days)
-            finally:
-                store.release_lock(cur, "geventq_retention")
+        holder = uuid.uuid4().hex
+        if not self.db.call(store.try_named_lock, RETENTION_LOCK, holder, RETENTION_LOCK_HOLD):
+            return
+        try:
+            for table_name, days in keep_days.items():
+                table = tables.get(table_name)
+                if table is not None:
+                    self._delete_expired(table_name, table, days)
+        finally:
+            self.db.call(store.release_named_lock, RETENTION_LOCK, holder)
 
-    def _delete_expired(self, cur, table_name: str, table: QuotedTable, days: int) -> None:
+    def _delete_expired(self, table_name: str, table: QuotedTable, days: int) -> None:
         deleted = 0
         while True:
-            count = store.delete_finished_tasks(cur, table, days, RETENTION_BATCH)
+            count = self.db.call(store.delete_finished_tasks, table, days, RETENTION_BATCH)
             deleted += count
             if count < RETENTION_BATCH:
                 break

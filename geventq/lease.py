@@ -20,8 +20,8 @@ from gevent import monkey
 from loguru import logger
 
 from geventq import store
-from geventq.db import Connection, Database
-from geventq.errors import LeaseLost
+from geventq.db import Connection, Database, translate
+from geventq.errors import DatabaseUnavailable, LeaseLost
 
 native_sleep = monkey.get_original("time", "sleep")
 start_native_thread = monkey.get_original("_thread", "start_new_thread")
@@ -130,12 +130,14 @@ class Heartbeat:
             if self._conn is None:
                 self._conn = self._connect()
             with self._conn.cursor() as cur:
-                if store.beat(cur, self.server_id, state, queues, running) == 0:
+                if store.beat(cur, self.server_id, state, queues, running, self.db.address) == 0:
                     self.register(cur)
             self.lease.renew(sent_at)
             self.last_error = None
         except Exception as error:  # noqa: BLE001 - the thread must outlive any failure
             self.last_error = f"{type(error).__name__}: {error}"
+            if self._conn is not None and isinstance(translate(error), DatabaseUnavailable):
+                self.db.broken(self._conn)  # on a cluster, the next beat tries the next node
             # Whatever failed, a fresh connection next time is the safe bet.
             self._close()
 

@@ -247,6 +247,7 @@ SCHEMAS: dict[str, Any] = {
                 "description": "heartbeat within executor.heartbeat_timeout and not offline",
             },
             "heartbeat_age": {"type": "number", "nullable": True},
+            "db_node": {"type": "string", "description": "host:port of the database node it uses"},
         },
     },
     "Task": {
@@ -355,7 +356,11 @@ SCHEMAS: dict[str, Any] = {
     "Health": {
         "type": "object",
         "required": ["server_id", "db_rtt_ms"],
-        "properties": {"server_id": {"type": "string"}, "db_rtt_ms": {"type": "number", "minimum": 0}},
+        "properties": {
+            "server_id": {"type": "string"},
+            "db_rtt_ms": {"type": "number", "minimum": 0},
+            "db_node": {"type": "string", "description": "host:port of the database node this server uses"},
+        },
     },
 }
 

@@ -22,7 +22,7 @@ from loguru import logger
 from geventq import store
 from geventq.attempts import DONE, Attempt, ClaimedAttempts, Outcome, OutcomeKind
 from geventq.db import Database, QuotedTable
-from geventq.errors import DatabaseError, DatabaseUnavailable
+from geventq.errors import DatabaseError, DatabaseUnavailable, RetryableConflict
 from geventq.logs import Throttle
 
 
@@ -146,7 +146,10 @@ class OutcomeRecorder:
         """Rows matched, or None when the database is away (try later)."""
         try:
             return self.db.call(statement, *args, transaction=transaction)
-        except DatabaseUnavailable as error:
+        except (DatabaseUnavailable, RetryableConflict) as error:
+            # A conflict that outlasted Database.call's retries (a rescue or
+            # a cancel writing the same rows, maybe on another Galera node)
+            # is transient too: written later, the fence decides.
             self._log_error(error)
             return None
         except DatabaseError as error:

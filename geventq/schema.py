@@ -11,7 +11,7 @@ from loguru import logger
 
 from geventq import store
 from geventq.config import Config
-from geventq.db import Database
+from geventq.db import Database, Nodes
 
 
 def find_init_sql() -> Traversable:
@@ -38,6 +38,7 @@ OWN_TABLES = frozenset(
         "task_cancels",
         "schedules",
         "schedule_fires",
+        "named_locks",
     }
 )
 _CREATE_TABLE = re.compile(r"^CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+`?(\w+)`?", re.I)
@@ -83,19 +84,19 @@ def apply_script(cur, script_path: Traversable) -> None:
         store.run_script(cur, statements)
 
 
-def ensure_schema(config: Config, script_path: Traversable = INIT_SQL) -> bool:
+def ensure_schema(config: Config, nodes: Nodes | None = None, script_path: Traversable = INIT_SQL) -> bool:
     """Create the configured database and apply init.sql when queue_configs
     is missing; on an existing database create geventq's own tables and
     columns that newer releases introduced. True if init.sql ran whole."""
     name = config.database.database
-    server = Database(config.database, database=None, size=1, name="bootstrap")
+    server = Database(config.database, database=None, size=1, name="bootstrap", nodes=nodes)
     try:
         with server.cursor() as cur:
             store.create_database(cur, name)
             present = store.table_exists(cur, name, "queue_configs")
     finally:
         server.close()
-    db = Database(config.database, size=1, name="schema")
+    db = Database(config.database, size=1, name="schema", nodes=nodes)
     try:
         with db.cursor() as cur:
             if present:

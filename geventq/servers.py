@@ -16,7 +16,7 @@ from loguru import logger
 from geventq import store
 from geventq.attempts import ClaimedAttempts, Listeners
 from geventq.catalog import QueueCatalog
-from geventq.db import Database, QuotedTable
+from geventq.db import Database, Nodes, QuotedTable
 from geventq.errors import DatabaseError, DatabaseUnavailable, GeventqError
 from geventq.housekeeping import Housekeeping
 from geventq.lease import Heartbeat, Lease
@@ -66,13 +66,16 @@ def _pid_alive(pid: int) -> bool:
 class Registration:
     """This process's row in `servers`."""
 
-    def __init__(self, server_id: str, admin_address: str):
+    def __init__(self, server_id: str, admin_address: str, nodes: Nodes):
         self.server_id = server_id
         self.admin_address = admin_address
+        self.nodes = nodes  # the row says which database node we use
 
     def write(self, cur) -> None:
         """Also what the heartbeat runs when our row was deleted under us."""
-        store.register_server(cur, self.server_id, this_host(), os.getpid(), self.admin_address, _version())
+        store.register_server(
+            cur, self.server_id, this_host(), os.getpid(), self.admin_address, _version(), self.nodes.current
+        )
 
     def register(self, db: Database, lease: Lease) -> None:
         """Write our row before anything runs; starts the lease."""

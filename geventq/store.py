@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
 from geventq.attempts import Status
-from geventq.db import QuotedTable, quote_database
+from geventq.db import QuotedTable, quote_database, translate
+from geventq.errors import RetryableConflict
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 STATUS_NAMES = {status: status.label for status in Status}
@@ -167,6 +169,7 @@ NEW_COLUMNS: dict[tuple[str, str], str] = {
     ("queue_configs", "rate_limit"): "INT NOT NULL DEFAULT 0",
     ("queue_configs", "rate_period"): "INT NOT NULL DEFAULT 60",
     ("queue_configs", "key_max_workers"): "INT NOT NULL DEFAULT 0",
+    ("servers", "db_node"): "VARCHAR(255) NOT NULL DEFAULT ''",
 }
 
 
@@ -195,24 +198,29 @@ def get_server(cur, server_id: str) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
-def register_server(cur, server_id: str, host: str, pid: int, admin_address: str, version: str) -> None:
+def register_server(
+    cur, server_id: str, host: str, pid: int, admin_address: str, version: str, db_node: str = ""
+) -> None:
     cur.execute(
         "INSERT INTO servers (server_id, host, pid, admin_address, version, started_at, "
-        "last_heartbeat, state, queues, running) "
-        "VALUES (%(sid)s, %(host)s, %(pid)s, %(admin)s, %(version)s, NOW(3), NOW(3), 'online', '[]', 0) "
+        "last_heartbeat, state, queues, running, db_node) "
+        "VALUES (%(sid)s, %(host)s, %(pid)s, %(admin)s, %(version)s, NOW(3), NOW(3), 'online', '[]', 0, "
+        "%(db_node)s) "
         "ON DUPLICATE KEY UPDATE host = VALUES(host), pid = VALUES(pid), "
         "admin_address = VALUES(admin_address), version = VALUES(version), started_at = NOW(3), "
-        "last_heartbeat = NOW(3), state = 'online', queues = '[]', running = 0",
-        {"sid": server_id, "host": host, "pid": pid, "admin": admin_address, "version": version},
+        "last_heartbeat = NOW(3), state = 'online', queues = '[]', running = 0, db_node = VALUES(db_node)",
+        {"sid": server_id, "host": host, "pid": pid, "admin": admin_address, "version": version}
+        | {"db_node": db_node},
     )
 
 
-def beat(cur, server_id: str, state: str, queues_json: str, running: int) -> int:
-    """Renew the heartbeat; 0 rows means the row was deleted under us."""
+def beat(cur, server_id: str, state: str, queues_json: str, running: int, db_node: str = "") -> int:
+    """Renew the heartbeat (and say which database node we use now); 0 rows
+    means the row was deleted under us."""
     cur.execute(
-        "UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s "
+        "UPDATE servers SET last_heartbeat = NOW(3), state = %s, queues = %s, running = %s, db_node = %s "
         "WHERE server_id = %s",
-        (state, queues_json, running, server_id),
+        (state, queues_json, running, db_node, server_id),
     )
     return cur.rowcount
 
@@ -464,12 +472,19 @@ def delete_old_rate_slices(cur, periods: dict[str, float]) -> int:
 
 
 def claim_one_if_pending(cur, table: QuotedTable, server_id: str, task_id: int, claimed_at: Any) -> bool:
-    """Take one candidate only if nobody took it since we read it."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET status = 1, server_id = %s, start_time = %s "
-        "WHERE id = %s AND status = 0",
-        (server_id, claimed_at, task_id),
-    )
+    """Take one candidate only if nobody took it since we read it (on a
+    Galera cluster another node may have taken it an instant before: a
+    conflict, not an error)."""
+    try:
+        cur.execute(
+            f"UPDATE {checked(table)} SET status = 1, server_id = %s, start_time = %s "
+            "WHERE id = %s AND status = 0",
+            (server_id, claimed_at, task_id),
+        )
+    except Exception as error:
+        if isinstance(translate(error), RetryableConflict):
+            return False
+        raise
     return cur.rowcount == 1
 
 
@@ -705,15 +720,48 @@ def delete_stale_cancel_requests(cur, table: QuotedTable, table_name: str) -> in
 # --- named locks ---------------------------------------------------------------
 
 
-def try_lock(cur, name: str) -> bool:
-    """A server-wide named lock held by this connection, without waiting."""
-    cur.execute("SELECT GET_LOCK(%s, 0) AS got", (name,))
-    return cur.fetchone()["got"] == 1
+def try_named_lock(cur, name: str, holder: str, seconds: float) -> bool:
+    """Take the lock `name` for `holder` for `seconds`, unless another holder
+    has it and its time has not run out; on an autocommit cursor.
+
+    Not GET_LOCK: on a Galera cluster it is local to one node. The row is
+    locked (FOR UPDATE) and written in one short transaction of its own, so
+    two takers on one node take turns, and two on different nodes conflict
+    at COMMIT: one gets a deadlock error (RetryableConflict, retried by
+    Database.call) and then finds the lock held. A lease rather than a lock
+    held by an open transaction, because queue changes run DDL, which commits."""
+    cur.execute("INSERT IGNORE INTO named_locks (name) VALUES (%s)", (name,))
+    cur.execute("START TRANSACTION")
+    try:
+        cur.execute(
+            "SELECT holder <> '' AND expires_at > NOW(3) AS held FROM named_locks WHERE name = %s FOR UPDATE",
+            (name,),
+        )
+        taken = not cur.fetchone()["held"]
+        if taken:
+            cur.execute(
+                "UPDATE named_locks SET holder = %s, expires_at = NOW(3) + INTERVAL %s MICROSECOND "
+                "WHERE name = %s",
+                (holder, micros(seconds), name),
+            )
+        cur.execute("COMMIT")
+        return taken
+    except BaseException:
+        # A lock wait timeout leaves the transaction open; a lost connection
+        # cannot roll back, and the pool closes it anyway.
+        with suppress(Exception):
+            cur.connection.rollback()
+        raise
 
 
-def release_lock(cur, name: str) -> None:
-    cur.execute("SELECT RELEASE_LOCK(%s) AS released", (name,))
-    cur.fetchone()
+def release_named_lock(cur, name: str, holder: str) -> bool:
+    """Give the lock up if `holder` still has it (its time may have run out
+    and another taken it since); on an autocommit cursor."""
+    cur.execute(
+        "UPDATE named_locks SET holder = '', expires_at = NULL WHERE name = %s AND holder = %s",
+        (name, holder),
+    )
+    return cur.rowcount == 1
 
 
 # --- retention -------------------------------------------------------------------

@@ -313,6 +313,35 @@ class StringList(Kind):
         return {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
 
 
+HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
+
+
+@dataclass(frozen=True)
+class HostList(Kind):
+    """A list, maybe empty, of "host:port" strings ("[::1]:3306" for IPv6), as a tuple."""
+
+    def expectation(self) -> str:
+        return 'a list of "host:port" strings'
+
+    def check(self, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+            raise self._mismatch(clip(_as_json(value)))
+        for item in value:
+            match = HOST_PORT.fullmatch(item)
+            if match is None or not 1 <= int(match.group(2)) <= 65535:
+                raise self._mismatch(repr(clip(item)))
+        return tuple(value)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string", "pattern": HOST_PORT.pattern}}
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """("host", port) of a "host:port" HostList checked; IPv6 loses its brackets."""
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def _number_from_text(text: str, read: type[float] | type[int], kind: Kind) -> Any:
     try:
         return read(text)

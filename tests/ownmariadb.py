@@ -29,10 +29,11 @@ START_DEADLINE = 60.0
 
 
 class OwnMariaDB:
-    def __init__(self, root: Path | None = None, port: int | None = None):
+    def __init__(self, root: Path | None = None, port: int | None = None, user: str | None = None):
         self.root = Path(root or tempfile.mkdtemp(prefix="geventq-mariadb-"))
         self.datadir = self.root / "data"
         self.port = port or free_port()
+        self.user = user or _user()
         self.process: subprocess.Popen | None = None
         self.starts = 0
 
@@ -43,12 +44,13 @@ class OwnMariaDB:
         self.remove()
 
     def install(self) -> Self:
+        self._give_root_to_user()
         result = subprocess.run(
             [
                 "mariadb-install-db",
                 "--no-defaults",
                 f"--datadir={self.datadir}",
-                f"--user={_user()}",
+                f"--user={self.user}",
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
             ],
@@ -65,29 +67,39 @@ class OwnMariaDB:
         self.starts += 1
         log = open(self.root / "mariadbd.out", "ab")  # noqa: SIM115 - the server outlives this call
         self.process = subprocess.Popen(
-            [
-                "mariadbd",
-                "--no-defaults",
-                f"--datadir={self.datadir}",
-                f"--user={_user()}",
-                f"--port={self.port}",
-                "--bind-address=127.0.0.1",
-                f"--socket={self.root / 'mysqld.sock'}",
-                f"--pid-file={self.root / 'mysqld.pid'}",
-                f"--log-error={self.root / 'error.log'}",
-                "--skip-log-bin",
-                "--innodb-buffer-pool-size=128M",
-                "--max-connections=500",
-                # Durable commits, as a production server has them: a crash loses
-                # no committed claim or outcome, which is what the tests rely on.
-                "--innodb-flush-log-at-trx-commit=1",
-            ],
+            ["mariadbd", "--no-defaults", *self.server_args()],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         log.close()
         self.wait_ready()
         return self
+
+    def server_args(self) -> list[str]:
+        """mariadbd's options after --no-defaults (a Galera node adds its own)."""
+        return [
+            f"--datadir={self.datadir}",
+            f"--user={self.user}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.root / 'mysqld.sock'}",
+            f"--pid-file={self.root / 'mysqld.pid'}",
+            f"--log-error={self.root / 'error.log'}",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=128M",
+            "--max-connections=500",
+            # Durable commits, as a production server has them: a crash loses
+            # no committed claim or outcome, which is what the tests rely on.
+            "--innodb-flush-log-at-trx-commit=1",
+        ]
+
+    def _give_root_to_user(self) -> None:
+        """A server running as another user (mysql) must reach its folder and
+        write its logs, socket and pid file there."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0 and self.user != "root":
+            shutil.chown(self.root, self.user, self.user)
+            self.root.chmod(0o755)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_DEADLINE

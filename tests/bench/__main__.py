@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tests.bench import profile, report
+from tests.bench import galera_bench, profile, report
 from tests.bench.benchdb import BenchDB, Server
 from tests.bench.procs import Unavailable, remove_job_logs
 from tests.bench.workloads import WORKLOADS, Context, Sizes
@@ -49,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The ceiling first (every figure is a ratio to it); W5, the longest, last.
-RUN_ORDER = ["ceiling", "W1", "W2", "W3", "W4", "W6", "W9", "W10", "W11", "W5"]
+RUN_ORDER = ["ceiling", "W1", "W2", "W3", "W4", "W6", "W9", "W10", "W11", "W5", "W8"]
+# Run only when named in --only: W8 starts a 3-node Galera cluster (galera_bench.py).
+NOT_BY_DEFAULT = {"W8"}
 
 
 def selected(only: str | None) -> list[str]:
     if not only:
-        return list(WORKLOADS)
+        return [name for name in WORKLOADS if name not in NOT_BY_DEFAULT]
     wanted = [name.strip() for name in only.split(",") if name.strip()]
     by_lower = {name.lower(): name for name in WORKLOADS}
     unknown = [name for name in wanted if name.lower() not in by_lower]
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_workload(name, ctx)
     db.reset_between_workloads()
     progress(f"removed {remove_job_logs(out / 'work'):,} job log files")
-    rows = report.build_rows(results)
+    rows = report.build_rows(results) + galera_bench.w8_rows(results)
     print(report.format_table(rows))
     print(report.load_line(results))
     for name, summary in profiles(results):

@@ -19,6 +19,7 @@ from typing import Any
 from tests.bench import profile
 from tests.bench.benchdb import BenchDB, ident
 from tests.bench.client_bench import w10
+from tests.bench.galera_bench import w8
 from tests.bench.procs import (
     REPO,
     Executor,
@@ -939,6 +940,7 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W4": w4,
     "W5": w5,
     "W6": w6,
+    "W8": w8,
     "W9": w9,
     "W10": w10,
     "W11": w11,
