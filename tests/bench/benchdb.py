@@ -170,7 +170,7 @@ class BenchDB:
         self.execute(f"CREATE TABLE {ident(name)} LIKE email_tasks")
 
     def add_queue(
-        self, queue: str, table: str, *, max_workers: int, scan_interval: int, server_id: str = ""
+        self, queue: str, table: str, *, max_workers: int, scan_interval: float, server_id: str = ""
     ) -> None:
         self.task_table(table)
         self.execute(

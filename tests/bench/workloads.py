@@ -19,6 +19,7 @@ from typing import Any
 from tests.bench import profile
 from tests.bench.benchdb import BenchDB, ident
 from tests.bench.client_bench import w10
+from tests.bench.operator_view import idle_load, w7
 from tests.bench.procs import (
     REPO,
     Executor,
@@ -58,6 +59,7 @@ class Sizes:
     repeats: int = 3  # runs of W1, W2, W4, W6, W10's inserts and of the ceiling loop; the median is reported
     w10_tasks: int = 100_000  # Client.enqueue_many against a raw multi-row INSERT
     w10_single: int = 1_000  # single Client.enqueue calls timed
+    w7_finished: int = 10_000_000  # W7's finished rows (run only with --only W7)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -72,6 +74,7 @@ class Sizes:
             repeats=1,
             w10_tasks=10_000,
             w10_single=200,
+            w7_finished=1_000_000,
         )
 
 
@@ -545,13 +548,15 @@ def w5(ctx: Context) -> dict[str, Any]:
 def w3(ctx: Context) -> dict[str, Any]:
     """One task every 50 ms for 10 s on an idle server, created (a) through the
     admin API of the server that runs the queue, (b) through another server's
-    admin API, (c) by plain SQL with scan_interval 1."""
+    admin API, (c) by plain SQL with scan_interval 1, and with 0.1; then the
+    statements/s of one server with ten idle queues at scan_interval 5 and 0.1."""
     db = ctx.db
     db.reset_between_workloads()
     # The API queue keeps the default scan_interval (5 s): a created task must
     # be picked up at once without waiting for a scan.
     db.add_queue("bench_w3_api", "bench_w3_api", max_workers=10, scan_interval=5, server_id="bench-a")
     db.add_queue("bench_w3_sql", "bench_w3_sql", max_workers=10, scan_interval=1, server_id="bench-a")
+    db.add_queue("bench_w3_fast", "bench_w3_fast", max_workers=10, scan_interval=0.1, server_id="bench-a")
     workdir = ctx.workdir("W3")
     result: dict[str, Any] = {"interval_ms": 50, "seconds": ctx.sizes.w3_seconds}
     with executors(db, workdir, ["bench-a", "bench-b"]) as procs:
@@ -565,16 +570,18 @@ def w3(ctx: Context) -> dict[str, Any]:
             "a_api_local": lambda: _api_creator(a.admin_url, "bench_w3_api"),
             "b_api_remote": lambda: _api_creator(b.admin_url, "bench_w3_api"),
             "c_sql_insert": lambda: _sql_creator(db, "bench_w3_sql"),
+            "c_sql_insert_fast": lambda: _sql_creator(db, "bench_w3_fast"),
         }
+        tables = {"c_sql_insert": ("bench_w3_sql", 1), "c_sql_insert_fast": ("bench_w3_fast", 0.1)}
         for part, make_creator in parts.items():
-            table = "bench_w3_sql" if part.startswith("c_") else "bench_w3_api"
-            scan = 1 if part.startswith("c_") else 5
+            table, scan = tables.get(part, ("bench_w3_api", 5))
             try:
                 result[part] = _latency_part(ctx, part, table, make_creator(), procs, scan)
             except Unavailable as reason:
                 result[part] = {"status": "n/a", "reason": str(reason)}
                 ctx.progress(f"  {part}: n/a ({reason})")
         result.update(finish(ctx, workdir, procs))
+    result["idle_load"] = idle_load(ctx)
     return result
 
 
@@ -866,6 +873,7 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W4": w4,
     "W5": w5,
     "W6": w6,
+    "W7": w7,
     "W9": w9,
     "W10": w10,
 }
