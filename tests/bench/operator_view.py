@@ -137,7 +137,8 @@ def dashboard_cost(base: str, table: str) -> dict[str, Any]:
 def explain_operator_view(db: Any, table: str) -> dict[str, Any]:
     """EXPLAIN of the operator view's statements on the big table."""
     statements = {
-        "active_counts": f"SELECT status, COUNT(*) FROM {ident(table)} WHERE status IN (0, 1) GROUP BY status",
+        "active_counts": f"SELECT status, COUNT(*) FROM {ident(table)} "
+        "WHERE status IN (0, 1) GROUP BY status",
         "task_list_deep": f"SELECT * FROM {ident(table)} WHERE id < 100000 ORDER BY id DESC LIMIT 51",
         "due_pending": f"SELECT COUNT(*) FROM {ident(table)} WHERE status = 0 AND schedule_time <= NOW(3)",
     }
@@ -172,7 +173,8 @@ def idle_load(ctx: Any, queues: int = 10, seconds: float = 5.0) -> dict[str, Any
             "by_counter_per_s": {name: round(n / seconds, 1) for name, n in counts.items() if n},
         }
         ctx.progress(
-            f"  idle, {queues} queues at scan_interval {scan}: {counts.get('Questions', 0) / seconds:.1f} statements/s"
+            f"  idle, {queues} queues at scan_interval {scan}: "
+            f"{result[f'scan_{scan}']['statements_per_s']:.1f} statements/s"
         )
     return result
 
