@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS queue_configs (
   table_name     VARCHAR(100) NOT NULL,
   server_id      VARCHAR(50)  NOT NULL DEFAULT '',
   max_workers    INT          NOT NULL DEFAULT 10,
-  scan_interval  INT          NOT NULL DEFAULT 5,
+  scan_interval  DOUBLE       NOT NULL DEFAULT 5 COMMENT 'seconds, at least 0.05',
   status         TINYINT      NOT NULL DEFAULT 1,
   task_timeout   INT          NOT NULL DEFAULT 0,
   retention_days INT          NOT NULL DEFAULT 0,
@@ -133,6 +133,24 @@ CREATE TABLE IF NOT EXISTS schedule_fires (
   outcome      ENUM('enqueued', 'skipped_overlap', 'missed') NOT NULL,
   created_at   DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
   PRIMARY KEY (schedule_id, fire_at)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Outcomes per task table and minute (database clock), written in the same
+-- transaction as the rows they count, so the operator's view never counts
+-- finished rows: totals are the sum of a table's rows here, the throughput
+-- chart its recent minutes. `writer` is the server that wrote them ('' for
+-- the admin and the rescue), so servers never wait on each other's counter
+-- row. Housekeeping folds minutes older than a day into minute
+-- 1000-01-01 (the totals before that). Outcomes only: a retry or retention
+-- never lowers them.
+CREATE TABLE IF NOT EXISTS queue_minute_counts (
+  table_name     VARCHAR(100) NOT NULL,
+  minute         DATETIME     NOT NULL,
+  writer         VARCHAR(50)  NOT NULL DEFAULT '',
+  done           BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  failed         BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  cancelled      BIGINT UNSIGNED NOT NULL DEFAULT 0,
+  PRIMARY KEY (table_name, minute, writer)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- The base columns every task table has. A table made by hand with these

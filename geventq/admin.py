@@ -448,10 +448,9 @@ def task_list(admin: Admin, call: Call) -> dict[str, Any]:
         query["limit"],
         query["offset"],
     )
-    more = len(rows) > query["limit"]
     return {
         "items": [task_json(row) for row in rows[: query["limit"]]],
-        "next_offset": query["offset"] + query["limit"] if more else None,
+        "next_offset": admin_store.page_cursor(rows, query["limit"]),
     }
 
 

@@ -33,9 +33,12 @@ from geventq.errors import (
     TaskStateError,
 )
 from geventq.store import (
+    CANCELLED,
     PENDING,
+    RUNNING,
     STATUS_NAMES,
     checked,
+    count_outcomes,
     list_queue_configs,
     micros,
     release_named_lock,
@@ -347,15 +350,20 @@ def _drop_new_table(cur, name: str) -> None:
 
 def queue_overview(cur) -> list[dict[str, Any]]:
     """Every queue row with its task counts by status and the age in seconds
-    of its oldest due pending task, by the database clock."""
+    of its oldest due pending task, by the database clock. Pending and
+    running are counted in the task table's (status, schedule_time) index;
+    done, failed and cancelled are the outcome counters' totals
+    (queue_minute_counts), so finished history is never read."""
     queues = list_queue_configs(cur)
     held = _held_back_by_queue(cur)
+    totals = outcome_totals(cur)
     for queue in queues:
         queue["counts"], queue["oldest_pending_age"], queue["table_error"] = None, None, None
         queue["held_back"] = held.get(queue["queue_name"])
         try:
             table = quote_table(queue["table_name"], None)
-            queue["counts"], queue["oldest_pending_age"] = _table_stats(cur, table)
+            counts, queue["oldest_pending_age"] = _active_stats(cur, table)
+            queue["counts"] = {**counts, **totals.get(queue["table_name"], dict.fromkeys(OUTCOMES, 0))}
         except InvalidIdentifier as error:
             queue["table_error"] = str(error)
         except DRIVER_ERRORS as error:
@@ -378,56 +386,67 @@ def _held_back_by_queue(cur) -> dict[str, dict[str, Any]]:
     return {row.pop("queue_name"): row for row in cur.fetchall()}
 
 
-def _table_stats(cur, table: QuotedTable) -> tuple[dict[str, int], float | None]:
-    # One pass over the (status, schedule_time) index: counts per status, and
-    # in the pending group the earliest schedule_time that is already due.
+OUTCOMES = ("done", "failed", "cancelled")
+
+
+def outcome_totals(cur) -> dict[str, dict[str, int]]:
+    """table_name -> outcomes counted so far: a day of minute rows per table
+    and writer at most (housekeeping folds older ones into one)."""
+    cur.execute(
+        "SELECT table_name, SUM(done) AS done, SUM(failed) AS failed, SUM(cancelled) AS cancelled "
+        "FROM queue_minute_counts GROUP BY table_name"
+    )
+    return {row["table_name"]: {name: int(row[name]) for name in OUTCOMES} for row in cur.fetchall()}
+
+
+def _active_stats(cur, table: QuotedTable) -> tuple[dict[str, int], float | None]:
+    # A range of the (status, schedule_time) index, pending and running rows
+    # only: counts, and in the pending group the earliest schedule_time that
+    # is already due.
     cur.execute(
         "SELECT status, COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, "
         "MIN(IF(status = 0 AND schedule_time <= NOW(3), schedule_time, NULL)), NOW(3)) / 1e6 AS oldest "
-        f"FROM {checked(table)} GROUP BY status"
+        f"FROM {checked(table)} WHERE status IN (0, 1) GROUP BY status"
     )
-    counts = dict.fromkeys(STATUS_NAMES.values(), 0)
+    counts = {STATUS_NAMES[PENDING]: 0, STATUS_NAMES[RUNNING]: 0}
     oldest = None
     for row in cur.fetchall():
-        name = STATUS_NAMES.get(row["status"])
-        if name is not None:
-            counts[name] = int(row["n"])
+        counts[STATUS_NAMES[row["status"]]] = int(row["n"])
         if row["status"] == PENDING and row["oldest"] is not None:
             oldest = max(0.0, float(row["oldest"]))
     return counts, oldest
 
 
 def finished_per_minute(cur, minutes: int) -> dict[str, Any]:
-    """Tasks done and failed per minute of end_time over the last `minutes`
-    minutes (the current one included), per queue; minutes without any are 0."""
-    tables = {}
-    for queue in list_queue_configs(cur):
-        try:
-            tables[queue["queue_name"]] = quote_table(queue["table_name"], None)
-        except InvalidIdentifier:
-            continue
+    """Tasks done and failed per minute over the last `minutes` minutes (the
+    current one included), per queue, from the outcome counters; minutes
+    without any are 0."""
+    tables = {queue["table_name"]: queue["queue_name"] for queue in list_queue_configs(cur)}
     cur.execute("SELECT NOW(3) AS now")
     now = cur.fetchone()["now"].replace(second=0, microsecond=0)
     start = now - timedelta(minutes=minutes - 1)
     keys = [(start + timedelta(minutes=step)).strftime("%Y-%m-%d %H:%M") for step in range(minutes)]
-    series: dict[str, list[dict[str, Any]]] = {}
-    for queue_name, table in tables.items():
-        counted: dict[str, tuple[int, int]] = {}
-        try:
-            cur.execute(
-                "SELECT DATE_FORMAT(end_time, '%%Y-%%m-%%d %%H:%%i') AS minute, "
-                "SUM(status = 2) AS done, SUM(status = 3) AS failed "
-                f"FROM {checked(table)} WHERE status IN (2, 3) AND end_time >= %s GROUP BY minute",
-                (start,),
-            )
-            counted = {row["minute"]: (int(row["done"]), int(row["failed"])) for row in cur.fetchall()}
-        except DRIVER_ERRORS as error:
-            if table_problem(error) is None:
-                raise
-        series[queue_name] = [
-            {"minute": key, "done": counted.get(key, (0, 0))[0], "failed": counted.get(key, (0, 0))[1]}
+    counted: dict[tuple[str, str], tuple[int, int]] = {}
+    if tables:
+        cur.execute(
+            "SELECT table_name, DATE_FORMAT(minute, '%%Y-%%m-%%d %%H:%%i') AS minute, "
+            "SUM(done) AS done, SUM(failed) AS failed FROM queue_minute_counts "
+            "WHERE table_name IN %s AND minute >= %s GROUP BY table_name, minute",
+            (tuple(tables), start),
+        )
+        for row in cur.fetchall():
+            counted[(tables[row["table_name"]], row["minute"])] = (int(row["done"]), int(row["failed"]))
+    series = {
+        queue_name: [
+            {
+                "minute": key,
+                "done": counted.get((queue_name, key), (0, 0))[0],
+                "failed": counted.get((queue_name, key), (0, 0))[1],
+            }
             for key in keys
         ]
+        for queue_name in tables.values()
+    }
     return {"now": now.strftime("%Y-%m-%d %H:%M"), "minutes": minutes, "queues": series}
 
 
@@ -623,7 +642,11 @@ def insert_tasks_deduped(
 def list_tasks(
     cur, table: QuotedTable, status: int | None, task_type: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
-    """Newest first; one row more than `limit` tells the caller a next page exists."""
+    """Newest first; one row more than `limit` tells the caller a next page
+    exists. `offset` is a page cursor (see page_cursor) when negative: the
+    tasks older than id -offset, walked down the primary key from there, so
+    a deep page costs what the first does. A non-negative offset skips that
+    many rows (the old way, which reads every row it skips)."""
     where: list[str] = []
     args: list[Any] = []
     if status is not None:
@@ -632,12 +655,20 @@ def list_tasks(
     if task_type is not None:
         where.append("task_type = %s")
         args.append(task_type)
+    if offset < 0:
+        where.append("id < %s")
+        args.append(-offset)
     condition = f"WHERE {' AND '.join(where)} " if where else ""
     cur.execute(
         f"SELECT * FROM {checked(table)} {condition}ORDER BY id DESC LIMIT %s OFFSET %s",
-        (*args, limit + 1, offset),
+        (*args, limit + 1, max(offset, 0)),
     )
     return list(cur.fetchall())
+
+
+def page_cursor(rows: Sequence[dict[str, Any]], limit: int) -> int | None:
+    """task/list's next_offset: minus the last id shown, None on the last page."""
+    return -int(rows[limit - 1]["id"]) if len(rows) > limit else None
 
 
 def get_task(cur, table: QuotedTable, task_id: int) -> dict[str, Any] | None:
@@ -729,6 +760,7 @@ def cancel_task(cur, table: QuotedTable, table_name: str, task_id: int) -> tuple
             f"UPDATE {table} SET status = 4, end_time = NOW(3) WHERE id = %s",
             (task_id,),
         )
+        count_outcomes(cur, table_name, "", {CANCELLED: 1})
         done = "cancelled"
     elif found is not None and found["status"] == 1:
         cur.execute(

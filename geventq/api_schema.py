@@ -111,6 +111,17 @@ def Integer(
     return Field(name, kind, doc, text_syntax=_INT_TEXT, **presence)
 
 
+def Seconds(name: str, doc: str = "", *, minimum: float, maximum: float, **presence: Any) -> Field:
+    """A duration in seconds, fractional or whole (a body field)."""
+    return Field(
+        name, validation.Number(minimum=minimum, maximum=maximum, digit_groups=True), doc, **presence
+    )
+
+
+# An idle queue looks every scan_interval with one indexed read: 20 a second at most.
+MIN_SCAN_INTERVAL = 0.05
+
+
 def Choice(name: str, doc: str = "", *, choices: tuple[int, ...], **presence: Any) -> Field:
     """An integer from a short list (statuses, flags)."""
     return Field(name, validation.OneOf(choices), doc, text_syntax=_INT_TEXT, **presence)
@@ -495,7 +506,13 @@ QUEUE_FIELDS = Spec(
             pattern=SERVER_ID_PATTERN,
         ),
         Integer("max_workers", "tasks run at once per server", default=10, minimum=1, maximum=10_000),
-        Integer("scan_interval", "seconds between scans for due tasks", default=5, minimum=1, maximum=86_400),
+        Seconds(
+            "scan_interval",
+            "seconds between looks for tasks inserted by SQL (fractional, at least 0.05)",
+            default=5,
+            minimum=MIN_SCAN_INTERVAL,
+            maximum=86_400,
+        ),
         Choice("status", "1 enabled, 0 disabled", default=1, choices=(0, 1)),
         Integer(
             "task_timeout", "seconds an attempt may run; 0 = no limit", default=0, minimum=0, maximum=86_400
@@ -667,7 +684,14 @@ TASK_LIST_QUERY = Spec(
         Choice("status", TASK_STATUS_DOC, choices=TASK_STATUS_CODES),
         String("task_type", "only tasks of this type", min_length=1, max_length=50),
         Integer("limit", "page size", default=50, minimum=1, maximum=1000),
-        Integer("offset", "next_offset of the previous page", default=0, minimum=0, maximum=MAX_OFFSET),
+        Integer(
+            "offset",
+            "next_offset of the previous page (negative: a keyset cursor, the tasks older "
+            "than id -offset; 0 or more: rows to skip)",
+            default=0,
+            minimum=-MAX_OFFSET,
+            maximum=MAX_OFFSET,
+        ),
     )
 )
 THROUGHPUT_QUERY = Spec(

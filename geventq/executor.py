@@ -319,6 +319,7 @@ class Executor:
                 retry_count,
                 ids,
                 what="returning unfinished tasks",
+                transaction=True,
                 attempts=20,
             )
             logger.info("returned {} unfinished tasks of {} to pending", released, attempts[0].table_name)

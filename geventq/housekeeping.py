@@ -24,6 +24,8 @@ RETENTION_LOCK = "geventq_retention"
 # Should a server die mid-pass, another may start a pass after this long
 # (deleting finished tasks twice over is harmless, just wasted work).
 RETENTION_LOCK_HOLD = 600.0
+# The throughput chart reaches back a day at most (api_schema THROUGHPUT_QUERY).
+COUNTS_KEEP_MINUTES = 1440 + 5
 
 
 class Housekeeping:
@@ -52,6 +54,7 @@ class Housekeeping:
             self._last_retention = time.monotonic()
             self.apply_retention()
             self.prune_rate_slices()
+            self.fold_outcome_counts()
         if time.monotonic() - self._last_log_prune > LOG_PRUNE_EVERY:
             self._last_log_prune = time.monotonic()
             self.job_logs.prune(self.log_retention_days)
@@ -100,6 +103,11 @@ class Housekeeping:
             name: limits.rate_period for name, limits in self.catalog.limits.items() if limits.rate_limit
         }
         return self.db.call(store.delete_old_rate_slices, periods)
+
+    def fold_outcome_counts(self) -> int:
+        """Outcome counters of minutes the throughput chart no longer shows,
+        folded into each table's totals: the counters stay a day long."""
+        return self.db.call(store.fold_old_outcome_counts, COUNTS_KEEP_MINUTES, transaction=True)
 
     def apply_retention(self) -> None:
         """Delete finished tasks past each queue's retention_days, in small

@@ -38,7 +38,7 @@ QUEUE_ROW = {
         "table_name": {"type": "string"},
         "server_id": {"type": "string", "description": "'' = any server"},
         "max_workers": {"type": "integer"},
-        "scan_interval": {"type": "integer"},
+        "scan_interval": {"type": "number", "description": "seconds"},
         "status": {"type": "integer", "enum": [0, 1]},
         "task_timeout": {"type": "integer"},
         "retention_days": {"type": "integer"},

@@ -110,7 +110,9 @@ class OutcomeRecorder:
         unwritten: list[tuple[Attempt, Outcome]] = []
         for (table, retry_count), attempts in groups.items():
             ids = [attempt.id for attempt in attempts]
-            written = self._execute(store.finish_tasks, table, self.server_id, retry_count, ids)
+            written = self._execute(
+                self._write_done, table, attempts[0].table_name, retry_count, ids, transaction=True
+            )
             if written is None:
                 unwritten.extend((attempt, DONE) for attempt in attempts)
             else:
@@ -123,7 +125,21 @@ class OutcomeRecorder:
                 self._settle([attempt], outcome, written)
         return unwritten
 
+    def _write_done(self, cur, table: QuotedTable, table_name: str, retry_count: int, ids: list[int]) -> int:
+        """A group of successes, and their count, in one transaction."""
+        written = store.finish_tasks(cur, table, self.server_id, retry_count, ids)
+        store.count_outcomes(cur, table_name, self.server_id, {store.DONE: written})
+        return written
+
     def _write_failure(self, cur, attempt: Attempt, outcome: Outcome) -> int:
+        """Every outcome but success, and its count if it ended the task."""
+        written = self._write_failure_row(cur, attempt, outcome)
+        ended = {OutcomeKind.CANCELLED: store.CANCELLED, OutcomeKind.FAILED: store.FAILED}.get(outcome.kind)
+        if ended is not None:
+            store.count_outcomes(cur, attempt.table_name, self.server_id, {ended: written})
+        return written
+
+    def _write_failure_row(self, cur, attempt: Attempt, outcome: Outcome) -> int:
         """Every outcome but success, one attempt at a time, in one transaction."""
         error = outcome.error or ""
         if outcome.kind is OutcomeKind.RETRY:

@@ -353,14 +353,14 @@ class Producer:
             raise _invalid("", "status", "a task status (0-4)", status)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise _invalid("", "limit", "an integer from 1 to 1,000", limit)
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise _invalid("", "offset", "an integer from 0", offset)
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise _invalid("", "offset", "an integer (next_offset of the previous page)", offset)
         target = self.target(queue)
         wanted = None if status is None else int(status)
         rows = self._call(target, admin_store.list_tasks, target.table, wanted, task_type, limit, offset)
         return {
             "items": [task_json(row) for row in rows[:limit]],
-            "next_offset": offset + limit if len(rows) > limit else None,
+            "next_offset": admin_store.page_cursor(rows, limit),
         }
 
     def cancel(self, queue: str, task_id: int) -> dict[str, Any]:

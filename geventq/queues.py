@@ -177,7 +177,7 @@ class QueueRunner:
                 retry_in = result.retry_in if result.retry_in is not None else self.scan_interval
                 self._wake.wait(min(self.scan_interval, max(retry_in, MIN_IDLE_WAIT)))
             elif len(result.rows) < free:
-                self._wake.wait(self._idle_wait())
+                self._wait_until_due()
             elif self.pool.full():
                 # Every slot was filled: claim again as soon as slots free up.
                 self.pool.wait_available(timeout=self.scan_interval)
@@ -185,17 +185,25 @@ class QueueRunner:
                 # iteration free their slots too and one claim takes them all.
                 gevent.sleep(0)
 
-    def _idle_wait(self) -> float:
-        """Nothing more is due: sleep until the next task falls due, at most
-        scan_interval (tasks inserted by SQL are found by the next scan)."""
-        try:
-            wait = self._claimer.seconds_until_next_due(self.table, self.queue_name)
-        except DatabaseError:
-            return self.scan_interval
-        if wait is None:
-            return self.scan_interval
-        # Due but not claimed means another server holds it right now.
-        return min(self.scan_interval, max(wait, MIN_IDLE_WAIT))
+    def _wait_until_due(self) -> None:
+        """Nothing more is due: sleep until the next task falls due, looking
+        again every scan_interval (tasks inserted by SQL are found then).
+        Each look is one read of the (status, schedule_time) index, not a
+        claim's transaction, so a short scan_interval is cheap on an idle
+        queue. Returns when a claim may find work, or when woken."""
+        while not self._stopping:
+            try:
+                wait = self._claimer.seconds_until_next_due(self.table, self.queue_name)
+            except DatabaseError:
+                self._wake.wait(self.scan_interval)
+                return
+            if wait is not None and wait <= 0:
+                # Due but not claimed means another server holds it right now.
+                self._wake.wait(MIN_IDLE_WAIT)
+                return
+            sleep = self.scan_interval if wait is None else min(self.scan_interval, max(wait, MIN_IDLE_WAIT))
+            if self._wake.wait(sleep) or (wait is not None and wait <= sleep):
+                return
 
     def _claim_batch(self, limit: int) -> ClaimResult | None:
         """Claim up to `limit` due tasks and start them; None on a database error."""

@@ -11,7 +11,8 @@ from loguru import logger
 
 from geventq import store
 from geventq.config import Config
-from geventq.db import Database, Nodes
+from geventq.db import DRIVER_ERRORS, Database, Nodes, quote_table, table_problem
+from geventq.errors import InvalidIdentifier
 
 
 def find_init_sql() -> Traversable:
@@ -39,6 +40,7 @@ OWN_TABLES = frozenset(
         "schedules",
         "schedule_fires",
         "named_locks",
+        "queue_minute_counts",
     }
 )
 _CREATE_TABLE = re.compile(r"^CREATE\s+TABLE\s+IF\s+NOT\s+EXISTS\s+`?(\w+)`?", re.I)
@@ -105,6 +107,7 @@ def ensure_schema(config: Config, nodes: Nodes | None = None, script_path: Trave
                 logger.info("applying {} to database {}", script_path.name, name)
                 apply_script(cur, script_path)
             _add_missing_columns(cur)
+            _widen_columns(cur)
     finally:
         db.close()
     return not present
@@ -126,6 +129,32 @@ def _create_missing_own_tables(cur, script_path: Traversable, database: str) -> 
         if not store.table_exists(cur, database, table):
             logger.info("creating table {} (new in this release)", table)
             store.run_script(cur, [statement])
+            if table == "queue_minute_counts":
+                _backfill_outcome_counts(cur)
+
+
+def _backfill_outcome_counts(cur) -> None:
+    """The counters start where an older release leaves off: the finished
+    rows already in each queue's table are counted once, as totals (one
+    scan of each table, at the upgrade only)."""
+    for queue in store.list_queue_configs(cur):
+        try:
+            table = quote_table(queue["table_name"], None)
+            counted = store.backfill_outcome_counts(cur, table, queue["table_name"])
+        except InvalidIdentifier:
+            continue
+        except DRIVER_ERRORS as error:
+            if table_problem(error) is None:
+                raise
+            continue
+        logger.info("counted {} finished tasks already in {}", counted, queue["table_name"])
+
+
+def _widen_columns(cur) -> None:
+    for (table, column), (data_type, _) in store.WIDENED_COLUMNS.items():
+        if store.column_type(cur, table, column) not in (None, data_type):
+            logger.info("widening column {}.{} to {}", table, column, data_type)
+            store.widen_column(cur, table, column)
 
 
 def _add_missing_columns(cur) -> None:

@@ -93,7 +93,7 @@ def recover_own_orphans(db: Database, server_id: str, tables: Mapping[str, Quote
     total = 0
     for table_name, table in tables.items():
         try:
-            total += db.call(store.recover_own_orphans, table, table_name, server_id)
+            total += db.call(store.recover_own_orphans, table, table_name, server_id, transaction=True)
         except DatabaseError as error:
             logger.warning("recovering orphans in {}: {}", table_name, error)
     if total:
@@ -118,7 +118,9 @@ class Rescue:
         rescued = 0
         for table_name, table in list(self.catalog.tables.items()):
             try:
-                count = self.db.call(store.rescue_dead_servers_tasks, table, table_name, decided_at, alive)
+                count = self.db.call(
+                    store.rescue_dead_servers_tasks, table, table_name, decided_at, alive, transaction=True
+                )
             except DatabaseUnavailable:
                 raise
             except DatabaseError as error:
@@ -184,6 +186,7 @@ class Reconcile:
                 row["id"],
                 row["retry_count"],
                 UNATTENDED_CLAIM_AGE,
+                transaction=True,
             )
             logger.warning(
                 "task {}-{} was claimed by us but is not running here; requeued", table_name, row["id"]

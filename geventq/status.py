@@ -150,7 +150,7 @@ def queue_cells(queue: dict[str, Any]) -> list[str]:
         str(queue["table_name"]),
         str(queue["server_id"] or "any"),
         str(queue["max_workers"]),
-        f"{queue['scan_interval']}s",
+        f"{float(queue['scan_interval']):g}s",
         "yes" if int(queue["status"]) == 1 else "no",
         *(f"{counts[name]:,}" if counts else "?" for name in COUNTS),
         age(queue.get("oldest_pending_age")),

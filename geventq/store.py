@@ -12,7 +12,7 @@ servers with skewed clocks agree on what is due and who is alive.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +171,32 @@ NEW_COLUMNS: dict[tuple[str, str], str] = {
     ("queue_configs", "key_max_workers"): "INT NOT NULL DEFAULT 0",
     ("servers", "db_node"): "VARCHAR(255) NOT NULL DEFAULT ''",
 }
+
+
+# Columns whose type a newer release widened: (table, column) -> (the
+# information_schema data_type it has now, its definition). Widening keeps
+# every value (scan_interval: whole seconds became fractional ones).
+WIDENED_COLUMNS: dict[tuple[str, str], tuple[str, str]] = {
+    ("queue_configs", "scan_interval"): (
+        "double",
+        "DOUBLE NOT NULL DEFAULT 5 COMMENT 'seconds, at least 0.05'",
+    ),
+}
+
+
+def column_type(cur, table: str, column: str) -> str | None:
+    cur.execute(
+        "SELECT data_type AS t FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = %s AND column_name = %s",
+        (table, column),
+    )
+    row = cur.fetchone()
+    return None if row is None else row["t"].lower()
+
+
+def widen_column(cur, table: str, column: str) -> None:
+    # Both names come from WIDENED_COLUMNS, never from input.
+    cur.execute(f"ALTER TABLE {table} MODIFY COLUMN {column} {WIDENED_COLUMNS[(table, column)][1]}")
 
 
 def add_column(cur, table: str, column: str) -> None:
@@ -568,13 +594,17 @@ def release_tasks(
     """Hand unfinished attempts back on shutdown: not counted as an attempt.
     One whose task was cancelled meanwhile ends cancelled instead."""
     cancelled = _cancel_requested(checked(table))
-    cur.execute(
-        f"UPDATE {table} SET status = IF({cancelled}, 4, 0), end_time = IF({cancelled}, NOW(3), NULL), "
+    return _end_counted(
+        cur,
+        table,
+        table_name,
+        f"status = IF({cancelled}, 4, 0), end_time = IF({cancelled}, NOW(3), NULL), "
         f"error_msg = IF({cancelled}, 'cancelled by request (stopped by shutdown)', error_msg), "
-        "start_time = NULL " + FENCED_GROUP,
+        "start_time = NULL",
+        FENCED_GROUP,
         {"ids": tuple(ids), "sid": server_id, "rc": retry_count, "tname": table_name},
+        writer=server_id,
     )
-    return cur.rowcount
 
 
 # A lost attempt counts as an attempt: back to pending while retries remain,
@@ -621,16 +651,16 @@ def rescue_dead_servers_tasks(
     the lock, so the bound on start_time keeps every such claim out. start_time
     is NULL only in rows nobody claimed through geventq: those are orphans."""
     alive_clause = "AND server_id NOT IN %(alive)s " if alive else ""
-    cur.execute(
-        f"UPDATE {checked(table)} SET "
-        + _requeue_lost_attempt(
+    return _end_counted(
+        cur,
+        checked(table),
+        table_name,
+        _requeue_lost_attempt(
             table, "CONCAT('server ', server_id, ' stopped heartbeating while running this attempt')"
-        )
-        + f" WHERE status = 1 {alive_clause}"
-        "AND (start_time IS NULL OR start_time < %(decided)s)",
+        ),
+        f"WHERE status = 1 {alive_clause}AND (start_time IS NULL OR start_time < %(decided)s)",
         {"alive": tuple(alive), "decided": decided_at, "tname": table_name},
     )
-    return cur.rowcount
 
 
 def recover_own_orphans(cur, table: QuotedTable, table_name: str, server_id: str) -> int:
@@ -638,16 +668,19 @@ def recover_own_orphans(cur, table: QuotedTable, table_name: str, server_id: str
     process under our server_id left running. Bounded by this statement's own
     start, like a rescue: should that previous process still be alive after
     all and claim while this waits on a lock, its new claims are left alone."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET {_requeue_lost_attempt(table)} "
+    return _end_counted(
+        cur,
+        checked(table),
+        table_name,
+        _requeue_lost_attempt(table),
         "WHERE status = 1 AND server_id = %(sid)s AND (start_time IS NULL OR start_time < NOW(3))",
         {
             "err": f"server {server_id} restarted while running this attempt",
             "sid": server_id,
             "tname": table_name,
         },
+        writer=server_id,
     )
-    return cur.rowcount
 
 
 def find_own_claims(cur, table: QuotedTable, server_id: str, older_than: float) -> list[dict]:
@@ -673,10 +706,12 @@ def requeue_unattended_claim(
     Fenced like an outcome, and again on the claim's age: a shutdown hand-back
     keeps retry_count, so only start_time tells a newer claim of the same
     attempt apart from the one that was found unattended."""
-    cur.execute(
-        f"UPDATE {checked(table)} SET {_requeue_lost_attempt(table)} "
-        + FENCED_ONE
-        + " AND start_time < NOW(3) - INTERVAL %(age)s MICROSECOND",
+    return _end_counted(
+        cur,
+        checked(table),
+        table_name,
+        _requeue_lost_attempt(table),
+        FENCED_ONE + " AND start_time < NOW(3) - INTERVAL %(age)s MICROSECOND",
         {
             "err": f"claim by {server_id} was lost before it started",
             "id": task_id,
@@ -685,7 +720,92 @@ def requeue_unattended_claim(
             "age": micros(older_than),
             "tname": table_name,
         },
+        writer=server_id,
     )
+
+
+# --- outcome counters (queue_minute_counts) ----------------------------------------
+#
+# Every statement that ends an attempt adds it to its table's counter row of
+# the current minute, in its own transaction: the admin's totals and the
+# throughput chart read these, never the finished rows.
+
+OUTCOME_COLUMNS = {DONE: "done", FAILED: "failed", CANCELLED: "cancelled"}
+# The row that holds each table's totals from before the minutes kept.
+TOTALS_MINUTE = "1000-01-01 00:00:00"
+
+
+def count_outcomes(cur, table_name: str, writer: str, counts: Mapping[int, int]) -> None:
+    """Add outcomes (status -> how many) to this minute's counters of the table."""
+    values = [int(counts.get(status, 0)) for status in OUTCOME_COLUMNS]
+    if not any(values):
+        return
+    cur.execute(
+        "INSERT INTO queue_minute_counts (table_name, minute, writer, done, failed, cancelled) "
+        "VALUES (%s, DATE_FORMAT(NOW(), '%%Y-%%m-%%d %%H:%%i:00'), %s, %s, %s, %s) "
+        "ON DUPLICATE KEY UPDATE done = done + VALUES(done), failed = failed + VALUES(failed), "
+        "cancelled = cancelled + VALUES(cancelled)",
+        (table_name, writer, *values),
+    )
+
+
+def _end_counted(
+    cur, table: QuotedTable, table_name: str, assignments: str, where: str, args: dict, writer: str = ""
+) -> int:
+    """An UPDATE that ends some of its rows (its IF()s decide, row by row):
+    the rows are locked first, so the outcomes it wrote are counted among
+    exactly those rows afterwards. Run in a transaction; rows changed."""
+    cur.execute(f"SELECT id FROM {checked(table)} {where} FOR UPDATE", args)
+    locked = tuple(row["id"] for row in cur.fetchall())
+    if not locked:
+        return 0
+    cur.execute(f"UPDATE {table} SET {assignments} {where} AND id IN %(locked)s", {**args, "locked": locked})
+    changed = cur.rowcount
+    cur.execute(
+        f"SELECT status, COUNT(*) AS n FROM {table} WHERE id IN %s AND status IN (2, 3, 4) GROUP BY status",
+        (locked,),
+    )
+    count_outcomes(cur, table_name, writer, {row["status"]: int(row["n"]) for row in cur.fetchall()})
+    return changed
+
+
+def backfill_outcome_counts(cur, table: QuotedTable, table_name: str) -> int:
+    """Count the finished rows a table already holds into its totals row
+    (once, when the counters begin); how many."""
+    cur.execute(
+        "SELECT COALESCE(SUM(status = 2), 0) AS done, COALESCE(SUM(status = 3), 0) AS failed, "
+        f"COALESCE(SUM(status = 4), 0) AS cancelled FROM {checked(table)} WHERE status IN (2, 3, 4)"
+    )
+    row = cur.fetchone()
+    cur.execute(
+        "INSERT INTO queue_minute_counts (table_name, minute, writer, done, failed, cancelled) "
+        "VALUES (%s, %s, '', %s, %s, %s) ON DUPLICATE KEY UPDATE done = done + VALUES(done), "
+        "failed = failed + VALUES(failed), cancelled = cancelled + VALUES(cancelled)",
+        (table_name, TOTALS_MINUTE, row["done"], row["failed"], row["cancelled"]),
+    )
+    return int(row["done"]) + int(row["failed"]) + int(row["cancelled"])
+
+
+def fold_old_outcome_counts(cur, keep_minutes: int) -> int:
+    """Minutes older than `keep_minutes` added into each table's totals row
+    and deleted (nothing writes a minute that old again); rows folded. Run
+    in a transaction."""
+    old = "minute < NOW() - INTERVAL %(keep)s MINUTE AND minute > %(totals)s"
+    args = {"keep": keep_minutes, "totals": TOTALS_MINUTE}
+    # Locked first: two servers folding at once take turns, never count twice.
+    cur.execute(f"SELECT COUNT(*) AS n FROM queue_minute_counts WHERE {old} FOR UPDATE", args)
+    if not cur.fetchone()["n"]:
+        return 0
+    cur.execute(
+        "INSERT INTO queue_minute_counts (table_name, minute, writer, done, failed, cancelled) "
+        "SELECT table_name, %(totals)s, '', SUM(done), SUM(failed), SUM(cancelled) "
+        f"FROM queue_minute_counts AS minutes WHERE {old} GROUP BY table_name "
+        "ON DUPLICATE KEY UPDATE done = queue_minute_counts.done + VALUES(done), "
+        "failed = queue_minute_counts.failed + VALUES(failed), "
+        "cancelled = queue_minute_counts.cancelled + VALUES(cancelled)",
+        args,
+    )
+    cur.execute(f"DELETE FROM queue_minute_counts WHERE {old}", args)
     return cur.rowcount
 
 

@@ -57,7 +57,10 @@ def test_enqueue_list_get_cancel_retry(config, db):
     assert lines[0].split() == ["ID", "TYPE", "STATUS", "DUE", "ATTEMPT", "SERVER", "ERROR", "PARAMS"]
     assert [line.split()[0] for line in lines[1:]] == ["3", "2", "1"]
     page = ok_json(config, "tasks", "list", "q", "--limit", "2")
-    assert [item["id"] for item in page["items"]] == [3, 2] and page["next_offset"] == 2
+    assert [item["id"] for item in page["items"]] == [3, 2] and page["next_offset"] == -2
+    # (the cursor: tasks older than id 2) and passed back, the next page is the rest
+    rest = ok_json(config, "tasks", "list", "q", "--limit", "2", "--offset", "-2")
+    assert [item["id"] for item in rest["items"]] == [1] and rest["next_offset"] is None
     assert ok_json(config, "tasks", "get", "q", "1")["task_params"] == {"to": "a@example.com"}
 
     # When one is cancelled, a missing and a cancelled one are refused with their codes

@@ -50,6 +50,11 @@ def test_an_older_installation_gains_new_own_tables_and_columns_but_no_samples(d
     db.execute("DROP TABLE schedule_fires")
     db.execute("ALTER TABLE queue_configs DROP COLUMN task_timeout, DROP COLUMN retention_days")
     db.execute("DROP TABLE report_tasks")
+    # whole-second scan_interval, no outcome counters, and finished tasks already there
+    db.execute("DROP TABLE queue_minute_counts")
+    db.execute("ALTER TABLE queue_configs MODIFY COLUMN scan_interval INT NOT NULL DEFAULT 5")
+    db.execute("UPDATE queue_configs SET scan_interval = 3 WHERE queue_name = 'email_queue'")
+    db.execute("INSERT INTO email_tasks (task_type, status) SELECT 'x', seq % 5 FROM seq_1_to_100")
     queues = db.scalar("SELECT COUNT(*) FROM queue_configs")
     # When an executor starts on it
     ran_init = ensure_schema(config.load(write_config(tmp_path, db), environ={}))
@@ -69,3 +74,15 @@ def test_an_older_installation_gains_new_own_tables_and_columns_but_no_samples(d
         {"task_timeout": 0, "retention_days": 0}
     ]
     assert db.scalar("SELECT COUNT(*) FROM queue_configs") == queues
+    # scan_interval takes fractions now and kept its values; the counters
+    # begin with the finished rows already there, once
+    assert db.query(
+        "SELECT data_type FROM information_schema.columns WHERE table_schema = DATABASE() "
+        "AND table_name = 'queue_configs' AND column_name = 'scan_interval'"
+    ) == [{"data_type": "double"}]
+    assert db.scalar("SELECT scan_interval FROM queue_configs WHERE queue_name = 'email_queue'") == 3
+    assert db.query(
+        "SELECT done, failed, cancelled FROM queue_minute_counts WHERE table_name = 'email_tasks'"
+    ) == [{"done": 20, "failed": 20, "cancelled": 20}]
+    ensure_schema(config.load(write_config(tmp_path, db), environ={}))
+    assert db.scalar("SELECT SUM(done) FROM queue_minute_counts") == 20

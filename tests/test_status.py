@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from geventq import Status
+from geventq import Status, store
 from tests.support import REPO, free_port, write_config
 
 
@@ -51,6 +51,11 @@ def test_status_prints_queues_and_servers_from_the_database(db, tmp_path):
                 (int(task_status),),
             )
     db.insert_tasks("order_tasks", "x", 1, delay_seconds=3600)  # pending, not yet due
+    # the finished ones counted as geventq counts the outcomes it writes
+    with db.connect() as conn, conn.cursor() as cur:
+        store.count_outcomes(
+            cur, "order_tasks", "server-007", {Status.DONE: 5, Status.FAILED: 1, Status.CANCELLED: 3}
+        )
     db.execute(
         "INSERT INTO servers (server_id, host, pid, state, queues, running, last_heartbeat) "
         "VALUES ('server-007', 'web-7', 4242, 'online', '[\"orders\"]', 2, NOW(3)), "

@@ -178,7 +178,7 @@ class BenchDB:
         table: str,
         *,
         max_workers: int,
-        scan_interval: int,
+        scan_interval: float,
         server_id: str = "",
         limits: dict[str, int] | None = None,
     ) -> None:

@@ -39,7 +39,9 @@ def write_config(workdir: Path, db: BenchDB, port: int | None = None) -> Path:
         },
         "admin": {"port": 0},
         "handlers": {"paths": [str(BENCH_HANDLERS)]},
-        "log": {"dir": str(workdir / "logs")},
+        # Absolute: a relative log.dir is read against the config file's own
+        # folder (this workdir), which would nest a second copy of the path.
+        "log": {"dir": str((workdir / "logs").resolve())},
     }
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"

@@ -16,6 +16,9 @@ W2_EFFICIENCY = 0.95
 W3_API_P99_MS = 50.0
 W3_SQL_SLACK_MS = 50.0
 W4_RATIO = 0.90
+W3C_FAST_P99_MS = 150.0
+W7_P99_MS = 50.0
+W7_DASHBOARD_SHARE = 0.05
 W5_GROWTH_MB = 20.0
 STATEMENTS_PER_TASK = 0.25
 W9_CREATED_MS = 1000.0  # issue 10: a task exists within 1 s of its fire time
@@ -91,6 +94,8 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w9_rows(results)
     rows += _w10_rows(results)
     rows += _w11_rows(results, ceiling)
+    if "W7" in results:
+        rows += _w7_rows(results)
     return rows
 
 
@@ -214,6 +219,7 @@ def _w3_rows(results: dict) -> list[Row]:
         ("a_api_local", "W3a API, same server", W3_API_P99_MS),
         ("b_api_remote", "W3b API, other server", W3_API_P99_MS),
         ("c_sql_insert", "W3c SQL insert, scan 1 s", 1000 + W3_SQL_SLACK_MS),
+        ("c_sql_insert_fast", "W3c SQL insert, scan 0.1 s", W3C_FAST_P99_MS),
     ):
         entry = get(results, "W3", part) or {}
         if entry.get("status") == "n/a":
@@ -233,6 +239,57 @@ def _w3_rows(results: dict) -> list[Row]:
             value += f" ({entry['never_picked_up']} never ran)"
         met = None if p99 is None else p99 <= limit and not entry.get("never_picked_up")
         rows.append(Row(label, "p50/p95/p99 ms", value, target=f"p99 ≤ {limit:g} ms", verdict=_verdict(met)))
+    idle = get(results, "W3", "idle_load") or {}
+    for scan in ("5", "0.1"):
+        rate = get(idle, f"scan_{scan}", "statements_per_s")
+        if rate is not None:
+            rows.append(
+                Row(
+                    "W3 idle load",
+                    f"statements/s, {idle['queues']} idle queues, scan {scan} s",
+                    _num(rate, ".1f"),
+                )
+            )
+    return rows
+
+
+def _w7_rows(results: dict) -> list[Row]:
+    skipped = _skipped(results, "W7", "W7 operator view")
+    if skipped:
+        return skipped
+    rows = []
+    rows_label = f"{_num(get(results, 'W7', 'finished_rows'))} finished rows"
+    for name, entry in (get(results, "W7", "latency") or {}).items():
+        p99 = entry.get("p99_ms")
+        rows.append(
+            Row(
+                "W7 operator view",
+                f"{name} p50/p99 ms ({rows_label})",
+                f"{_num(entry.get('p50_ms'), '.1f')}/{_num(p99, '.1f')}",
+                target=f"p99 ≤ {W7_P99_MS:g} ms",
+                verdict=_verdict(None if p99 is None else p99 <= W7_P99_MS),
+            )
+        )
+    share = get(results, "W7", "dashboard", "db_core_share_every_3s")
+    rows.append(
+        Row(
+            "W7 operator view",
+            "MariaDB CPU, one dashboard refreshing every 3 s",
+            "n/a" if share is None else f"{share:.2%} of a core",
+            target=f"≤ {W7_DASHBOARD_SHARE:.0%}",
+            verdict=_verdict(None if share is None else share <= W7_DASHBOARD_SHARE),
+        )
+    )
+    ratio = get(results, "W7", "claim_ratio")
+    rows.append(
+        Row(
+            "W7 operator view",
+            f"W1 tasks/s on it ({_num(get(results, 'W7', 'claim_big_tasks_per_s'))}) ÷ on an empty table",
+            _num(ratio, ".2f"),
+            target=f"≥ {W4_RATIO}",
+            verdict=_verdict(None if ratio is None else ratio >= W4_RATIO),
+        )
+    )
     return rows
 
 

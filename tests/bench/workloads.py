@@ -20,6 +20,7 @@ from tests.bench import profile
 from tests.bench.benchdb import BenchDB, ident
 from tests.bench.client_bench import w10
 from tests.bench.galera_bench import w8
+from tests.bench.operator_view import idle_load, w7
 from tests.bench.procs import (
     REPO,
     Executor,
@@ -60,6 +61,7 @@ class Sizes:
     w10_tasks: int = 100_000  # Client.enqueue_many against a raw multi-row INSERT
     w10_single: int = 1_000  # single Client.enqueue calls timed
     w11_cancels: int = 40  # running tasks cancelled one by one
+    w7_finished: int = 10_000_000  # W7's finished rows (run only with --only W7)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -75,6 +77,7 @@ class Sizes:
             w10_tasks=10_000,
             w10_single=200,
             w11_cancels=10,
+            w7_finished=1_000_000,
         )
 
 
@@ -549,13 +552,15 @@ def w5(ctx: Context) -> dict[str, Any]:
 def w3(ctx: Context) -> dict[str, Any]:
     """One task every 50 ms for 10 s on an idle server, created (a) through the
     admin API of the server that runs the queue, (b) through another server's
-    admin API, (c) by plain SQL with scan_interval 1."""
+    admin API, (c) by plain SQL with scan_interval 1, and with 0.1; then the
+    statements/s of one server with ten idle queues at scan_interval 5 and 0.1."""
     db = ctx.db
     db.reset_between_workloads()
     # The API queue keeps the default scan_interval (5 s): a created task must
     # be picked up at once without waiting for a scan.
     db.add_queue("bench_w3_api", "bench_w3_api", max_workers=10, scan_interval=5, server_id="bench-a")
     db.add_queue("bench_w3_sql", "bench_w3_sql", max_workers=10, scan_interval=1, server_id="bench-a")
+    db.add_queue("bench_w3_fast", "bench_w3_fast", max_workers=10, scan_interval=0.1, server_id="bench-a")
     workdir = ctx.workdir("W3")
     result: dict[str, Any] = {"interval_ms": 50, "seconds": ctx.sizes.w3_seconds}
     with executors(db, workdir, ["bench-a", "bench-b"]) as procs:
@@ -569,16 +574,18 @@ def w3(ctx: Context) -> dict[str, Any]:
             "a_api_local": lambda: _api_creator(a.admin_url, "bench_w3_api"),
             "b_api_remote": lambda: _api_creator(b.admin_url, "bench_w3_api"),
             "c_sql_insert": lambda: _sql_creator(db, "bench_w3_sql"),
+            "c_sql_insert_fast": lambda: _sql_creator(db, "bench_w3_fast"),
         }
+        tables = {"c_sql_insert": ("bench_w3_sql", 1), "c_sql_insert_fast": ("bench_w3_fast", 0.1)}
         for part, make_creator in parts.items():
-            table = "bench_w3_sql" if part.startswith("c_") else "bench_w3_api"
-            scan = 1 if part.startswith("c_") else 5
+            table, scan = tables.get(part, ("bench_w3_api", 5))
             try:
                 result[part] = _latency_part(ctx, part, table, make_creator(), procs, scan)
             except Unavailable as reason:
                 result[part] = {"status": "n/a", "reason": str(reason)}
                 ctx.progress(f"  {part}: n/a ({reason})")
         result.update(finish(ctx, workdir, procs))
+    result["idle_load"] = idle_load(ctx)
     return result
 
 
@@ -941,6 +948,7 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W5": w5,
     "W6": w6,
     "W8": w8,
+    "W7": w7,
     "W9": w9,
     "W10": w10,
     "W11": w11,
