@@ -11,6 +11,7 @@ settles, the lease watch drops, reconciliation and shutdown ask.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -157,6 +158,7 @@ class ClaimedAttempts:
         self._handlers: dict[tuple[str, int], tuple[Greenlet, CancelFlag]] = {}
         self._cancel_requested: set[tuple[str, int]] = set()
         self._ended: set[tuple[str, int]] = set()  # handler returned, outcome not written yet
+        self._ended_by_table: Counter[str] = Counter()
 
     def add(self, attempts: Iterable[Attempt]) -> None:
         for attempt in attempts:
@@ -174,9 +176,16 @@ class ClaimedAttempts:
         key = attempt.key
         if self._held.get(key) == attempt:  # not a newer attempt of the same task
             del self._held[key]
-            self._ended.discard(key)
+            if key in self._ended:
+                self._ended.discard(key)
+                self._ended_by_table[key[0]] -= 1
             self._handlers.pop(key, None)
             self._cancel_requested.discard(key)
+
+    def unwritten(self, table_name: str) -> int:
+        """Attempts of the table whose handler returned and whose outcome is
+        not written yet: their rows still count as running."""
+        return self._ended_by_table[table_name]
 
     def holds(self, table_name: str, task_id: int) -> bool:
         return (table_name, task_id) in self._held
@@ -194,8 +203,9 @@ class ClaimedAttempts:
         """From here on the attempt's outcome stands: a cancel no longer stops it."""
         self._handlers.pop(attempt.key, None)
         self._cancel_requested.discard(attempt.key)
-        if attempt.key in self._held:
+        if attempt.key in self._held and attempt.key not in self._ended:
             self._ended.add(attempt.key)
+            self._ended_by_table[attempt.table_name] += 1
 
     def cancel(self, table_name: str, task_id: int, retry_count: int, exception: type[BaseException]) -> str:
         """Stop the handler of that attempt with `exception`, at its next

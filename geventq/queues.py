@@ -151,6 +151,11 @@ class QueueRunner:
         return running
 
     @property
+    def capped(self) -> bool:
+        """A global or per-key cap: running rows, not this pool, decide the room."""
+        return bool(self.limits.global_max_workers or self.limits.key_max_workers)
+
+    @property
     def running(self) -> int:
         return len(self.pool)
 
@@ -166,8 +171,14 @@ class QueueRunner:
                 continue
             if not self.pool.wait_available(timeout=self.scan_interval) or self._stopping:
                 continue
-            free = self.pool.free_count()
             self._wake.clear()
+            if self.capped and self._claimed.unwritten(self.table_name):
+                # Our own ended tasks hold their slots until their outcomes are
+                # written (within a hub turn): a claim now would count them and
+                # take less. The recorder wakes us once they are written.
+                self._wake.wait(self.scan_interval)
+                continue
+            free = self.pool.free_count()
             result = self._claim_batch(free)
             if result is None:
                 self._wake.wait(min(self.scan_interval, 1.0))
@@ -277,7 +288,7 @@ class QueueRunner:
 
     def _start_claimed(self, rows: list[dict]) -> int:
         now = time.monotonic()
-        capped = bool(self.limits.global_max_workers or self.limits.key_max_workers)
+        capped = self.capped
         attempts = [
             Attempt.from_row(self.queue_name, self.table_name, self.table, row, now, capped=capped)
             for row in rows
