@@ -21,6 +21,7 @@ STATEMENTS_PER_TASK = 0.25
 W9_CREATED_MS = 1000.0  # issue 10: a task exists within 1 s of its fire time
 W10_ENQUEUE_MANY_RATIO = 0.80
 W10_PICKUP_P99_MS = 50.0
+W12_CPU_SPEEDUP = 1.6  # issue 13: CPU-bound tasks, 2 processes against 1, on 2 cores
 
 
 @dataclass
@@ -88,6 +89,7 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w6_rows(results, ceiling)
     rows += _w9_rows(results)
     rows += _w10_rows(results)
+    rows += _w12_rows(results, ceiling)
     return rows
 
 
@@ -272,6 +274,29 @@ def _w10_rows(results: dict) -> list[Row]:
                 None if p99 is None else p99 <= W10_PICKUP_P99_MS and not pickup.get("never_picked_up")
             ),
         ),
+    ]
+
+
+def _w12_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W12", "W12 processes")
+    if skipped:
+        return skipped
+    one = get(results, "W12", "cpu_1_process", "tasks_per_s")
+    two = get(results, "W12", "cpu_2_processes", "tasks_per_s")
+    noop = get(results, "W12", "noop_2_processes", "tasks_per_s")
+    speedup = get(results, "W12", "cpu_speedup")
+    return [
+        Row("W12 CPU-bound ~2 ms, 1 process", "tasks/s", _num(one), _ratio(one, ceiling)),
+        Row("W12 CPU-bound ~2 ms, 2 processes", "tasks/s", _num(two), _ratio(two, ceiling)),
+        Row(
+            "W12 CPU-bound ~2 ms",
+            "2 processes ÷ 1",
+            _num(speedup, ".2f"),
+            target=f"≥ {W12_CPU_SPEEDUP}",
+            verdict=_verdict(None if speedup is None else speedup >= W12_CPU_SPEEDUP),
+        ),
+        Row("W12 no-op, 2 processes", "tasks/s", _num(noop), _ratio(noop, ceiling)),
+        Row("W12 no-op, 2 processes", "ratio to W1", _num(get(results, "W12", "noop_ratio_to_w1"), ".2f")),
     ]
 
 
