@@ -12,10 +12,13 @@ SHOW GLOBAL STATUS deltas (Questions, less the producer's inserts and our
 own SHOW) are printed beside it for reference.
 
 Busy means: every queue gets one task per second (inserted by SQL, so found
-by the next scan), each task sleeps 5 s: a scan finds a batch of
-scan_interval tasks, claims it in one transaction, and the batch finishes
-together 5 s later in one grouped outcome; something is always running, so
-the cancel watch polls every 0.5 s.
+by a scan), each task sleeps 5 s. The servers start together, so their scans
+of a queue line up: every scan_interval the first of them claims the queue's
+batch in one transaction (the others find the rows locked or gone), and the
+batch finishes together 5 s later in one grouped outcome. Claims and
+outcomes are therefore per queue, not per server; what grows with the
+servers is the cancel watch, which polls every 0.5 s on each server that has
+tasks running (counted in the run, at most min(servers, queues) here).
 """
 
 from __future__ import annotations
@@ -70,20 +73,25 @@ def idle_per_server(s: Settings) -> dict[str, float]:
     }
 
 
-def busy_per_server(s: Settings) -> dict[str, float]:
-    """As idle, plus per queue and scan the claim's UPDATE and the batch's
-    grouped outcome UPDATE, plus the cancel watch polling while tasks run."""
-    rates = idle_per_server(s)
-    rates["claims"] = s.queues / s.scan_interval
-    rates["outcomes"] = s.queues / s.scan_interval
-    rates["cancel watch"] = 1 / CANCEL_POLL_EVERY
-    return rates
+def busy_extra(s: Settings, running_servers: int) -> dict[str, float]:
+    """What the busy scenario adds to the idle servers, for the whole cluster:
+    per queue and scan one claim UPDATE (its SELECT and COMMIT are the idle
+    scan's) and one grouped outcome UPDATE; the cancel watch's SELECT every
+    0.5 s on each server with tasks running."""
+    return {
+        "claims": s.queues / s.scan_interval,
+        "outcomes": s.queues / s.scan_interval,
+        "cancel watch": running_servers / CANCEL_POLL_EVERY,
+    }
 
 
-def model(s: Settings, busy: bool, supervisors: int = 0) -> float:
-    per_server = sum((busy_per_server if busy else idle_per_server)(s).values())
+def model(s: Settings, running_servers: int | None = None, supervisors: int = 0) -> float:
+    """Statements/s of the cluster: idle, or busy with `running_servers`."""
+    total = s.servers * sum(idle_per_server(s).values())
+    if running_servers is not None:
+        total += sum(busy_extra(s, running_servers).values())
     # a supervisor reads its children's heartbeats once per heartbeat_interval
-    return s.servers * per_server + supervisors / s.heartbeat_interval
+    return total + supervisors / s.heartbeat_interval
 
 
 # --- the measured run --------------------------------------------------------------
@@ -109,6 +117,25 @@ class Server:
                 "SHOW GLOBAL STATUS WHERE Variable_name = 'Questions' OR Variable_name LIKE 'Com\\_%%'"
             )
             return {name: int(value) for name, value in cur.fetchall()}
+
+    def now(self):
+        with self._status_conn.cursor() as cur:
+            cur.execute("SELECT NOW(3)")
+            return cur.fetchone()[0]
+
+    def running_servers(self, database: str, tables: list[str], window: tuple) -> int:
+        """Servers that had a task running at some moment of the window."""
+        union = " UNION ".join(
+            f"SELECT server_id FROM `{database}`.`{table}` WHERE start_time < %(end)s "
+            "AND (end_time IS NULL OR end_time > %(begin)s)"
+            for table in tables
+        )
+        with self._status_conn.cursor() as cur:
+            cur.execute(
+                f"SELECT COUNT(DISTINCT server_id) FROM ({union}) AS ran",
+                {"begin": window[0], "end": window[1]},
+            )
+            return int(cur.fetchone()[0])
 
 
 def prepare(server: Server, database: str, queues: int) -> list[str]:
@@ -159,10 +186,12 @@ class Producer(threading.Thread):
 
 def measure(server: Server, proxy: CountingProxy, seconds: float, producer_sent=lambda: 0) -> dict:
     before, sent_before = server.status(), producer_sent()
+    began = server.now()
     proxy.reset()
     time.sleep(seconds)
     counted = proxy.snapshot()
     after, sent = server.status(), producer_sent() - sent_before
+    ended = server.now()
     questions = after["Questions"] - before["Questions"] - sent - 1  # less the producer and one SHOW
     return {
         "proxy_per_s": counted.get("Questions", 0) / seconds,
@@ -172,6 +201,7 @@ def measure(server: Server, proxy: CountingProxy, seconds: float, producer_sent=
             if name not in ("Questions", "Connections")
         },
         "global_questions_per_s": questions / seconds,
+        "window": (began, ended),
     }
 
 
@@ -226,22 +256,23 @@ def run(args: argparse.Namespace) -> dict:
         print(f"measuring {args.seconds:g} s busy ...", file=sys.stderr)
         busy = measure(server, proxy, args.seconds, lambda: producer.sent)
         producer.stopping.set()
+        busy["running_servers"] = server.running_servers(args.database, tables, busy["window"])
     finally:
         process.terminate()
         process.wait(60)
         proxy.close()
     settings = Settings(servers=args.processes, queues=args.queues)
+    at_scale = Settings(servers=100, queues=20)
     return {
         "settings": settings.__dict__,
-        "idle": {**idle, "model_per_s": model(settings, busy=False, supervisors=1)},
-        "busy": {**busy, "model_per_s": model(settings, busy=True, supervisors=1)},
-        "model_by_source_per_server": {
-            "idle": idle_per_server(settings),
-            "busy": busy_per_server(settings),
-        },
+        "idle": {**idle, "model_per_s": model(settings, supervisors=1)},
+        "busy": {**busy, "model_per_s": model(settings, busy["running_servers"], supervisors=1)},
+        "model_idle_per_server": idle_per_server(settings),
+        "model_busy_extra": busy_extra(settings, busy["running_servers"]),
         "at_100_servers_x_20_queues": {
-            "idle_per_s": model(Settings(servers=100, queues=20), busy=False),
-            "busy_per_s": model(Settings(servers=100, queues=20), busy=True),
+            "idle_per_s": model(at_scale),
+            # every queue's batch on another server: 20 servers with tasks running
+            "busy_per_s": model(at_scale, running_servers=min(at_scale.servers, at_scale.queues)),
         },
     }
 
@@ -262,8 +293,9 @@ def main() -> None:
     result = run(parser.parse_args())
     for phase in ("idle", "busy"):
         entry = result[phase]
+        running = f", {entry['running_servers']} servers running tasks" if "running_servers" in entry else ""
         print(
-            f"{phase}: measured {entry['proxy_per_s']:.1f} statements/s through the proxy "
+            f"{phase}{running}: measured {entry['proxy_per_s']:.1f} statements/s through the proxy "
             f"(global Questions {entry['global_questions_per_s']:.1f}/s), model {entry['model_per_s']:.1f}/s"
         )
         print(f"  by statement: {entry['proxy_by_statement_per_s']}")
