@@ -223,6 +223,7 @@ def wait_online(server: Server, database: str, count: int, process: subprocess.P
 
 def run(args: argparse.Namespace) -> dict:
     server = Server(args)
+    server.status()  # its connection now, before the executors take theirs
     tables = prepare(server, args.database, args.queues)
     proxy = CountingProxy(args.host, args.port)
     workdir = Path(tempfile.mkdtemp(prefix="geventq-dbload-"))
@@ -233,7 +234,8 @@ def run(args: argparse.Namespace) -> dict:
             "username": args.user,
             "password": args.password,
             "database": args.database,
-            "pool_size": 8,
+            # 8 processes x 4 pools must fit max_connections (151 by default)
+            "pool_size": 4,
         },
         "executor": {"server_id": "dbload"},
         "admin": {"port": 0},
