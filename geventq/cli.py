@@ -15,6 +15,8 @@ is not in a status that allows the action.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -33,7 +35,9 @@ from geventq.errors import (
 OK, DATABASE_FAILED, USAGE, NOT_FOUND, WRONG_STATUS = 0, 1, 2, 3, 4
 COMMANDS = ("run", "status", "queues", "tasks", "schedules")
 # Options that take a value, so normalise() does not take that value for a command.
-VALUED = frozenset({"--config", "--server-id", "--admin-port", "--handlers"})
+VALUED = frozenset(
+    {"--config", "--server-id", "--admin-port", "--handlers", "--processes", "--pidfile", "--supervisor-pid"}
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="overrides handlers.paths (repeat for several folders)",
     )
+    run.add_argument(
+        "--processes", type=int, metavar="N", help="overrides executor.processes (2+ runs a supervisor)"
+    )
+    run.add_argument("--pidfile", metavar="PATH", help="overrides executor.pidfile")
+    # Given by the supervisor to its children (geventq.parent).
+    run.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     commands.add_parser(
         "status", parents=[reading], help="queues with their task counts, and servers (no executor needed)"
     )
@@ -138,7 +148,37 @@ def overrides_from(args: argparse.Namespace) -> dict:
     # --handlers is relative to where the command was typed, unlike paths in
     # the config file, which are relative to the file.
     handlers = [os.path.abspath(path) for path in args.handlers] if args.handlers else None
-    return {"executor.server_id": args.server_id, "admin.port": args.admin_port, "handlers.paths": handlers}
+    return {
+        "executor.server_id": args.server_id,
+        "admin.port": args.admin_port,
+        "handlers.paths": handlers,
+        "executor.processes": args.processes,
+        "executor.pidfile": args.pidfile,
+    }
+
+
+def runs_supervisor(argv: Sequence[str]) -> bool:
+    """Whether `geventq <argv>` runs the supervisor of several executors
+    (geventq.supervisor), decided before gevent patches anything: only
+    argparse and, without --processes, the config file are read. A command
+    line or file that does not parse is left to the executor's path, which
+    reports it."""
+    try:
+        # quietly: a usage error or --help is printed once, by the executor's path
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            args = build_parser().parse_args(normalise(argv))
+    except SystemExit:
+        return False
+    if args.command != "run" or args.supervisor_pid:
+        return False
+    if args.processes is not None:
+        return args.processes >= 2
+    from geventq import config
+
+    try:
+        return config.load(args.config, overrides_from(args)).executor.processes >= 2
+    except ConfigError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,9 +208,14 @@ def _run_executor(args: argparse.Namespace) -> int:
 
     try:
         cfg = config.load(args.config, overrides_from(args))
+        from geventq import parent, pidfile
         from geventq.executor import Executor
 
-        return Executor(cfg).run()
+        executor = Executor(cfg)
+        if args.supervisor_pid:
+            parent.watch(args.supervisor_pid, executor.request_stop)
+        with pidfile.held(cfg.executor.pidfile):
+            return executor.run()
     except GeventqError as error:
         # Start-up refusals (config, database, handlers, port) exit 2, as always.
         print(f"geventq: {error}", file=sys.stderr)

@@ -138,6 +138,10 @@ class ExecutorConfig:
     monitor_thread: bool = key(True, Boolean())
     # seconds a handler may block the hub before it is logged
     block_threshold: float = key(1.0, Number(greater_than=0))
+    # executor processes on this host; 2 or more runs a supervisor (geventq.supervisor)
+    processes: int = key(1, Integer(minimum=1, maximum=256))
+    # a file holding the running supervisor's (or executor's) pid; "" = none
+    pidfile: str = key("", String(), path=True)
 
 
 @dataclass(frozen=True)
@@ -425,7 +429,8 @@ def _is_loopback(host: str) -> bool:
 
 def _resolve_paths(values: dict[str, Any], base_dir: str) -> dict[str, Any]:
     def resolve(path: str) -> str:
-        return os.path.normpath(os.path.join(base_dir, path))
+        # "" means "not set" (executor.pidfile), not the config folder
+        return os.path.normpath(os.path.join(base_dir, path)) if path else path
 
     resolved = dict(values)
     for dotted, spec in _KEYS.items():

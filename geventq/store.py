@@ -224,6 +224,17 @@ def get_server(cur, server_id: str) -> dict[str, Any] | None:
     return cur.fetchone()
 
 
+def server_heartbeats(cur, server_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The rows of these servers with their heartbeat's age by the database
+    clock (the supervisor's check on its children)."""
+    cur.execute(
+        "SELECT server_id, pid, state, TIMESTAMPDIFF(MICROSECOND, last_heartbeat, NOW(3)) / 1e6 "
+        "AS heartbeat_age FROM servers WHERE server_id IN %s",
+        (tuple(server_ids),),
+    )
+    return list(cur.fetchall())
+
+
 def register_server(
     cur, server_id: str, host: str, pid: int, admin_address: str, version: str, db_node: str = ""
 ) -> None:

@@ -26,6 +26,9 @@ applies faults, one every few seconds, picked by the seed:
   rate_limit (5 to 30 per 2 s) for 2 to 6 s, then restore them;
 - schedule_run: run a schedule now through a live server's admin API
   (`POST /admin/schedule/run`), while the servers fire it;
+- child_kill: SIGKILL one child of the supervisor (below); it must come back;
+- child_stop: SIGSTOP one child of the supervisor for 1 s (it resumes) or
+  for heartbeat_timeout + 5 s (the supervisor must kill and replace it);
 - dbcrash (with --own-mariadb only): SIGKILL the database server itself and
   restart it on the same datadir 0.5 to 5 s later.
 
@@ -48,6 +51,11 @@ on a private MariaDB (tests/ownmariadb.py) that the soak may crash; the
 ground truth (the runs and the fault log) stays on the machine's MariaDB,
 in a database of the same name.
 
+A fourth server is a supervisor, `geventq run --processes 2` (children sv-1
+and sv-2, through a fault proxy of their own); only the child_ faults touch
+it, one every 15 s at most (the supervisor stops at 6 restarts a minute).
+The checker's children_replaced holds it to replacing every child that died.
+
 Recurring tasks fire meanwhile into the `sched` queue: every second, every
 minute (cron), and every 2 s with overlap: skip and 3-second tasks; the
 checker's one_task_per_fire and no_fire_gap hold them to exactly one task
@@ -69,6 +77,7 @@ import argparse
 import heapq
 import itertools
 import json
+import os
 import random
 import shutil
 import signal
@@ -87,7 +96,7 @@ from geventq.errors import DatabaseUnavailable
 from tests.faultproxy import FaultProxy
 from tests.invariants import check, log_fault, prepare
 from tests.ownmariadb import OwnMariaDB
-from tests.support import ExecutorProcess, TestDatabase, http, write_config
+from tests.support import ExecutorProcess, TestDatabase, http, wait_for, write_config
 
 SERVERS = ("s1", "s2", "s3")
 # queue -> (table, server_id, max_workers, task_timeout); pinned to s1
@@ -129,7 +138,13 @@ FAULT_WEIGHTS = {
     "cancel_running": 2,
     "limits": 1,
     "schedule_run": 1,
+    "child_kill": 2,
+    "child_stop": 2,
 }
+SUPERVISOR = "sv"  # `run --processes 2`: its children are sv-1 and sv-2
+SUPERVISED = ("sv-1", "sv-2")
+CHILD_FAULT_GAP = 15.0  # at most 4 child restarts a minute, under the crash-loop limit
+LONG_CHILD_STOP = HEARTBEAT_TIMEOUT + 5  # past the stale heartbeat and the supervisor's check
 # Only when the soak has a database server of its own to crash.
 DBCRASH_WEIGHT = 2
 # The soak's own statements while its database is being crashed: tried again this much later.
@@ -261,6 +276,34 @@ class Server:
         return "\n".join("\n".join(p.output.splitlines()[-lines:]) for p in self.history[-2:])
 
 
+class Supervised(Server):
+    """`geventq run --processes 2` behind a fault proxy of its own."""
+
+    def start(self) -> None:
+        self.process = ExecutorProcess(self.config, self.db, self.server_id, extra_args=["--processes", "2"])
+        self.history.append(self.process)
+        self.process.start(wait=False)
+
+    def wait_online(self, timeout: float = 30) -> None:
+        wait_for(lambda: len(self.children()) == len(SUPERVISED), timeout, message="sv-1 and sv-2 online")
+
+    def children(self) -> dict[str, int]:
+        """server_id -> pid of the children registered online."""
+        rows = self.db.query(
+            "SELECT server_id, pid FROM servers WHERE server_id IN %s AND state = 'online'", (SUPERVISED,)
+        )
+        return {row["server_id"]: row["pid"] for row in rows}
+
+
+def pid_alive(pid: int) -> bool:
+    """Alive and not a zombie (the supervisor reaps its children at once)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 # --- the run ---------------------------------------------------------------------
 
 
@@ -287,6 +330,7 @@ class Chaos:
         self.started = 0.0
         self.stopping_faults = False
         self.client: Client | None = None
+        self.supervisor: Supervised | None = None
 
     # -- scheduling --
     def at(self, delay: float, action: Callable[[], None]) -> None:
@@ -362,10 +406,13 @@ class Chaos:
         self.client = Client(port=self.db.port, database=self.db.name, pool_size=4)
         for server_id in SERVERS:
             self.servers[server_id] = Server(server_id, self.db, self.workdir)
+        self.supervisor = Supervised(SUPERVISOR, self.db, self.workdir)
         for server in self.servers.values():
             server.start()
+        self.supervisor.start()
         for server in self.servers.values():
             server.process.wait_online(30)
+        self.supervisor.wait_online(30)
 
     # -- the fault phase --
     def run(self) -> bool:
@@ -597,6 +644,63 @@ class Chaos:
         self.fault("schedule_run", server, detail)
         self.say(f"run schedule {name} now through {server.server_id} ({status})")
 
+    # -- the supervisor's children --
+    def pick_child(self) -> tuple[str, int] | None:
+        """A child of the supervisor, while both are up and no child fault is recent."""
+        supervisor = self.supervisor
+        if supervisor is None or not supervisor.alive() or time.monotonic() < supervisor.busy_until:
+            return None
+        children = supervisor.children()
+        if len(children) < len(SUPERVISED) or not all(pid_alive(pid) for pid in children.values()):
+            return None
+        supervisor.busy_until = time.monotonic() + CHILD_FAULT_GAP
+        server_id = self.rng.choice(sorted(children))
+        return server_id, children[server_id]
+
+    def fault_child_kill(self) -> None:
+        child = self.pick_child()
+        if child is None:
+            return
+        server_id, pid = child
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), 10, message=f"{server_id} (pid {pid}) gone")
+        self.fault("child_kill", self.supervisor, server_id, pid)  # the moment it was seen dead
+        self.say(f"SIGKILL child {server_id} (pid {pid}) of the supervisor")
+        self.watch_replacement(server_id, pid, time.monotonic() + 30)
+
+    def fault_child_stop(self) -> None:
+        child = self.pick_child()
+        if child is None:
+            return
+        server_id, pid = child
+        seconds = LONG_CHILD_STOP if self.rng.random() < 0.5 else 1.0
+        os.kill(pid, signal.SIGSTOP)
+        # No pid: a stopped process is not dead (the checker reads a fault's pid as a death).
+        self.fault("child_stop", self.supervisor, f"{server_id} pid {pid} for {seconds:g}s")
+        self.say(f"SIGSTOP child {server_id} (pid {pid}) for {seconds:g}s")
+        self.at(seconds, lambda: self.resume_child(server_id, pid, seconds == LONG_CHILD_STOP))
+
+    def resume_child(self, server_id: str, pid: int, long: bool) -> None:
+        if not pid_alive(pid):
+            self.fault("child_stop_killed", self.supervisor, server_id, pid)
+            self.watch_replacement(server_id, pid, time.monotonic() + 30)
+            return
+        os.kill(pid, signal.SIGCONT)
+        if long and not self.stopping_faults:
+            # stale for heartbeat_timeout + 5 s, yet the supervisor left it
+            self.fault("child_not_replaced", self.supervisor, f"{server_id} pid {pid} never killed")
+
+    def watch_replacement(self, server_id: str, old_pid: int, deadline: float) -> None:
+        assert self.supervisor is not None
+        new_pid = self.supervisor.children().get(server_id)
+        if new_pid is not None and new_pid != old_pid:
+            self.fault("child_replaced", self.supervisor, f"{server_id}: pid {old_pid} -> {new_pid}")
+            self.say(f"{server_id} replaced: pid {old_pid} -> {new_pid}")
+        elif time.monotonic() > deadline:
+            self.fault("child_not_replaced", self.supervisor, f"{server_id} pid {old_pid}")
+        else:
+            self.at(0.5, lambda: self.watch_replacement(server_id, old_pid, deadline))
+
     def set_queue(self, queue: str, **values) -> None:
         assignments = ", ".join(f"{column} = %s" for column in values)
         self.db.execute(
@@ -623,6 +727,8 @@ class Chaos:
         for server in self.servers.values():
             # Before its signal handler is in, a SIGTERM would kill a starting executor outright.
             server.process.wait_online(30)
+        if self.supervisor is not None:
+            self.supervisor.wait_online(30)
         for name, (table, server_id, workers, _) in QUEUES.items():
             limits = LIMITS if table == LIMITED_TABLE else {}
             self.set_queue(name, server_id=server_id, max_workers=workers, status=1, **limits)
@@ -656,23 +762,24 @@ class Chaos:
         )
 
     def stop_servers(self) -> dict[str, int]:
-        for server in self.servers.values():
+        everyone = [*self.servers.values(), *([self.supervisor] if self.supervisor else [])]
+        for server in everyone:
             server.process.terminate()
         codes = {}
-        for server in self.servers.values():
+        for server in everyone:
             try:
                 codes[server.server_id] = server.process.wait(30)
             except subprocess.TimeoutExpired:
                 server.process.kill()
                 codes[server.server_id] = -9
-        for server in self.servers.values():
+        for server in everyone:
             server.proxy.stop()
         return codes
 
     def cleanup(self) -> None:
         if self.client is not None:
             self.client.close()
-        for server in self.servers.values():
+        for server in [*self.servers.values(), *([self.supervisor] if self.supervisor else [])]:
             if server.process is not None:
                 server.process.stop()
             server.proxy.stop()
@@ -766,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = report.ok and drained and clean_exits
         print("RESULT:", "PASS" if ok else "FAIL")
         if not ok:
-            for server in chaos.servers.values():
+            for server in [*chaos.servers.values(), *([chaos.supervisor] if chaos.supervisor else [])]:
                 print(f"--- last lines of {server.server_id}:\n{server.output_tail()}")
         return 0 if ok else 1
     finally:

@@ -251,6 +251,7 @@ def check(conn, tables: list[str], records=None) -> Report:
             *checker.results.values(),
             *check_limits(conn, tasks, runs_by_task, checker.end_of),
             *check_schedules(conn),
+            check_children(faults),
         ],
         tasks_by_status=by_status,
         runs_by_end=Counter(run["ended"] or "(no finish: process died)" for run in all_runs),
@@ -502,6 +503,25 @@ def _check_cancel_final(result: Result, tasks: list[dict], runs_by_task: dict) -
 # --- recurring tasks ------------------------------------------------------------------
 
 EARLY_TOLERANCE = 0.01  # seconds: a manual run is recorded at its request's millisecond
+
+
+# Fault kinds of the soak's supervisor (tests.chaos): a child killed, or stopped
+# past heartbeat_timeout and so killed by the supervisor, must come back.
+CHILD_GONE = ("child_kill", "child_stop_killed")
+
+
+def check_children(faults: list[dict]) -> Result:
+    """children_replaced: every supervised child that died was replaced by a
+    new process under its server_id (the soak logs child_replaced when it sees
+    one online, child_not_replaced when none came within 30 s)."""
+    result = Result("children_replaced")
+    kinds = Counter(row["kind"] for row in faults)
+    gone, replaced = sum(kinds[kind] for kind in CHILD_GONE), kinds["child_replaced"]
+    if kinds["child_not_replaced"]:
+        result.violations.append(f"{kinds['child_not_replaced']} children were not replaced within 30 s")
+    if replaced != gone:
+        result.violations.append(f"{gone} children died, {replaced} were replaced")
+    return result
 
 
 def check_schedules(conn) -> list[Result]:

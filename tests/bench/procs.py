@@ -50,8 +50,16 @@ def write_config(workdir: Path, db: BenchDB, port: int | None = None) -> Path:
 
 
 class Executor:
-    def __init__(self, config: Path, server_id: str, db: BenchDB, profile_to: Path | None = None):
+    def __init__(
+        self,
+        config: Path,
+        server_id: str,
+        db: BenchDB,
+        profile_to: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.config = config
+        self.extra_args = extra_args  # W12: --processes N
         self.server_id = server_id
         self.db = db
         self.output_path = config.parent / f"executor-{server_id}.out"
@@ -78,6 +86,7 @@ class Executor:
                     str(self.config),
                     "--server-id",
                     self.server_id,
+                    *self.extra_args,
                 ],
                 cwd=REPO,
                 stdout=output,
@@ -166,12 +175,19 @@ def executors(
     server_ids: list[str],
     profile_dir: Path | None = None,
     port: int | None = None,
+    extra_args: tuple[str, ...] = (),
 ):
     """The executors of one workload (started by the caller); always stopped.
     With `profile_dir`, py-spy samples each into profile-{server_id}.txt."""
     config = write_config(workdir, db, port)
     started = [
-        Executor(config, server_id, db, profile_dir / f"profile-{server_id}.txt" if profile_dir else None)
+        Executor(
+            config,
+            server_id,
+            db,
+            profile_dir / f"profile-{server_id}.txt" if profile_dir else None,
+            extra_args,
+        )
         for server_id in server_ids
     ]
     try:

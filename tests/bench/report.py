@@ -26,6 +26,7 @@ W10_ENQUEUE_MANY_RATIO = 0.80
 W10_PICKUP_P99_MS = 50.0
 W11_RATIO = 0.80  # issue 11: a limit that never binds keeps >= 0.8 of W1
 W11_CANCEL_P99_MS = 1000.0  # DESIGN: a running task stops within about a second
+W12_CPU_SPEEDUP = 1.6  # issue 13: CPU-bound tasks, 2 processes against 1, on 2 cores
 
 
 @dataclass
@@ -96,6 +97,7 @@ def build_rows(results: dict) -> list[Row]:
     rows += _w11_rows(results, ceiling)
     if "W7" in results:
         rows += _w7_rows(results)
+    rows += _w12_rows(results, ceiling)
     return rows
 
 
@@ -364,6 +366,29 @@ def _w11_rows(results: dict, ceiling: float | None) -> list[Row]:
         )
     )
     return rows
+
+
+def _w12_rows(results: dict, ceiling: float | None) -> list[Row]:
+    skipped = _skipped(results, "W12", "W12 processes")
+    if skipped:
+        return skipped
+    one = get(results, "W12", "cpu_1_process", "tasks_per_s")
+    two = get(results, "W12", "cpu_2_processes", "tasks_per_s")
+    noop = get(results, "W12", "noop_2_processes", "tasks_per_s")
+    speedup = get(results, "W12", "cpu_speedup")
+    return [
+        Row("W12 CPU-bound ~2 ms, 1 process", "tasks/s", _num(one), _ratio(one, ceiling)),
+        Row("W12 CPU-bound ~2 ms, 2 processes", "tasks/s", _num(two), _ratio(two, ceiling)),
+        Row(
+            "W12 CPU-bound ~2 ms",
+            "2 processes ÷ 1",
+            _num(speedup, ".2f"),
+            target=f"≥ {W12_CPU_SPEEDUP}",
+            verdict=_verdict(None if speedup is None else speedup >= W12_CPU_SPEEDUP),
+        ),
+        Row("W12 no-op, 2 processes", "tasks/s", _num(noop), _ratio(noop, ceiling)),
+        Row("W12 no-op, 2 processes", "ratio to W1", _num(get(results, "W12", "noop_ratio_to_w1"), ".2f")),
+    ]
 
 
 def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:

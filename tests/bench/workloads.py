@@ -260,6 +260,7 @@ def drain_run(
     prefill: int = 0,
     count_sql: bool = False,
     limits: dict[str, int] | None = None,
+    processes: int = 1,
 ) -> dict[str, Any]:
     """Set the table up once, then drain `tasks` due tasks `repeats` times with
     fresh executors; the figures are those of the median run (a run lasts a
@@ -267,7 +268,12 @@ def drain_run(
     db, table = ctx.db, f"bench_{name.lower()}"
     db.reset_between_workloads()
     db.add_queue(f"bench_{name.lower()}", table, max_workers=max_workers, scan_interval=1, limits=limits)
-    setup: dict[str, Any] = {"max_workers": max_workers, "executors": servers, "limits": limits or {}}
+    setup: dict[str, Any] = {
+        "max_workers": max_workers,
+        "executors": servers,
+        "processes": processes,
+        "limits": limits or {},
+    }
     if prefill:
         setup.update(prefill_finished(ctx, table, prefill))
     runs = []
@@ -283,6 +289,7 @@ def drain_run(
             params=params,
             count_sql=count_sql,
             explain=bool(prefill) and index == 0,
+            processes=processes,
         )
         runs.append(run)
         ctx.progress(
@@ -350,6 +357,7 @@ def _drain_once(
     count_sql: bool,
     proxy: CountingProxy | None = None,
     explain: bool = False,
+    processes: int = 1,
 ) -> dict[str, Any]:
     db, result = ctx.db, {}
     min_id = int(db.scalar(f"SELECT COALESCE(MAX(id), 0) AS m FROM {ident(table)}"))
@@ -367,7 +375,13 @@ def _drain_once(
     server_ids = [f"bench-{name.lower()}-{n + 1}" for n in range(servers)]
     # Only the first run is profiled: py-spy's files are named by server_id.
     with executors(
-        db, workdir, server_ids, ctx.profile_dir if index == 0 else None, proxy.port if proxy else None
+        db,
+        workdir,
+        server_ids,
+        ctx.profile_dir if index == 0 else None,
+        proxy.port if proxy else None,
+        # W12: each "executor" is a supervisor of this many processes
+        ("--processes", str(processes)) if processes > 1 else (),
     ) as procs:
         if proxy is not None:
             proxy.reset()
@@ -402,7 +416,7 @@ def _drain_once(
     result["done_per_half_second"] = completion_timeline(db, table, min_id)
     result["whole_process_s"] = seconds_between(db, process_start, figures["last_end"])
     result["process_start_to_first_claim_s"] = seconds_between(db, process_start, figures["first_start"])
-    if servers > 1:
+    if servers > 1 or processes > 1:
         rows = db.query(
             f"SELECT server_id, COUNT(*) AS n FROM {ident(table)} WHERE id > %s GROUP BY server_id", (min_id,)
         )
@@ -939,6 +953,14 @@ def _post(url: str) -> int:
         return answer.status
 
 
+def w12(ctx: Context) -> dict[str, Any]:
+    """`run --processes 2` against one process: CPU-bound tasks (about 2 ms
+    of pure Python each) with 1 and 2 processes, and W1's no-op tasks with 2."""
+    from tests.bench.processes_bench import w12 as run  # it builds on this module
+
+    return run(ctx)
+
+
 WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "ceiling": ceiling,
     "W1": w1,
@@ -952,4 +974,5 @@ WORKLOADS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "W9": w9,
     "W10": w10,
     "W11": w11,
+    "W12": w12,
 }
