@@ -87,6 +87,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pymysql
@@ -371,11 +372,16 @@ class Chaos:
         print(f"[{self.elapsed():6.1f}s] {text}", flush=True)
 
     def fault(
-        self, kind: str, server: Server | None = None, detail: str = "", pid: int | None = None
+        self,
+        kind: str,
+        server: Server | None = None,
+        detail: str = "",
+        pid: int | None = None,
+        at: datetime | None = None,
     ) -> None:
         self.faults[kind] += 1
         with self.records.connect() as conn, conn.cursor() as cur:
-            log_fault(cur, kind, server.server_id if server else "", pid, detail)
+            log_fault(cur, kind, server.server_id if server else "", pid, detail, at)
 
     # -- set-up --
     def setup(self) -> None:
@@ -675,14 +681,18 @@ class Chaos:
         server_id, pid = child
         seconds = LONG_CHILD_STOP if self.rng.random() < 0.5 else 1.0
         os.kill(pid, signal.SIGSTOP)
+        # Read after the stop: nothing in the process ran later than this.
+        stopped_at = self.records.scalar("SELECT NOW(6)")
         # No pid: a stopped process is not dead (the checker reads a fault's pid as a death).
         self.fault("child_stop", self.supervisor, f"{server_id} pid {pid} for {seconds:g}s")
         self.say(f"SIGSTOP child {server_id} (pid {pid}) for {seconds:g}s")
-        self.at(seconds, lambda: self.resume_child(server_id, pid, seconds == LONG_CHILD_STOP))
+        self.at(seconds, lambda: self.resume_child(server_id, pid, seconds == LONG_CHILD_STOP, stopped_at))
 
-    def resume_child(self, server_id: str, pid: int, long: bool) -> None:
+    def resume_child(self, server_id: str, pid: int, long: bool, stopped_at: datetime) -> None:
         if not pid_alive(pid):
-            self.fault("child_stop_killed", self.supervisor, server_id, pid)
+            # Killed while stopped (the supervisor's SIGKILL, never continued):
+            # it did nothing after the stop, so that is when its runs ended.
+            self.fault("child_stop_killed", self.supervisor, server_id, pid, at=stopped_at)
             self.watch_replacement(server_id, pid, time.monotonic() + 30)
             return
         os.kill(pid, signal.SIGCONT)

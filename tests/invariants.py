@@ -125,10 +125,15 @@ def prepare(cur) -> None:
     cur.execute(FAULTS_DDL)
 
 
-def log_fault(cur, kind: str, server_id: str = "", pid: int | None = None, detail: str = "") -> None:
+def log_fault(
+    cur, kind: str, server_id: str = "", pid: int | None = None, detail: str = "", at: datetime | None = None
+) -> None:
+    """A fault, at `at` or now (database clock). A row with a pid says that
+    process was dead (had stopped doing anything) by `at`."""
     cur.execute(
-        "INSERT INTO chaos_faults (kind, server_id, pid, at, detail) VALUES (%s, %s, %s, NOW(6), %s)",
-        (kind, server_id, pid, detail[:255]),
+        "INSERT INTO chaos_faults (kind, server_id, pid, at, detail) "
+        "VALUES (%s, %s, %s, COALESCE(%s, NOW(6)), %s)",
+        (kind, server_id, pid, at, detail[:255]),
     )
 
 
