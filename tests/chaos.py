@@ -668,9 +668,15 @@ class Chaos:
         if child is None:
             return
         server_id, pid = child
+        # Frozen first, then the clock read, then killed: its runs ended by
+        # `stopped_at`, and the supervisor (which rescues a dead child's tasks
+        # at once, once it has reaped it) cannot act before the SIGKILL.
+        # Logging when it was seen dead would come after that rescue's re-runs.
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = self.records.scalar("SELECT NOW(6)")
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: not pid_alive(pid), 10, message=f"{server_id} (pid {pid}) gone")
-        self.fault("child_kill", self.supervisor, server_id, pid)  # the moment it was seen dead
+        self.fault("child_kill", self.supervisor, server_id, pid, at=stopped_at)
         self.say(f"SIGKILL child {server_id} (pid {pid}) of the supervisor")
         self.watch_replacement(server_id, pid, time.monotonic() + 30)
 
