@@ -304,6 +304,65 @@ def claim_due_tasks_skip_locked(
     return rows
 
 
+def claim_due_tasks_in_share(
+    cur,
+    table: QuotedTable,
+    server_id: str,
+    task_types: Sequence[str],
+    limit: int,
+    queue_name: str,
+    share: tuple[int, int],
+    order: str = CLAIM_ORDER,
+) -> list[dict]:
+    """The SKIP LOCKED claim on a Galera cluster, where row locks are local
+    to a node: every server first takes due tasks of its own share, the rows
+    with CRC32(id) % parts = part (`share` = (part, parts), claims.claim_share),
+    so servers on different nodes write different rows and none loses its
+    whole claim at COMMIT. CRC32 rather than id % parts: Galera hands out
+    auto-increment ids with a step of the cluster's size, so rows inserted
+    through one node would all share one remainder. The share is a filter on
+    the index entries (id is in every secondary index), so the scan still
+    walks the claim order. A share that runs short is topped up from the
+    other shares' due rows, in claim order: a row of a share nobody claims
+    right now still starts (the shares also rotate, see claim_share)."""
+    part, parts = share
+    args = {"types": tuple(task_types), "limit": limit, "queue": queue_name, "part": part, "parts": parts}
+    select = (
+        f"SELECT {CLAIM_COLUMNS}, NOW(3) AS claimed_at FROM {checked(table)} WHERE {DUE}{NOT_PAUSED}"
+        "AND CRC32(id) %% %(parts)s {test} %(part)s "
+        f"ORDER BY {_order(order)} LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+    )
+    cur.execute(select.format(test="="), args)
+    rows = list(cur.fetchall())
+    if len(rows) < limit:
+        cur.execute(select.format(test="<>"), args | {"limit": limit - len(rows)})
+        rows.extend(cur.fetchall())
+    if rows:
+        # One start time for the batch, as the one-statement claim has.
+        claimed_at = rows[0]["claimed_at"]
+        for row in rows:
+            row["claimed_at"] = claimed_at
+        mark_claimed(cur, table, server_id, [row["id"] for row in rows], claimed_at)
+    return rows
+
+
+def is_galera(cur) -> bool:
+    """True on a node of a Galera cluster (wsrep_on): claims then take shares."""
+    cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+    row = cur.fetchone()
+    return row is not None and str(row["Value"]).upper() == "ON"
+
+
+def live_server_ids(cur, heartbeat_timeout: float) -> list[str]:
+    """Every live server, in server_id order: who shares the claims on a cluster."""
+    cur.execute(
+        "SELECT server_id FROM servers WHERE state <> 'offline' "
+        "AND last_heartbeat >= NOW(3) - INTERVAL %s MICROSECOND ORDER BY server_id",
+        (micros(heartbeat_timeout),),
+    )
+    return [row["server_id"] for row in cur.fetchall()]
+
+
 def mark_claimed(cur, table: QuotedTable, server_id: str, ids: Sequence[int], claimed_at: Any) -> None:
     """Rows this transaction locked become ours, started at `claimed_at`."""
     cur.execute(
