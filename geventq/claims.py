@@ -8,6 +8,14 @@ server's version (or `database.claim_mode`):
 - otherwise a conditional UPDATE per candidate, which succeeds only while the
   row is still pending.
 
+On a Galera cluster (wsrep_on, detected at start-up) row locks are local to
+a node: with the plain SKIP LOCKED claim every server would lock the same
+head rows on its own node and all but one would lose the whole claim at
+COMMIT (a certification failure). There each live server claims its own
+share of the due rows first (claim_share, store.claim_due_tasks_in_share)
+and, after a certification failure, re-reads who is live and backs off for
+a moment. The one-node claim is untouched.
+
 A queue with a limit across the cluster (limits.py) claims under the lock of
 its `queue_state` row instead: the limits count running rows and starts, so
 those claims must take turns. Queues without limits keep the plain claim
@@ -19,15 +27,35 @@ a server that cannot run it.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from geventq import limits, store
 from geventq.db import Database, QuotedTable
-from geventq.errors import RetryableConflict
+from geventq.errors import DatabaseError, RetryableConflict
 from geventq.limits import QueueLimits
 
 LIMITED_RECHECK = 1.0  # seconds: a cap may free on another server without telling us
+# On a cluster: each server's share moves on to the next one this often, so a
+# share whose server is gone, or does not run the queue, waits at most this
+# long (times the servers missing in a row) while the others have a backlog.
+SHARE_ROTATION = 1.0
+MEMBERS_MAX_AGE = 2.0  # seconds between reads of who is live (sooner after a lost race)
+CONFLICT_BACKOFF = 0.05  # up to this long, at random, after a claim lost at COMMIT
+
+
+def claim_share(server_id: str, live: Sequence[str], now: float) -> tuple[int, int]:
+    """(part, parts): which share of the due rows this server claims first on
+    a cluster. Every live server, in server_id order, has its own part at any
+    moment (they all see the same list and the same clock, near enough), and
+    every part moves to the next server each SHARE_ROTATION seconds, so no
+    part stays without a server for long."""
+    members = sorted(set(live) | {server_id})
+    parts = len(members)
+    turn = int(now // SHARE_ROTATION)
+    return (members.index(server_id) + turn) % parts, parts
 
 
 class ClaimResult(NamedTuple):
@@ -40,17 +68,31 @@ class ClaimResult(NamedTuple):
 
 class Claimer:
     def __init__(
-        self, db: Database, claim_db: Database, server_id: str, task_types: Sequence[str], skip_locked: bool
+        self,
+        db: Database,
+        claim_db: Database,
+        server_id: str,
+        task_types: Sequence[str],
+        skip_locked: bool,
+        *,
+        cluster: bool = False,
+        heartbeat_timeout: float = 30.0,
     ):
         self.db = db
         self.claim_db = claim_db  # autocommit off: the first statement opens the transaction
         self.server_id = server_id
         self.task_types = tuple(task_types)
         self.skip_locked = skip_locked
+        self.cluster = cluster  # a Galera cluster: SKIP LOCKED claims take shares
+        self.heartbeat_timeout = heartbeat_timeout
+        self._live: list[str] = [server_id]
+        self._live_read_at = float("-inf")
 
     @property
     def method(self) -> str:
-        return "SKIP LOCKED" if self.skip_locked else "conditional UPDATE"
+        if not self.skip_locked:
+            return "conditional UPDATE"
+        return "SKIP LOCKED, a share per server (Galera)" if self.cluster else "SKIP LOCKED"
 
     def claim(
         self,
@@ -74,7 +116,13 @@ class Claimer:
             # lock the same rows and one learns it at COMMIT), again and again
             # through Database.call's retries: the rows are given up, nothing
             # started, and the next scan comes soon (as when nothing is due).
-            return ClaimResult([])
+            if not self.cluster:
+                return ClaimResult([])
+            # Shares overlapped (a server came or went) or top-ups met: look
+            # at who is live again, and wait a random moment so the servers
+            # that met do not meet again at once.
+            self._live_read_at = float("-inf")
+            return ClaimResult([], retry_in=random.uniform(0, CONFLICT_BACKOFF))
 
     def _claim(
         self,
@@ -96,6 +144,19 @@ class Claimer:
                 has_key_column,
                 transaction=True,
             )
+        if self.skip_locked and self.cluster:
+            rows = self.claim_db.call(
+                store.claim_due_tasks_in_share,
+                table,
+                self.server_id,
+                self.task_types,
+                limit,
+                queue_name,
+                self._share(),
+                order,
+                transaction=True,
+            )
+            return ClaimResult(rows)
         if self.skip_locked:
             rows = self.claim_db.call(
                 store.claim_due_tasks_skip_locked,
@@ -109,6 +170,17 @@ class Claimer:
             )
             return ClaimResult(rows)
         return ClaimResult(self.db.call(self._claim_conditional, table, limit, queue_name, order))
+
+    def _share(self) -> tuple[int, int]:
+        """This server's share now; the live servers are re-read every
+        MEMBERS_MAX_AGE seconds (a failed read keeps the last list)."""
+        if time.monotonic() - self._live_read_at >= MEMBERS_MAX_AGE:
+            self._live_read_at = time.monotonic()
+            try:
+                self._live = self.db.call(store.live_server_ids, self.heartbeat_timeout)
+            except DatabaseError:
+                pass
+        return claim_share(self.server_id, self._live, time.time())
 
     def table_features(self, table_name: str) -> store.TaskTableFeatures:
         """The task table's optional columns: read once when a queue starts."""

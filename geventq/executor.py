@@ -71,7 +71,8 @@ class Executor:
         version = self.db.call(store.server_version)
         servers.check_server_id_free(self.db, cfg.executor.server_id, cfg.executor.heartbeat_timeout)
         self.identity = Identity(cfg.executor.server_id, cfg, self._bind_admin())
-        self._build(handlers, use_skip_locked(cfg.database.claim_mode, version))
+        cluster = self.db.call(store.is_galera)
+        self._build(handlers, use_skip_locked(cfg.database.claim_mode, version), cluster)
         self._http.start()
         self._claim_orphans_and_register()
         self._start_background()
@@ -106,7 +107,7 @@ class Executor:
             host = servers.this_host()
         return f"{host}:{port}"
 
-    def _build(self, handlers: dict[str, Any], skip_locked: bool) -> None:
+    def _build(self, handlers: dict[str, Any], skip_locked: bool, cluster: bool) -> None:
         """Every part, in dependency order, each given only what it uses."""
         cfg, db, server_id, nodes = self.config, self.db, self.identity.server_id, self.nodes
         self.claim_db = Database(cfg.database, name="claims", autocommit=False, nodes=self.nodes)
@@ -119,7 +120,15 @@ class Executor:
         self.recorder = OutcomeRecorder(
             db, server_id, self.claimed, cfg.queue.completion_flush_interval, self.queues.outcomes_written
         )
-        self.claimer = Claimer(db, self.claim_db, server_id, tuple(handlers), skip_locked)
+        self.claimer = Claimer(
+            db,
+            self.claim_db,
+            server_id,
+            tuple(handlers),
+            skip_locked,
+            cluster=cluster,
+            heartbeat_timeout=cfg.executor.heartbeat_timeout,
+        )
         peers = Peers(db, server_id, cfg.executor.heartbeat_timeout, cfg.admin.token)
 
         def tasks_added(table_name: str) -> None:

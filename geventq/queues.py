@@ -187,6 +187,9 @@ class QueueRunner:
                 # more (a local task ending wakes us sooner, see _run).
                 retry_in = result.retry_in if result.retry_in is not None else self.scan_interval
                 self._wake.wait(min(self.scan_interval, max(retry_in, MIN_IDLE_WAIT)))
+            elif not result.rows and result.retry_in is not None:
+                # The claim lost its rows at COMMIT on a cluster: a short, random pause.
+                self._wake.wait(result.retry_in)
             elif len(result.rows) < free:
                 self._wait_until_due()
             elif self.pool.full():

@@ -315,6 +315,87 @@ def claim_due_tasks_skip_locked(
     return rows
 
 
+def claim_due_tasks_in_share(
+    cur,
+    table: QuotedTable,
+    server_id: str,
+    task_types: Sequence[str],
+    limit: int,
+    queue_name: str,
+    share: tuple[int, int],
+    order: str = CLAIM_ORDER,
+) -> list[dict]:
+    """The SKIP LOCKED claim on a Galera cluster, where row locks are local
+    to a node: every server first takes due tasks of its own share, the rows
+    with CRC32(id) % parts = part (`share` = (part, parts), claims.claim_share),
+    so servers on different nodes write different rows and none loses its
+    whole claim at COMMIT. CRC32 rather than id % parts: Galera hands out
+    auto-increment ids with a step of the cluster's size, so rows inserted
+    through one node would all share one remainder. A share that runs short
+    is topped up from the other shares' due rows, in claim order: a row of a
+    share nobody claims right now still starts (the shares also rotate, see
+    claim_share).
+
+    The candidates are read without locks and only then locked by primary
+    key: a locking scan of the claim index would also lock the other shares'
+    rows it steps over, and a write of another node to any of them aborts
+    this transaction (a brute-force abort, 1213)."""
+    ids = _share_candidates(cur, table, task_types, limit, queue_name, share, order)
+    if not ids:
+        return []
+    cur.execute(
+        f"SELECT {CLAIM_COLUMNS}, NOW(3) AS claimed_at FROM {checked(table)} FORCE INDEX (PRIMARY) "
+        f"WHERE id IN %(ids)s AND {DUE}{NOT_PAUSED}ORDER BY {_order(order)} FOR UPDATE SKIP LOCKED",
+        {"ids": tuple(ids), "types": tuple(task_types), "queue": queue_name},
+    )
+    rows = list(cur.fetchall())
+    if rows:
+        mark_claimed(cur, table, server_id, [row["id"] for row in rows], rows[0]["claimed_at"])
+    return rows
+
+
+def _share_candidates(
+    cur,
+    table: QuotedTable,
+    task_types: Sequence[str],
+    limit: int,
+    queue_name: str,
+    share: tuple[int, int],
+    order: str,
+) -> list[int]:
+    """Up to `limit` due ids, this share's first, in claim order; no locks."""
+    part, parts = share
+    args = {"types": tuple(task_types), "limit": limit, "queue": queue_name, "part": part, "parts": parts}
+    select = (
+        f"SELECT id FROM {checked(table)} WHERE {DUE}{NOT_PAUSED}"
+        "AND CRC32(id) %% %(parts)s {test} %(part)s "
+        f"ORDER BY {_order(order)} LIMIT %(limit)s"
+    )
+    cur.execute(select.format(test="="), args)
+    ids = [row["id"] for row in cur.fetchall()]
+    if len(ids) < limit:
+        cur.execute(select.format(test="<>"), args | {"limit": limit - len(ids)})
+        ids.extend(row["id"] for row in cur.fetchall())
+    return ids
+
+
+def is_galera(cur) -> bool:
+    """True on a node of a Galera cluster (wsrep_on): claims then take shares."""
+    cur.execute("SHOW VARIABLES LIKE 'wsrep_on'")
+    row = cur.fetchone()
+    return row is not None and str(row["Value"]).upper() == "ON"
+
+
+def live_server_ids(cur, heartbeat_timeout: float) -> list[str]:
+    """Every live server, in server_id order: who shares the claims on a cluster."""
+    cur.execute(
+        "SELECT server_id FROM servers WHERE state <> 'offline' "
+        "AND last_heartbeat >= NOW(3) - INTERVAL %s MICROSECOND ORDER BY server_id",
+        (micros(heartbeat_timeout),),
+    )
+    return [row["server_id"] for row in cur.fetchall()]
+
+
 def mark_claimed(cur, table: QuotedTable, server_id: str, ids: Sequence[int], claimed_at: Any) -> None:
     """Rows this transaction locked become ours, started at `claimed_at`."""
     cur.execute(

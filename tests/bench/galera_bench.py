@@ -37,7 +37,7 @@ def w8(ctx) -> dict[str, Any]:
         cluster_db = BenchDB(server, ctx.db.database)
         cluster_db.recreate()
         try:
-            result["cluster"] = _both(ctx, cluster_db, cluster.hosts)
+            result["cluster"] = _both(ctx, cluster_db, cluster.hosts, cluster)
         finally:
             cluster_db.close()
     for workload in ("W1", "W2"):
@@ -49,14 +49,36 @@ def w8(ctx) -> dict[str, Any]:
     return result
 
 
-def _both(ctx, db: BenchDB, hosts: list[str] | None) -> dict[str, Any]:
+def _both(ctx, db: BenchDB, hosts: list[str] | None, cluster: GaleraCluster | None = None) -> dict[str, Any]:
     sizes, where = ctx.sizes, "cluster" if hosts else "single"
-    return {
-        "W1": _drain(ctx, db, hosts, f"w8_{where}_w1", ctx.sizes.w1_tasks, 50, "bench_noop", None),
-        "W2": _drain(
-            ctx, db, hosts, f"w8_{where}_w2", sizes.w2_tasks, 200, "bench_sleep", {"seconds": sizes.sleep}
-        ),
-    }
+    w1 = _counting_conflicts(
+        cluster, _drain, ctx, db, hosts, f"w8_{where}_w1", sizes.w1_tasks, 50, "bench_noop", None
+    )
+    w2_params = {"seconds": sizes.sleep}
+    w2 = _counting_conflicts(
+        cluster, _drain, ctx, db, hosts, f"w8_{where}_w2", sizes.w2_tasks, 200, "bench_sleep", w2_params
+    )
+    return {"W1": w1, "W2": w2}
+
+
+# Transactions a node rolled back because another node's write set won:
+# failed certification at COMMIT, or aborted by a replicated write (brute force).
+CONFLICT_COUNTERS = ("wsrep_local_cert_failures", "wsrep_local_bf_aborts")
+
+
+def _counting_conflicts(cluster: GaleraCluster | None, drain, *args) -> dict[str, Any]:
+    """Run one drain; on the cluster, with how many transactions lost to another node meanwhile."""
+    if cluster is None:
+        return drain(*args)
+
+    def total() -> int:
+        return sum(int(node.status(name) or 0) for node in cluster.nodes for name in CONFLICT_COUNTERS)
+
+    before = total()
+    figures = drain(*args)
+    figures["conflicts"] = total() - before
+    args[0].progress(f"    transactions lost to another node: {figures['conflicts']:,}")
+    return figures
 
 
 def _drain(
