@@ -72,7 +72,7 @@ def test_partitioned_server_gives_its_task_up_before_another_rescues_it(chaos_db
     assert report.ok, report.text()
 
 
-def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, proxy, executors):
+def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, proxy, executors, tmp_path):
     """The lease watch runs on the hub: when a handler blocks the hub through
     the whole lapse (cut off, then healed before the hub runs again), only the
     heartbeat thread saw the lease run out. Another server may have rescued
@@ -89,17 +89,30 @@ def test_a_lapse_hidden_by_a_blocked_hub_still_stops_the_handlers(chaos_db, prox
     wait_for(lambda: runs_of(db, task_id), message="A running the task")
     executors.start("B", executor=heartbeat)
     db.execute('UPDATE q_tasks SET task_params = \'{"kind": "slow", "seconds": 0.5}\'')
-    # When a handler of A blocks its hub for 7 s, and A is cut off meanwhile
-    # (max_retries 0: rescued as A looks dead, it fails rather than block A's hub a second time)
-    db.insert_tasks("qa_tasks", "chaos", params={"kind": "cpu", "seconds": 7}, max_retries=0)
+    # When a handler of A blocks its hub (until the test opens the gate), and A
+    # is cut off meanwhile (max_retries 0: rescued as A looks dead, it fails
+    # rather than block A's hub a second time)
+    gate = tmp_path / "gate"
+    db.insert_tasks(
+        "qa_tasks", "chaos", params={"kind": "cpu", "seconds": 120, "gate": str(gate)}, max_retries=0
+    )
     wait_for(
         lambda: db.scalar("SELECT COUNT(*) FROM executions WHERE table_name = 'qa_tasks'"),
         message="the hub blocked",
     )
     proxy.set_mode("blackhole")
     # and B rescues and finishes the task, then the partition heals before A's hub runs again
-    wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=8, message="B finished it")
+    wait_for(lambda: db.task("q_tasks", task_id)["status"] == DONE, timeout=60, message="B finished it")
     proxy.set_mode("pass")
+    # ... and A's heartbeat thread (which the blocked hub does not stop) renews
+    # its lease: only then does the hub run again
+    healed_at = db.scalar("SELECT NOW(3)")
+    wait_for(
+        lambda: db.scalar("SELECT last_heartbeat FROM servers WHERE server_id = 'A'") > healed_at,
+        timeout=30,
+        message="A heartbeating again",
+    )
+    gate.touch()
     # Then, as soon as its hub runs again, A stops its run of the task
     wait_for(lambda: runs_of(db, task_id)[0]["finished_at"], timeout=15, message="A's run stopped")
     a_run = runs_of(db, task_id)[0]

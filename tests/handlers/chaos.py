@@ -14,7 +14,8 @@ stopped still records when it really stopped; only a process that died
 (SIGKILL, os._exit) leaves finished_at empty.
 
 params: kind = fast | slow | fail | flaky | timeout | cpu | cpu_thread | exit,
-seconds (slow, timeout, cpu, cpu_thread), succeed_on (flaky: the first
+seconds (slow, timeout, cpu, cpu_thread), gate (cpu: a file whose
+appearance ends the block before `seconds`), succeed_on (flaky: the first
 attempt, 1-based, that succeeds), exit_attempts (exit: os._exit on attempts
 up to this one, default 1, then succeed).
 """
@@ -160,9 +161,11 @@ def _behave(ctx) -> None:
         if ctx.attempt < int(params.get("succeed_on", 2)):
             raise RuntimeError(f"chaos: flaky failure on attempt {ctx.attempt}")
     elif kind == "cpu":
-        # Never yields: the hub is blocked for `seconds`.
+        # Never yields: the hub is blocked for `seconds`, or (with params.gate)
+        # until that file exists: then the test decides when the hub runs again.
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        gate = params.get("gate")
+        while time.monotonic() < deadline and not (gate and os.path.exists(gate)):
             pass
     elif kind == "cpu_thread":
         ctx.run_in_thread(_spin, seconds)
