@@ -171,6 +171,7 @@ class Executor:
             interval=cfg.queue.config_sync_interval,
             run_queues=cfg.queue.enable,
             make_runner=make_runner,
+            running_changed=lambda: self.heartbeat.announce(),
         )
         metrics = Metrics(
             server_id=server_id,

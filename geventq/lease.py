@@ -97,6 +97,7 @@ class Heartbeat:
         self.last_error: str | None = None
         self._status = ("online", "[]", 0)
         self._stop = False
+        self._beat_now = False
         self._exited = False
         self._conn: Connection | None = None
 
@@ -107,6 +108,16 @@ class Heartbeat:
     def start(self) -> None:
         self.refresh_status()
         start_native_thread(self._thread_main, ())
+
+    def announce(self) -> None:
+        """Called on the hub when the queues we run changed: beat within the
+        thread's next 0.1 s tick instead of at the next interval. Other
+        servers wake our scanners only for the queues our row lists, so until
+        then their wakes were lost (a task created through them waited for
+        our next scan). The thread writes it, not the hub, so a beat with the
+        old list can never land after the new one."""
+        self.refresh_status()
+        self._beat_now = True
 
     def stop(self, timeout: float) -> None:
         self._stop = True
@@ -124,6 +135,7 @@ class Heartbeat:
             self._exited = True
 
     def _beat_once(self) -> None:
+        self._beat_now = False
         sent_at = time.monotonic()
         state, queues, running = self._status
         try:
@@ -147,7 +159,7 @@ class Heartbeat:
 
     def _sleep_interval(self) -> None:
         deadline = time.monotonic() + self.interval
-        while not self._stop and time.monotonic() < deadline:
+        while not self._stop and not self._beat_now and time.monotonic() < deadline:
             native_sleep(min(0.1, self.interval))
 
     def _close(self) -> None:

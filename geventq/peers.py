@@ -73,16 +73,26 @@ class Peers:
         gevent.spawn(self._wake_all, table_name)
 
     def _wake_all(self, table_name: str) -> None:
-        # The cached view goes first, so a wake never waits for the database;
-        # a table it does not know yet (a queue created a moment ago) is worth
-        # a refresh before giving up on it.
+        # The cached view goes first, so a wake never waits for the database.
+        # A table it does not know yet (a queue created a moment ago) is worth
+        # a refresh before giving up on it, and so is a queue no server in it
+        # runs (one that started running a moment ago): at most once a second.
         fresh = table_name not in self._queue_of_table and self._refresh(force=True)
-        queue_name = self._queue_of_table.get(table_name)
-        for peer in self._peers:
-            if queue_name is not None and queue_name in peer["queues"]:
-                self._wake_one(peer["url"], table_name)
+        runners = self._runners_of(table_name)
+        if not runners and not fresh:
+            fresh = self._refresh(force=False)
+            runners = self._runners_of(table_name)
+        for url in runners:
+            self._wake_one(url, table_name)
         if not fresh:
             self._refresh(force=False)
+
+    def _runners_of(self, table_name: str) -> list[str]:
+        """The URLs of the live peers the cached view says run this table's queue."""
+        queue_name = self._queue_of_table.get(table_name)
+        if queue_name is None:
+            return []
+        return [peer["url"] for peer in self._peers if queue_name in peer["queues"]]
 
     def _wake_one(self, url: str, table_name: str) -> None:
         self._post_coalesced(url, "/admin/queue/wake?" + urllib.parse.urlencode({"table": table_name}))

@@ -38,6 +38,7 @@ class QueueSync:
         interval: float,
         run_queues: bool,
         make_runner: Callable[[dict[str, Any]], QueueRunner],
+        running_changed: Callable[[], None] = lambda: None,
     ):
         self.db = db
         self.catalog = catalog
@@ -46,6 +47,9 @@ class QueueSync:
         self.interval = interval
         self.run_queues = run_queues
         self.make_runner = make_runner
+        # Told when the set of queues run here changed: our servers row must
+        # list them before other servers' wakes can reach them.
+        self.running_changed = running_changed
         self._wake = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._errors = Throttle(OUTAGE_LOG_EVERY)
@@ -90,6 +94,7 @@ class QueueSync:
             for row in rows
             if wanted_here(row, self.server_id) and row["table_name"] in self.catalog.tables
         }
+        before = set(self.queues.active)
         for name, runner in list(self.queues.active.items()):
             row = wanted.get(name)
             if row is None or row["table_name"] != runner.table_name:
@@ -100,3 +105,5 @@ class QueueSync:
                 self.queues.add(self.make_runner(row))
             else:
                 running.apply(row)
+        if set(self.queues.active) != before:
+            self.running_changed()

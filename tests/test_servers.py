@@ -8,7 +8,7 @@ from pathlib import Path
 
 from geventq import Status
 from tests.invariants import max_overlap
-from tests.support import running_queue_on, wait_for
+from tests.support import http, running_queue_on, wait_for
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
@@ -273,3 +273,51 @@ def test_user_made_table_with_only_the_base_columns(db, executors):
     db.execute("INSERT INTO plain_tasks (task_type, task_params) VALUES ('record', '{}'), ('flaky', '{}')")
     executors.start()
     wait_for(lambda: db.status_counts("plain_tasks") == {DONE: 2}, timeout=15)
+
+
+def test_a_task_created_through_another_server_starts_at_once_on_a_slow_scanning_queue(db, executors):
+    """Other servers wake a queue's scanner only where the `servers` rows say
+    it runs: a server must list a queue it starts at once, not at its next
+    heartbeat, and a server sending a wake must re-read a stale view before
+    giving up on a queue nobody seemed to run."""
+    # Given queues only server sb runs, scanned every 120 s, and heartbeats
+    # every 20 s, so that neither a scan nor a heartbeat can explain a pickup
+    db.add_queue("q", "q_tasks", server_id="sb", scan_interval=120)
+    db.add_queue("later", "later_tasks", server_id="sb", scan_interval=120, status=0)
+    slow_heartbeat = {"heartbeat_interval": 20, "heartbeat_timeout": 60}
+    a = executors.start("sa", executor=slow_heartbeat)
+    executors.start("sb", executor=slow_heartbeat)
+    # Then sb's row lists the queue long before its next heartbeat
+    wait_for(lambda: running_queue_on(db, ["sb"], "q"), timeout=10, message="sb's row listing q")
+    # When a task is created through sa's API, which does not run the queue
+    first = create_through(a.admin_url, "q_tasks")
+    # Then sb starts it within seconds (sa woke it), not at its next scan
+    assert started_within(db, "q_tasks", first, seconds=10) == "sb"
+    # Given a queue that starts running on sb after sa's view of who runs what was read
+    time.sleep(1.2)  # sa's view is now older than its one-second refresh
+    db.execute("UPDATE queue_configs SET status = 1 WHERE queue_name = 'later'")
+    wait_for(lambda: running_queue_on(db, ["sb"], "later"), timeout=10, message="sb's row listing later")
+    # When a task is created through sa for it, then sb starts it within seconds too
+    task_id = create_through(a.admin_url, "later_tasks")
+    assert started_within(db, "later_tasks", task_id, seconds=10) == "sb"
+
+
+def create_through(admin_url: str, table: str) -> int:
+    status, body = http("POST", f"{admin_url}/admin/task/create?table={table}", {"task_type": "record"})
+    assert status == 201, body
+    return body["data"]["id"]
+
+
+def started_within(db, table: str, task_id: int, seconds: float) -> str:
+    """The server that started the task, which it did within `seconds` of its creation."""
+    row = wait_for(
+        lambda: db.query(
+            f"SELECT server_id, TIMESTAMPDIFF(MICROSECOND, created_at, start_time) / 1e6 AS pickup "
+            f"FROM `{table}` WHERE id = %s AND start_time IS NOT NULL",
+            (task_id,),
+        ),
+        timeout=seconds + 5,
+        message=f"task {task_id} of {table} started",
+    )[0]
+    assert row["pickup"] < seconds, row
+    return row["server_id"]

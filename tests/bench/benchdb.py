@@ -33,6 +33,8 @@ STATUS_COUNTERS = (
     "Questions",
     "Connections",
     "Innodb_buffer_pool_pages_dirty",
+    "Innodb_history_list_length",
+    "Innodb_buffer_pool_reads",
 )
 
 # First word of a statement -> the Com_ counter the server bumps for it.
@@ -211,13 +213,17 @@ class BenchDB:
         self.commit()
 
     def insert_finished(self, table: str, count: int) -> str:
-        """`count` done tasks with old schedule times, in one INSERT … SELECT
-        from MariaDB's sequence engine (doubling the table where it is missing)."""
+        """`count` done tasks, one a second going back from 40 days ago, in
+        one INSERT … SELECT from MariaDB's sequence engine (doubling the table
+        where it is missing). All in the past, as finished history is: counted
+        forward, ten million seconds would reach 75 days into the future, and
+        every task W1 finishes would land in the middle of the (status,
+        schedule_time) index's finished range instead of at its end."""
         sql = (
             f"INSERT INTO {ident(table)} (task_type, task_params, status, schedule_time, "
             "start_time, end_time, server_id, created_at) "
             "SELECT 'bench_noop', '{}', 2, t, t, t + INTERVAL 0.002 SECOND, 'bench-old', t "
-            "FROM (SELECT NOW(3) - INTERVAL 40 DAY + INTERVAL seq SECOND AS t "
+            "FROM (SELECT NOW(3) - INTERVAL 40 DAY - INTERVAL seq SECOND AS t "
             f"FROM seq_1_to_{int(count)}) AS s"
         )
         try:
@@ -241,7 +247,7 @@ class BenchDB:
             self.execute(
                 f"INSERT INTO {t} (task_type, task_params, status, schedule_time, start_time, "
                 "end_time, server_id, created_at) SELECT task_type, task_params, status, "
-                "schedule_time + INTERVAL id SECOND, start_time, end_time, server_id, created_at "
+                "schedule_time - INTERVAL id SECOND, start_time, end_time, server_id, created_at "
                 f"FROM {t} WHERE status = 2 LIMIT %s",
                 (take,),
             )

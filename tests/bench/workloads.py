@@ -274,10 +274,29 @@ def drain_run(
         "processes": processes,
         "limits": limits or {},
     }
+    empty_table, empty_runs = f"{table}_empty", []
     if prefill:
+        # The same drain on an empty table, alternating with the big one's
+        # runs: the ratio compares runs minutes apart on the same machine
+        # state, not this workload with W1 measured earlier in the run.
+        db.add_queue(empty_table, empty_table, max_workers=max_workers, scan_interval=1, limits=limits)
         setup.update(prefill_finished(ctx, table, prefill))
     runs = []
     for index in range(ctx.sizes.repeats):
+        if prefill:
+            empty = _drain_once(
+                ctx,
+                f"{name}-empty",
+                empty_table,
+                index,
+                tasks=tasks,
+                servers=servers,
+                task_type=task_type,
+                params=params,
+                count_sql=False,
+            )
+            empty_runs.append(empty["tasks_per_s"] or 0.0)
+            ctx.progress(f"  empty table, run {index + 1}: {empty['tasks_per_s']:,.0f} tasks/s")
         run = _drain_once(
             ctx,
             name,
@@ -318,6 +337,9 @@ def drain_run(
                 ),
             )
         )
+    if empty_runs:
+        result["empty_runs_tasks_per_s"] = empty_runs
+        result["empty_tasks_per_s"] = sorted(empty_runs)[len(empty_runs) // 2]
     result["runs_tasks_per_s"] = [run["tasks_per_s"] for run in runs]
     result["runs_drain_s"] = [run["drain_s"] for run in runs]
     profiled = [run["profile"] for run in runs if run.get("profile")]
@@ -327,7 +349,7 @@ def drain_run(
 
 
 def prefill_finished(ctx: Context, table: str, rows: int) -> dict[str, Any]:
-    """W4's million finished rows, written back to disk."""
+    """W4's million (W7's ten million) finished rows, settled before any timing."""
     db, began = ctx.db, time.monotonic()
     result: dict[str, Any] = {
         "prefill_method": db.insert_finished(table, rows),
@@ -335,13 +357,40 @@ def prefill_finished(ctx: Context, table: str, rows: int) -> dict[str, Any]:
         "prefill_s": round(time.monotonic() - began, 2),
     }
     ctx.progress(f"  {rows:,} finished rows in {result['prefill_s']:.1f}s ({result['prefill_method']})")
-    result["flush_wait_s"] = wait_for_flush(db)
-    result["dirty_pages_after_wait"] = db.global_status()["Innodb_buffer_pool_pages_dirty"]
+    result.update(settle_after_load(db, table))
     ctx.progress(
-        f"  waited {result['flush_wait_s']:.1f}s for InnoDB to write back the inserted pages "
-        f"({result['dirty_pages_after_wait']} still dirty)"
+        f"  settled in {result['settle_s']:.1f}s: statistics analyzed, the table's pages written back "
+        f"({result['dirty_pages_after_settle']} dirty pages left in the pool), "
+        f"purge history {result['history_list_after_settle']}"
     )
     return result
+
+
+def settle_after_load(db: BenchDB, table: str, timeout: float = 60) -> dict[str, Any]:
+    """What a bulk load leaves InnoDB doing, done before the runs are timed,
+    so they measure a big table and not its aftermath:
+    - ANALYZE TABLE: the load changed more than 10% of the table, so InnoDB
+      would recalculate its statistics in the background (about 12,000
+      page reads at ten million rows, seen in the first timed run);
+    - FLUSH TABLES … FOR EXPORT writes the table's dirty pages back. Waiting
+      for them to drain by themselves never ends on MariaDB 10.5+: below
+      innodb_max_dirty_pages_pct the page cleaner leaves them (2,894 dirty
+      pages unchanged for 60 s here), and the runs then evict them;
+    - purge: the history list back near 0."""
+    began = time.monotonic()
+    db.query(f"ANALYZE TABLE {ident(table)}")
+    db.execute(f"FLUSH TABLES {ident(table)} FOR EXPORT")
+    db.execute("UNLOCK TABLES")
+    while time.monotonic() - began < timeout:
+        if db.global_status()["Innodb_history_list_length"] < 100:
+            break
+        time.sleep(0.5)
+    status = db.global_status()
+    return {
+        "settle_s": time.monotonic() - began,
+        "dirty_pages_after_settle": status["Innodb_buffer_pool_pages_dirty"],
+        "history_list_after_settle": status["Innodb_history_list_length"],
+    }
 
 
 def _drain_once(
@@ -365,8 +414,9 @@ def _drain_once(
     db.insert_due(table, task_type, tasks, params)
     ctx.progress(f"  inserted {tasks:,} due {task_type} tasks in {time.monotonic() - began:.1f}s")
     if explain:
-        # With the due tasks in place, as the executor's first claim sees the table.
-        result["explain"] = explain_claim(db, table)
+        # With the due tasks in place, as the executor's first claim sees the
+        # table (the bench names its queues after their tables).
+        result["explain"] = explain_claim(db, table, queue_name=table)
         ctx.progress(
             f"  EXPLAIN claim: key={result['explain']['key']} type={result['explain']['type']} "
             f"rows={result['explain']['rows']} extra={result['explain']['extra']}"
@@ -446,8 +496,11 @@ def w2(ctx: Context) -> dict[str, Any]:
 
 
 def w4(ctx: Context) -> dict[str, Any]:
-    """W1 on a table that also holds 1,000,000 finished tasks."""
+    """W1 on a table that also holds 1,000,000 finished tasks, against W1 on
+    an empty table in alternating runs (and, for reference, W1 itself)."""
     result = drain_run(ctx, "W4", tasks=ctx.sizes.w1_tasks, max_workers=50, prefill=ctx.sizes.w4_finished)
+    if result.get("empty_tasks_per_s") and result.get("tasks_per_s"):
+        result["ratio_to_empty"] = result["tasks_per_s"] / result["empty_tasks_per_s"]
     w1_result = ctx.results.get("W1", {})
     if w1_result.get("tasks_per_s") and result.get("tasks_per_s"):
         result["ratio_to_w1"] = result["tasks_per_s"] / w1_result["tasks_per_s"]
@@ -463,18 +516,7 @@ def w6(ctx: Context) -> dict[str, Any]:
     return result
 
 
-def wait_for_flush(db: BenchDB, below: int = 1000, timeout: float = 30) -> float:
-    """Wait until InnoDB has written back the pages a bulk insert dirtied, so
-    W4 measures a big table, not the background flush of a fresh insert."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout:
-        if db.global_status()["Innodb_buffer_pool_pages_dirty"] < below:
-            break
-        time.sleep(0.5)
-    return time.monotonic() - began
-
-
-def explain_claim(db: BenchDB, table: str, limit: int = 50) -> dict[str, Any]:
+def explain_claim(db: BenchDB, table: str, queue_name: str, limit: int = 50) -> dict[str, Any]:
     """EXPLAIN the claim's SELECT, taken from store.claim_due_tasks_skip_locked
     itself (a recording cursor captures the statement), so it keeps its shape
     when the core changes."""
@@ -493,7 +535,9 @@ def explain_claim(db: BenchDB, table: str, limit: int = 50) -> dict[str, Any]:
             return []
 
     cursor = RecordingCursor()
-    store.claim_due_tasks_skip_locked(cursor, quote_table(table, None), "bench-explain", TASK_TYPES, limit)
+    store.claim_due_tasks_skip_locked(
+        cursor, quote_table(table, None), "bench-explain", TASK_TYPES, limit, queue_name
+    )
     sql, args = cursor.statements[0]
     rows = db.query("EXPLAIN " + sql, args)
     first = rows[0]
