@@ -1,7 +1,8 @@
 """`python -m tests.bench [--quick] [--only W1,W3] [--out DIR]`
 
-Runs the ceiling loop and W1..W6 against real executor processes in a
-database of its own (dropped and recreated), prints one table, and writes
+Runs the ceiling loop and W1..W6, W9..W12 (W7, ten million rows, and W8, a
+3-node Galera cluster, only when named in --only) against real executor
+processes in a database of its own (dropped and recreated), prints one table, and writes
 DIR/results.json and DIR/chart.png. A workload that cannot run here is
 reported as n/a with the reason; the others still run.
 """
