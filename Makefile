@@ -12,7 +12,7 @@ test:  ## install everything the suite needs (Python packages, headless Chromium
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 		echo "make test: could not install chromium chromium-driver: the browser tests skip here and fail in CI" >&2
 	$(PYTHON) -m pip install -q -r requirements-dev.txt
-	@# Three test workers each start several executors: more than the default 151 connections.
+	@# Four test workers each start several executors: more than the default 151 connections.
 	-@mysql -h127.0.0.1 -uroot -e "SET GLOBAL max_connections = GREATEST(@@max_connections, 500)" 2>/dev/null
 	@# The fast tier first (pure pieces, under 5 s): a broken basic stops here.
 	$(PYTHON) -m pytest -p no:xdist -o addopts="" -q tests/unit

@@ -4,6 +4,7 @@ with a non-zero exit and a message that names the problem."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -112,7 +113,20 @@ def test_server_id_alive_on_another_host_is_refused(db, tmp_path):
         "INSERT INTO servers (server_id, host, pid, state, last_heartbeat) "
         "VALUES ('server-001', 'elsewhere', 4242, 'online', NOW(3))"
     )
-    code, output, _ = run_executor(write_config(tmp_path, db))
+    # The other host keeps heartbeating, however long this executor takes to start
+    stop = threading.Event()
+
+    def heartbeat_elsewhere() -> None:
+        while not stop.wait(0.5):
+            db.execute("UPDATE servers SET last_heartbeat = NOW(3) WHERE server_id = 'server-001'")
+
+    beating = threading.Thread(target=heartbeat_elsewhere, daemon=True)
+    beating.start()
+    try:
+        code, output, _ = run_executor(write_config(tmp_path, db))
+    finally:
+        stop.set()
+        beating.join()
     assert code != 0
     assert "server-001" in output and "elsewhere" in output
 
