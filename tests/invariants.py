@@ -30,7 +30,11 @@ The invariants:
   (error_msg says how). And per kind: fast and slow never fail by themselves,
   fail and timeout never succeed, a flaky task succeeds exactly from attempt
   succeed_on; every run that ended by itself ended as its kind says.
-  Without faults there are no lost attempts, so runs == R + 1.
+  Without faults there are no lost attempts, so runs == R + 1. A run of
+  any kind that ended `timeout` after really running its queue's
+  task_timeout from its claim is the product stopping a handler that was too
+  slow (on a machine so loaded that a 1 s sleep took 5 s): accepted, and it
+  may fail the task; one that ended `timeout` sooner is a violation.
 - attempt_once: no attempt (task, retry_count) ran twice, except after a
   shutdown handed it back (the earlier run ended `shutdown`).
 - no_overlap: the runs of one task, by start, never overlap: each ended
@@ -244,7 +248,7 @@ def check(conn, tables: list[str], records=None) -> Report:
             )
             tasks.extend({**row, "table": table} for row in cur.fetchall())
     died_at = {row["pid"]: row["at"] for row in faults if row["pid"] is not None}
-    checker = _Checker(died_at)
+    checker = _Checker(died_at, _task_timeouts(conn))
     for task in tasks:
         checker.check_task(task, runs_by_task.get((task["table"], task["id"]), []))
     checker.check_dedupe(tasks, runs_by_task)
@@ -279,8 +283,12 @@ class _Checker:
         "dedupe_once",
     )
 
-    def __init__(self, died_at: dict[int, datetime]):
+    def __init__(self, died_at: dict[int, datetime], task_timeouts: dict[str, float] | None = None):
         self.died_at = died_at
+        # table -> its queue's task_timeout (0: none): a run of any kind that
+        # really lasted that long from its claim may end "timeout" (a machine
+        # so loaded that a 1 s sleep took 5 s); one that ended sooner may not.
+        self.task_timeouts = task_timeouts or {}
         self.results = {name: Result(name) for name in self.NAMES}
         self.lost_attempts = 0
         self.repeated_ok_runs = 0
@@ -386,7 +394,13 @@ class _Checker:
             problems.append("failed before max_retries, or its last run did not fail")
         elif EXPECTED_ERRORS[last_end] not in (task["error_msg"] or ""):
             problems.append(f"error_msg does not say how the last run ended ({last_end})")
-        problems += self.kind_problems(kind, params, status, lost_last, runs)
+        timeout = self.task_timeouts.get(task["table"], 0.0)
+        judged = [
+            {**run, "ended": "overran"} if kind != "timeout" and _overran(run, timeout) else run
+            for run in runs
+        ]
+        overran_last = bool(judged) and judged[-1]["ended"] == "overran"
+        problems += self.kind_problems(kind, params, status, lost_last or overran_last, judged)
         if problems:
             self.flag("retry_count", task, "; ".join(problems), runs)
         self.count_lost(retries, runs)
@@ -425,6 +439,29 @@ class _Checker:
         self.repeated_ok_runs += sum(
             1 for run in runs if run["ended"] == "ok" and run["retry_count"] < consumed
         )
+
+
+def _task_timeouts(conn) -> dict[str, float]:
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute("SELECT table_name, task_timeout FROM queue_configs")
+        return {row["table_name"]: float(row["task_timeout"] or 0) for row in cur.fetchall()}
+
+
+# The clocks of a run's claim (DATETIME(3)) and finish (DATETIME(6)) differ in precision.
+TIMEOUT_TOLERANCE = timedelta(milliseconds=50)
+
+
+def _overran(run: dict, timeout: float) -> bool:
+    """Ended "timeout" after really running task_timeout from its claim: the
+    product timing out a handler that was too slow, whatever its kind."""
+    if (
+        run["ended"] != "timeout"
+        or not timeout
+        or run.get("claimed_at") is None
+        or run["finished_at"] is None
+    ):
+        return False
+    return run["finished_at"] - run["claimed_at"] >= timedelta(seconds=timeout) - TIMEOUT_TOLERANCE
 
 
 # --- limits and cancellation -----------------------------------------------------------

@@ -231,3 +231,19 @@ def test_checker_passes_limits_kept_and_a_cancel_that_stuck(tables):
     stopped = task(db, CANCELLED, 0)
     run(db, stopped, 0, 11, 12, "cancelled")
     assert broken(db) == {}
+
+
+def test_checker_accepts_a_timeout_only_after_the_task_timeout(tables):
+    # Given queue t with a 5 s task_timeout and slow (1 s) tasks that timed out
+    db = tables
+    db.execute(
+        "INSERT INTO queue_configs (queue_name, table_name, max_workers, task_timeout) "
+        "VALUES ('t', 't', 10, 5)"
+    )
+    overran = task(db, DONE, 1, kind="slow", seconds=1)
+    run(db, overran, 0, 0, 5.2, "timeout")  # a loaded machine: 5.2 s from its claim
+    run(db, overran, 1, 6, 7)
+    early = task(db, DONE, 1, kind="slow", seconds=1)
+    run(db, early, 0, 0, 2, "timeout")  # timed out after 2 s: the product is wrong
+    run(db, early, 1, 3, 4)
+    assert broken(db) == {"retry_count": 1}
