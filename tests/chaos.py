@@ -44,6 +44,10 @@ database, waking the servers over HTTP): each with a priority, one in five
 with a dedupe_key from a small pool, so keys clash while their holder is
 pending or running (the checker's dedupe_once).
 
+The first faults of every run are one of each of MUST_FAULTS (sigkill,
+blackhole, cancel_running, child_kill, limits) in a seeded order, so a short
+run tries every class however few faults it draws; then the weighted draw.
+
 `--cpu-hog N` runs N busy loops (`python -c 'while 1: pass'`, at the same
 priority as everything else) for the whole soak, so every timing assumption
 is tried on a machine with no idle core. `--own-mariadb` puts the task tables
@@ -126,6 +130,9 @@ SCHEDULES = {
 TABLE_SHARE = (("chaos_open1", 0.38), ("chaos_open2", 0.38), ("chaos_pinned", 0.19), ("chaos_limited", 0.05))
 HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT = 0.5, 3
 SHUTDOWN_TIMEOUT = 3
+# The fault classes every run applies first: a crash, a partition, a cancel of
+# running tasks, a supervised child's death, lowered limits.
+MUST_FAULTS = ["sigkill", "blackhole", "cancel_running", "child_kill", "limits"]
 FAULT_WEIGHTS = {
     "sigkill": 3,
     "sigterm": 2,
@@ -323,6 +330,9 @@ class Chaos:
         self.db = TestDatabase(name, port=own_mariadb.port) if own_mariadb else TestDatabase(name)
         self.records = TestDatabase(name) if own_mariadb else self.db
         self.fault_weights = dict(FAULT_WEIGHTS, **({"dbcrash": DBCRASH_WEIGHT} if own_mariadb else {}))
+        # Every run applies these at least once, in a seeded order, before the
+        # random draws: however few faults fit in the run, each class is tried.
+        self.must = self.rng.sample(MUST_FAULTS, len(MUST_FAULTS))
         self.servers: dict[str, Server] = {}
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -466,9 +476,14 @@ class Chaos:
     def next_fault(self) -> None:
         if self.stopping_faults:
             return
-        kinds, weights = zip(*self.fault_weights.items(), strict=True)
-        kind = self.rng.choices(kinds, weights)[0]
+        if self.must:
+            kind = self.must.pop(0)
+        else:
+            kinds, weights = zip(*self.fault_weights.items(), strict=True)
+            kind = self.rng.choices(kinds, weights)[0]
         getattr(self, f"fault_{kind}")()
+        if kind in MUST_FAULTS and self.faults[kind] == 0 and kind not in self.must:
+            self.must.append(kind)  # nothing to apply it to right now (no healthy server...): later
         self.at(self.rng.uniform(1.5, 4.0), self.next_fault)
 
     def healthy(self) -> list[Server]:
