@@ -22,6 +22,7 @@ from geventq.db import (
     QuotedTable,
     check_table_name,
     duplicate_key,
+    missing_table_skipped,
     quote_table,
     table_problem,
 )
@@ -804,14 +805,8 @@ def due_pending_by_queue(cur, queues: list[dict[str, Any]]) -> dict[str, tuple[i
     table can be read; a missing or malformed table leaves its queue out."""
     due: dict[str, tuple[int, float | None]] = {}
     for queue in queues:
-        try:
-            table = quote_table(queue["table_name"], None)
-            due[queue["queue_name"]] = _due_pending(cur, table)
-        except InvalidIdentifier:
-            continue
-        except DRIVER_ERRORS as error:
-            if table_problem(error) is None:
-                raise
+        with missing_table_skipped():
+            due[queue["queue_name"]] = _due_pending(cur, quote_table(queue["table_name"], None))
     return due
 
 

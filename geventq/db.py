@@ -503,3 +503,18 @@ def table_problem(error: Exception) -> TableProblem | None:
     """The named table problem a driver error (or its translation) is, if any."""
     translated = error if isinstance(error, DatabaseError) else translate(error)
     return translated if isinstance(translated, TableProblem) else None
+
+
+@contextmanager
+def missing_table_skipped() -> Iterator[None]:
+    """Run the block on a task table named by a queue row, ledger or request,
+    and skip it when the name is no valid identifier or the table is missing
+    or malformed (a queue pointing at a dropped table is the operator's to
+    mend: readers of many tables go on with the others). Other errors raise."""
+    try:
+        yield
+    except InvalidIdentifier:
+        pass
+    except DRIVER_ERRORS as error:
+        if table_problem(error) is None:
+            raise

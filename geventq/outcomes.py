@@ -39,8 +39,8 @@ class OutcomeRecorder:
         self.server_id = server_id
         self.claimed = claimed  # settled here once an outcome is written (or fenced out)
         self.flush_interval = flush_interval
-        # Told which queues' outcomes were just written: a capped queue's
-        # running rows fell, so it may claim again now (queues.RunningQueues).
+        # Told which capped queues' outcomes were just written: their running
+        # rows fell, so they may claim again now (queues.RunningQueues).
         self._written = written
         self._pending: list[tuple[Attempt, Outcome]] = []
         self._has_pending = Event()
@@ -95,10 +95,11 @@ class OutcomeRecorder:
                 backoff = 0.05
 
     def _tell_written(self, batch: list[tuple[Attempt, Outcome]], unwritten: list) -> None:
-        if len(unwritten) == len(batch):
-            return
+        """Name the capped queues whose outcomes just reached the table."""
         left = {attempt.key for attempt, _ in unwritten}
-        names = {attempt.queue_name for attempt, _ in batch if attempt.key not in left}
+        names = {attempt.queue_name for attempt, _ in batch if attempt.capped and attempt.key not in left}
+        if not names:
+            return
         try:
             self._written(names)
         except Exception:  # noqa: BLE001 - a wake must never stop outcome writing

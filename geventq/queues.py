@@ -184,7 +184,7 @@ class QueueRunner:
                 self._wake.wait(min(self.scan_interval, 1.0))
             elif result.held:
                 # A limit held due tasks back: look again when it may allow
-                # more (a local task ending wakes us sooner, see _run).
+                # more (a local outcome written wakes a capped queue sooner).
                 retry_in = result.retry_in if result.retry_in is not None else self.scan_interval
                 self._wake.wait(min(self.scan_interval, max(retry_in, MIN_IDLE_WAIT)))
             elif not result.rows and result.retry_in is not None:
@@ -312,11 +312,9 @@ class QueueRunner:
     # --- running -------------------------------------------------------------
 
     def _run(self, attempt: Attempt) -> None:
-        try:
-            outcome = self._attempts.run(attempt, self.task_timeout)
-        finally:
-            if self.held_back:
-                self.wake()  # a slot of a capped queue may have freed here
+        # A capped queue's slot frees when the outcome is written, not here:
+        # the recorder wakes it then (RunningQueues.outcomes_written).
+        outcome = self._attempts.run(attempt, self.task_timeout)
         if outcome.kind is OutcomeKind.RETRY or outcome.kind is OutcomeKind.RATE_LIMITED:
             # Look again when the retry falls due, not a whole scan_interval later.
             gevent.spawn_later(outcome.delay + RETRY_WAKE_MARGIN, self.wake)
@@ -356,13 +354,13 @@ class RunningQueues:
         logger.info("queue {} drained", runner.queue_name)
 
     def outcomes_written(self, queue_names: set[str]) -> None:
-        """Outcomes of these queues reached the table: a capped queue counts
-        fewer running rows now, so it claims again at once instead of after
-        its recheck interval. Any limited queue, not only one whose last claim
-        was held: a claim in flight right now may be about to be held."""
+        """Outcomes of these capped queues reached the table: they count fewer
+        running rows now, so they claim again at once instead of after their
+        recheck interval (whether or not their last claim was held: one in
+        flight right now may be about to be)."""
         for name in queue_names:
             runner = self.active.get(name)
-            if runner is not None and runner.limits.any:
+            if runner is not None:
                 runner.wake()
 
     def for_table(self, table_name: str) -> QueueRunner | None:

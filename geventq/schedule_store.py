@@ -16,8 +16,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from geventq.db import DRIVER_ERRORS, QuotedTable, quote_table, table_problem
-from geventq.errors import InvalidIdentifier
+from geventq.db import QuotedTable, missing_table_skipped, quote_table
 from geventq.store import checked
 
 # The columns a request may set; the rest are the engine's.
@@ -169,17 +168,12 @@ def previous_task(cur, schedule_id: int) -> tuple[str, int] | None:
 
 def task_status(cur, table_name: str, task_id: int) -> int | None:
     """A task's status; None when the task, or its table, is gone."""
-    try:
+    with missing_table_skipped():
         table = quote_table(table_name, None)
         cur.execute(f"SELECT status FROM {checked(table)} WHERE id = %s", (task_id,))
-    except InvalidIdentifier:
-        return None
-    except DRIVER_ERRORS as error:
-        if table_problem(error) is None:
-            raise
-        return None
-    row = cur.fetchone()
-    return None if row is None else int(row["status"])
+        row = cur.fetchone()
+        return None if row is None else int(row["status"])
+    return None
 
 
 def insert_scheduled_task(cur, table: QuotedTable, task_type: str, task_params: str, max_retries: int) -> int:
@@ -345,17 +339,11 @@ def task_statuses(cur, tasks: Iterable[tuple[str, int]]) -> dict[tuple[str, int]
         by_table.setdefault(table_name, set()).add(task_id)
     found: dict[tuple[str, int], int] = {}
     for table_name, ids in by_table.items():
-        try:
+        with missing_table_skipped():
             table = quote_table(table_name, None)
             cur.execute(f"SELECT id, status FROM {checked(table)} WHERE id IN %s", (tuple(ids),))
-        except InvalidIdentifier:
-            continue
-        except DRIVER_ERRORS as error:
-            if table_problem(error) is None:
-                raise
-            continue
-        for row in cur.fetchall():
-            found[(table_name, int(row["id"]))] = int(row["status"])
+            for row in cur.fetchall():
+                found[(table_name, int(row["id"]))] = int(row["status"])
     return found
 
 

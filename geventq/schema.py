@@ -11,8 +11,7 @@ from loguru import logger
 
 from geventq import store
 from geventq.config import Config
-from geventq.db import DRIVER_ERRORS, Database, Nodes, quote_table, table_problem
-from geventq.errors import InvalidIdentifier
+from geventq.db import Database, Nodes, missing_table_skipped, quote_table
 
 
 def find_init_sql() -> Traversable:
@@ -138,16 +137,10 @@ def _backfill_outcome_counts(cur) -> None:
     rows already in each queue's table are counted once, as totals (one
     scan of each table, at the upgrade only)."""
     for queue in store.list_queue_configs(cur):
-        try:
+        with missing_table_skipped():
             table = quote_table(queue["table_name"], None)
             counted = store.backfill_outcome_counts(cur, table, queue["table_name"])
-        except InvalidIdentifier:
-            continue
-        except DRIVER_ERRORS as error:
-            if table_problem(error) is None:
-                raise
-            continue
-        logger.info("counted {} finished tasks already in {}", counted, queue["table_name"])
+            logger.info("counted {} finished tasks already in {}", counted, queue["table_name"])
 
 
 def _widen_columns(cur) -> None:

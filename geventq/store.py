@@ -309,10 +309,7 @@ def claim_due_tasks_skip_locked(
         f"ORDER BY {_order(order)} LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
         {"types": tuple(task_types), "limit": limit, "queue": queue_name},
     )
-    rows = list(cur.fetchall())
-    if rows:
-        mark_claimed(cur, table, server_id, [row["id"] for row in rows], rows[0]["claimed_at"])
-    return rows
+    return _mark_selected(cur, table, server_id)
 
 
 def claim_due_tasks_in_share(
@@ -348,10 +345,7 @@ def claim_due_tasks_in_share(
         f"WHERE id IN %(ids)s AND {DUE}{NOT_PAUSED}ORDER BY {_order(order)} FOR UPDATE SKIP LOCKED",
         {"ids": tuple(ids), "types": tuple(task_types), "queue": queue_name},
     )
-    rows = list(cur.fetchall())
-    if rows:
-        mark_claimed(cur, table, server_id, [row["id"] for row in rows], rows[0]["claimed_at"])
-    return rows
+    return _mark_selected(cur, table, server_id)
 
 
 def _share_candidates(
@@ -394,6 +388,14 @@ def live_server_ids(cur, heartbeat_timeout: float) -> list[str]:
         (micros(heartbeat_timeout),),
     )
     return [row["server_id"] for row in cur.fetchall()]
+
+
+def _mark_selected(cur, table: QuotedTable, server_id: str) -> list[dict]:
+    """The rows the claim's locking SELECT just returned, marked ours."""
+    rows = list(cur.fetchall())
+    if rows:
+        mark_claimed(cur, table, server_id, [row["id"] for row in rows], rows[0]["claimed_at"])
+    return rows
 
 
 def mark_claimed(cur, table: QuotedTable, server_id: str, ids: Sequence[int], claimed_at: Any) -> None:

@@ -52,6 +52,43 @@ def wait_for(
         time.sleep(interval)
 
 
+def servers_that_ran_after(records: TestDatabase, fault_kind: str) -> int:
+    """How many servers started a run after the logged fault of that kind."""
+    return records.scalar(
+        "SELECT COUNT(DISTINCT e.server_id) FROM executions e JOIN chaos_faults f "
+        "ON f.kind = %s WHERE e.started_at > f.at",
+        (fault_kind,),
+    )
+
+
+def assert_all_done_exactly_once(
+    tasks_db: TestDatabase, records: TestDatabase, table: str, tasks: int
+) -> None:
+    """Every one of `tasks` done, and every invariant of tests/invariants.py
+    held over the runs recorded in `records`."""
+    from tests.invariants import check
+
+    with tasks_db.connect() as conn, records.connect() as runs:
+        report = check(conn, [table], runs)
+    assert report.total_tasks == tasks
+    assert report.ok, report.text()
+    assert report.tasks_by_status[table]["done"] == tasks, report.text()
+
+
+class RecordingCursor:
+    """Stands in for a cursor to capture the SQL a store function builds
+    (fetches return nothing), so a test can EXPLAIN exactly that statement."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, Any]] = []
+
+    def execute(self, sql: str, args: Any = None) -> None:
+        self.statements.append((sql, args))
+
+    def fetchall(self) -> list:
+        return []
+
+
 def running_queue_on(db: TestDatabase, server_ids, queue_name: str) -> bool:
     """Every one of the servers reports the queue among those it runs."""
     rows = db.query("SELECT server_id, queues FROM servers")

@@ -9,6 +9,7 @@ import zlib
 
 from geventq import store
 from geventq.db import quote_table
+from tests.support import RecordingCursor
 
 TABLE = "email_tasks"
 
@@ -55,16 +56,7 @@ def test_a_short_share_is_topped_up_from_the_other_shares(db):
 
 
 def test_the_share_filter_keeps_the_claim_index(db):
-    class Recording:
-        statements: list = []
-
-        def execute(self, sql, args=None):
-            self.statements.append((sql, args))
-
-        def fetchall(self):
-            return []
-
-    cursor = Recording()
+    cursor = RecordingCursor()
     store.claim_due_tasks_in_share(cursor, quote_table(TABLE, None), "s", ("record",), 50, "email", (1, 3))
     for sql, args in cursor.statements:
         plan = db.query("EXPLAIN " + sql, args)[0]

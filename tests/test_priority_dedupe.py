@@ -13,7 +13,7 @@ import pytest
 from geventq import Client, Status, store
 from geventq.db import quote_table
 from geventq.errors import TaskStateError
-from tests.support import http, wait_for
+from tests.support import RecordingCursor, http, wait_for
 
 PENDING, RUNNING, DONE, FAILED, CANCELLED = Status
 
@@ -27,16 +27,7 @@ def create_queue(url: str, **body: Any) -> dict:
 def explain_claim(db, table: str, order: str) -> dict:
     """EXPLAIN the claim's SELECT exactly as store builds it (a recording cursor)."""
 
-    class Recording:
-        statements: list = []
-
-        def execute(self, sql, args=None):
-            self.statements.append((sql, args))
-
-        def fetchall(self):
-            return []
-
-    cursor = Recording()
+    cursor = RecordingCursor()
     store.claim_due_tasks_skip_locked(
         cursor, quote_table(table, None), "s", ("record",), 50, queue_name="prio", order=order
     )

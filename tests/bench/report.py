@@ -75,6 +75,14 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "MISSED")
 
 
+def _at_least(value: float | None, minimum: float) -> str:
+    return _verdict(None if value is None else value >= minimum)
+
+
+def _at_most(value: float | None, maximum: float) -> str:
+    return _verdict(None if value is None else value <= maximum)
+
+
 def _unavailable(results: dict, workload: str) -> str | None:
     entry = results.get(workload)
     if isinstance(entry, dict) and entry.get("status") in ("n/a", "error"):
@@ -156,7 +164,7 @@ def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
             _num(rate),
             _ratio(rate, ceiling),
             f"≥ {W1_SHARE_OF_CEILING:.2f} × ceiling",
-            _verdict(None if share is None else share >= W1_SHARE_OF_CEILING),
+            _at_least(share, W1_SHARE_OF_CEILING),
         ),
         Row("W1 no-op", "whole process, s", _num(get(results, "W1", "whole_process_s"), ".2f")),
         Row("W1 no-op", CPU_FIGURE + " (start-up incl.)", _cpu(results, "W1")),
@@ -167,7 +175,7 @@ def _w1_rows(results: dict, ceiling: float | None) -> list[Row]:
             _num(per_task, ".3f"),
             _ratio(per_task, ceiling_per_task),
             f"≤ {STATEMENTS_PER_TASK}",
-            _verdict(None if per_task is None else per_task <= STATEMENTS_PER_TASK),
+            _at_most(per_task, STATEMENTS_PER_TASK),
         ),
         Row(
             "W1 SQL",
@@ -207,7 +215,7 @@ def _w2_rows(results: dict) -> list[Row]:
             _num(efficiency, ".3f"),
             _ratio(efficiency, get(results, "ceiling", "batched_sleep", "efficiency")),
             f"≥ {W2_EFFICIENCY}",
-            _verdict(None if efficiency is None else efficiency >= W2_EFFICIENCY),
+            _at_least(efficiency, W2_EFFICIENCY),
         )
     ]
 
@@ -269,7 +277,7 @@ def _w7_rows(results: dict) -> list[Row]:
                 f"{name} p50/p99 ms ({rows_label})",
                 f"{_num(entry.get('p50_ms'), '.1f')}/{_num(p99, '.1f')}",
                 target=f"p99 ≤ {W7_P99_MS:g} ms",
-                verdict=_verdict(None if p99 is None else p99 <= W7_P99_MS),
+                verdict=_at_most(p99, W7_P99_MS),
             )
         )
     share = get(results, "W7", "dashboard", "db_core_share_every_3s")
@@ -279,7 +287,7 @@ def _w7_rows(results: dict) -> list[Row]:
             "MariaDB CPU, one dashboard refreshing every 3 s",
             "n/a" if share is None else f"{share:.2%} of a core",
             target=f"≤ {W7_DASHBOARD_SHARE:.0%}",
-            verdict=_verdict(None if share is None else share <= W7_DASHBOARD_SHARE),
+            verdict=_at_most(share, W7_DASHBOARD_SHARE),
         )
     )
     ratio = get(results, "W7", "claim_ratio")
@@ -289,7 +297,7 @@ def _w7_rows(results: dict) -> list[Row]:
             f"W1 tasks/s on it ({_num(get(results, 'W7', 'claim_big_tasks_per_s'))}) ÷ on an empty table",
             _num(ratio, ".2f"),
             target=f"≥ {W4_RATIO}",
-            verdict=_verdict(None if ratio is None else ratio >= W4_RATIO),
+            verdict=_at_least(ratio, W4_RATIO),
         )
     )
     return rows
@@ -318,7 +326,7 @@ def _w10_rows(results: dict) -> list[Row]:
             _num(many.get("client_tasks_per_s")),
             _num(ratio, ".2f"),
             f"≥ {W10_ENQUEUE_MANY_RATIO:.2f} × raw INSERT",
-            _verdict(None if ratio is None else ratio >= W10_ENQUEUE_MANY_RATIO),
+            _at_least(ratio, W10_ENQUEUE_MANY_RATIO),
         ),
         Row(
             "W10 Client.enqueue",
@@ -351,7 +359,7 @@ def _w11_rows(results: dict, ceiling: float | None) -> list[Row]:
                 "ratio to W1",
                 _num(ratio, ".2f"),
                 target=f"≥ {W11_RATIO}",
-                verdict=_verdict(None if ratio is None else ratio >= W11_RATIO),
+                verdict=_at_least(ratio, W11_RATIO),
             )
         )
     cancel = get(results, "W11", "cancel") or {}
@@ -362,7 +370,7 @@ def _w11_rows(results: dict, ceiling: float | None) -> list[Row]:
             "request → ended, p50/p99/max ms",
             "/".join(_num(cancel.get(k), ".1f") for k in ("p50_ms", "p99_ms", "max_ms")),
             target=f"p99 ≤ {W11_CANCEL_P99_MS:g} ms",
-            verdict=_verdict(None if p99 is None else p99 <= W11_CANCEL_P99_MS),
+            verdict=_at_most(p99, W11_CANCEL_P99_MS),
         )
     )
     return rows
@@ -384,7 +392,7 @@ def _w12_rows(results: dict, ceiling: float | None) -> list[Row]:
             "2 processes ÷ 1",
             _num(speedup, ".2f"),
             target=f"≥ {W12_CPU_SPEEDUP}",
-            verdict=_verdict(None if speedup is None else speedup >= W12_CPU_SPEEDUP),
+            verdict=_at_least(speedup, W12_CPU_SPEEDUP),
         ),
         Row("W12 no-op, 2 processes", "tasks/s", _num(noop), _ratio(noop, ceiling)),
         Row("W12 no-op, 2 processes", "ratio to W1", _num(get(results, "W12", "noop_ratio_to_w1"), ".2f")),
@@ -405,7 +413,7 @@ def _w4_rows(results: dict, ceiling: float | None) -> list[Row]:
             f"÷ W1 on an empty table, alternating runs ({_num(empty)} tasks/s)",
             _num(ratio, ".2f"),
             target=f"≥ {W4_RATIO}",
-            verdict=_verdict(None if ratio is None else ratio >= W4_RATIO),
+            verdict=_at_least(ratio, W4_RATIO),
         ),
         Row("W4 big table", "ratio to W1 (the W1 workload)", _num(get(results, "W4", "ratio_to_w1"), ".2f")),
         Row(
