@@ -19,7 +19,7 @@ applies faults, one every few seconds, picked by the seed:
 - move: pin the pinned queue to another server, or an open queue to one;
 - resize: a queue's max_workers to 1..60 for 3 to 8 s;
 - disable: a queue off for 1 to 5 s, then on again;
-- cancel: cancel up to 20 pending tasks, as the admin API would;
+- cancel: cancel up to 20 pending tasks through geventq.Client;
 - cancel_running: cancel up to 5 running tasks of one table through a live
   server's admin API (`POST /admin/task/cancel`), whichever server runs them;
 - limits: lower the limited queue's global_max_workers (1 to 5) and
@@ -97,7 +97,7 @@ from pathlib import Path
 import pymysql
 
 from geventq import Client, Status, admin_store
-from geventq.errors import DatabaseUnavailable
+from geventq.errors import DatabaseUnavailable, TaskStateError
 from tests.faultproxy import FaultProxy
 from tests.invariants import check, log_fault, prepare
 from tests.ownmariadb import OwnMariaDB
@@ -607,12 +607,19 @@ class Chaos:
         self.at(seconds, lambda: self.set_queue(queue, status=1))
 
     def fault_cancel(self) -> None:
-        table = self.rng.choice([table for table, *_ in QUEUES.values()])
-        cancelled = self.db.execute(
-            f"UPDATE `{table}` SET status = {Status.CANCELLED:d}, "
-            f"end_time = NOW(3) WHERE status = {Status.PENDING:d} "
-            "ORDER BY id DESC LIMIT 20"
+        """Cancel up to 20 pending tasks of one queue through geventq.Client."""
+        queue = self.rng.choice([name for name in QUEUES if name != "sched"])
+        table = QUEUES[queue][0]
+        pending = self.db.query(
+            f"SELECT id FROM `{table}` WHERE status = {Status.PENDING:d} ORDER BY id DESC LIMIT 20"
         )
+        cancelled = 0
+        for row in pending:
+            try:
+                self.client.cancel(queue, row["id"])
+                cancelled += 1
+            except TaskStateError:
+                pass  # claimed (and maybe finished) since it was read
         self.fault("cancel", detail=f"{cancelled} in {table}")
 
     def fault_cancel_running(self) -> None:
@@ -887,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         drained = chaos.run()
         codes = chaos.stop_servers()
         with chaos.db.connect() as conn, chaos.records.connect() as records:
-            report = check(conn, [table for table, *_ in QUEUES.values()], records)
+            report = check(conn, [table for table, *_ in QUEUES.values()], records, counters=True)
         sigterm_codes = Counter(code for server in chaos.servers.values() for code in server.exit_codes)
         print()
         print(

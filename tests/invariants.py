@@ -76,6 +76,8 @@ task_cancels and the runs that ended `cancelled`):
 - key_cap: the same per concurrency_key, against key_max_workers.
 - rate_limit: no window of rate_period seconds holds more than rate_limit
   claims (counted by claimed_at; every attempt counts, retries included).
+- outcome_counts (the soak asks for it): the operator view's per-minute
+  counters add up to the rows, done, failed and cancelled per table.
 - cancel_final: a run that ended `cancelled` (its handler stopped by a
   cancel request) belongs to a task that ended cancelled (4), and no run of
   that task began after it.
@@ -218,10 +220,12 @@ def most_in_any_window(times, seconds: float) -> int:
     return most
 
 
-def check(conn, tables: list[str], records=None) -> Report:
+def check(conn, tables: list[str], records=None, *, counters: bool = False) -> Report:
     """Read everything once, check every invariant, count by fault. The runs
     and faults are read from `records` when given (a soak whose task tables
-    live on a database server it crashes keeps them on another)."""
+    live on a database server it crashes keeps them on another). `counters`
+    adds outcome_counts, for histories where every outcome went through
+    geventq (rows finished by hand-written SQL are not counted, by design)."""
     with (records or conn).cursor(pymysql.cursors.DictCursor) as cur:
         cur.execute("SELECT kind, pid, at FROM chaos_faults")
         faults = list(cur.fetchall())
@@ -259,6 +263,7 @@ def check(conn, tables: list[str], records=None) -> Report:
         results=[
             *checker.results.values(),
             *check_limits(conn, tasks, runs_by_task, checker.end_of),
+            *([check_outcome_counts(conn, tasks, tables)] if counters else []),
             *check_schedules(conn),
             check_children(faults),
         ],
@@ -462,6 +467,28 @@ def _overran(run: dict, timeout: float) -> bool:
     ):
         return False
     return run["finished_at"] - run["claimed_at"] >= timedelta(seconds=timeout) - TIMEOUT_TOLERANCE
+
+
+def check_outcome_counts(conn, tasks: list[dict], tables: list[str]) -> Result:
+    """outcome_counts: the per-minute counters the operator's view reads
+    (queue_minute_counts, written in each outcome's own transaction) add up
+    to the rows: done, failed and cancelled per table."""
+    result = Result("outcome_counts")
+    with conn.cursor(pymysql.cursors.DictCursor) as cur:
+        cur.execute(
+            "SELECT table_name, SUM(done) AS done, SUM(failed) AS failed, SUM(cancelled) AS cancelled "
+            "FROM queue_minute_counts GROUP BY table_name"
+        )
+        counted = {row["table_name"]: row for row in cur.fetchall()}
+    for table in tables:
+        rows = Counter(task["status"] for task in tasks if task["table"] == table)
+        for status in (Status.DONE, Status.FAILED, Status.CANCELLED):
+            recorded = int((counted.get(table) or {}).get(status.label) or 0)
+            if recorded != rows[status]:
+                result.violations.append(
+                    f"{table}: {rows[status]} {status.label} rows, counters say {recorded}"
+                )
+    return result
 
 
 # --- limits and cancellation -----------------------------------------------------------

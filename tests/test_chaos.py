@@ -249,3 +249,21 @@ def test_checker_accepts_a_timeout_only_after_the_task_timeout(tables):
     run(db, early, 0, 0, 2, "timeout")  # timed out after 2 s: the product is wrong
     run(db, early, 1, 3, 4)
     assert broken(db) == {"retry_count": 1}
+
+
+def test_checker_catches_outcome_counters_that_do_not_add_up(tables):
+    db = tables
+    done, failed = task(db, DONE, 0), task(db, FAILED, 3, kind="fail", error_msg="RuntimeError: no")
+    run(db, done, 0, 0, 1)
+    for attempt in range(4):
+        run(db, failed, attempt, attempt * 2, attempt * 2 + 1, "error")
+    db.execute(
+        "INSERT INTO queue_minute_counts (table_name, minute, writer, done, failed) "
+        "VALUES ('t', '2030-01-01 12:00', 's1', 1, 1)"
+    )
+    with db.connect() as conn:
+        assert check(conn, ["t"], counters=True).ok
+    db.execute("UPDATE queue_minute_counts SET done = 2")  # a success counted twice
+    with db.connect() as conn:
+        report = check(conn, ["t"], counters=True)
+    assert {r.name: len(r.violations) for r in report.results if not r.ok} == {"outcome_counts": 1}
